@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from rich.console import Console
 
@@ -25,6 +24,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root() -> None:
+    """eyeops — Kubernetes-native MLOps for ophthalmology models."""
 
 
 @app.command()
@@ -64,17 +68,13 @@ _mount_groups()
 
 
 def main() -> None:
-    """Console-script entry point: run the app and turn our errors into one clear line."""
+    """Console-script entry point: run the app and turn our errors into one clear line.
+
+    Typer's standalone mode already renders usage errors; anything that is an EyeopsError
+    (bad recipe, missing file, rejected data) propagates to here and is printed without a traceback.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except EyeopsError as exc:
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
