@@ -70,8 +70,21 @@ class Message(BaseModel):
 
 IMAGE_TOKEN = "<image>"
 
-__all__ = ["IMAGE_TOKEN", "ODIR_LABELS", "ODIR_LABEL_NAMES", "DatasetRef", "Eye", "Manifest", "Message",
-           "Modality", "QuarantineEntry", "FileEntry", "Sample", "Split", "Task"]
+__all__ = [
+    "IMAGE_TOKEN",
+    "ODIR_LABELS",
+    "ODIR_LABEL_NAMES",
+    "DatasetRef",
+    "Eye",
+    "FileEntry",
+    "Manifest",
+    "Message",
+    "Modality",
+    "QuarantineEntry",
+    "Sample",
+    "Split",
+    "Task",
+]
 
 
 class Sample(BaseModel):
