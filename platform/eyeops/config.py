@@ -60,6 +60,9 @@ class PlatformSettings(BaseSettings):
         "AWS_ACCESS_KEY_ID", description="Name of the env var holding the S3 access key id.")
     s3_secret_access_key_env: str = Field(
         "AWS_SECRET_ACCESS_KEY", description="Name of the env var holding the S3 secret key.")
+    model_cache: str | None = Field(
+        None, description="Local dir for converted/downloaded base models; default <storage_root>/cache/models "
+        "(~/.cache/eyeops/models when storage_root is on S3).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     kube_namespace: str = "eyeops"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
