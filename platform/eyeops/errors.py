@@ -109,3 +109,10 @@ class UnsupportedMediaType(InvalidRequest):
 class ModelNotReady(EyeopsError):
     http_status = 503
     code = "model_not_ready"
+
+
+class InferenceTimeout(EyeopsError):
+    """The model did not answer within the request timeout (the only serving 5xx besides not-ready)."""
+
+    http_status = 504
+    code = "inference_timeout"

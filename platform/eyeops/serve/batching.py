@@ -1,0 +1,176 @@
+"""Dynamic batching and the async face of a Predictor.
+
+Concurrent HTTP requests each carry one or a few images; running them one by one wastes most of
+a forward pass. :class:`MicroBatcher` gathers requests for up to ``wait_s`` (or until
+``max_batch_size`` images) and runs one forward pass in a dedicated thread, so the event loop keeps
+accepting and decoding requests meanwhile. Ray Serve replicas use ``@serve.batch`` instead and
+plug in through :class:`InferenceBackend` (see ``ray_app.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+from PIL import Image
+
+from eyeops.errors import InferenceTimeout, NotFoundError
+from eyeops.inference import GenerationRequest, GenerationResult
+from eyeops.serve.limits import BATCH_SIZE
+from eyeops.serve.predictor import ClassifyAnswer, Predictor
+
+T = TypeVar("T")
+R = TypeVar("R")
+_DONE = object()
+
+
+class MicroBatcher(Generic[T, R]):
+    """Group items from concurrent callers into batches for ``fn`` (list in, same-length list out)."""
+
+    def __init__(
+        self,
+        fn: Callable[[list[T]], list[R]],
+        *,
+        max_batch_size: int,
+        wait_s: float,
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        self.fn, self.max_batch_size, self.wait_s, self.executor = fn, max_batch_size, wait_s, executor
+        self._queue: asyncio.Queue[tuple[list[T], asyncio.Future]] | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def submit(self, items: Sequence[T], timeout_s: float) -> list[R]:
+        if self._worker is None or self._worker.done():
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self._queue.put((list(items), future))
+        try:
+            # shield: a timed-out caller must not cancel the batch other callers are waiting on
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            raise InferenceTimeout(f"model did not answer within {timeout_s:g} s") from None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._queue is not None
+        while True:
+            pending = [await self._queue.get()]
+            size = len(pending[0][0])
+            deadline = loop.time() + self.wait_s
+            while size < self.max_batch_size:
+                remaining = deadline - loop.time()
+                try:
+                    nxt = (
+                        self._queue.get_nowait()
+                        if remaining <= 0
+                        else await asyncio.wait_for(self._queue.get(), remaining)
+                    )
+                except (TimeoutError, asyncio.QueueEmpty):
+                    break
+                pending.append(nxt)
+                size += len(nxt[0])
+            items = [item for batch, _ in pending for item in batch]
+            BATCH_SIZE.observe(len(items))
+            try:
+                results = await loop.run_in_executor(self.executor, self.fn, items)
+            except Exception as exc:  # delivered to every waiting caller, who maps it to a response
+                for _, future in pending:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            offset = 0
+            for batch, future in pending:
+                if not future.done():
+                    future.set_result(results[offset : offset + len(batch)])
+                offset += len(batch)
+
+
+class InferenceBackend:
+    """What the gateway routes call: async, batched access to one or more Predictors."""
+
+    def __init__(
+        self,
+        predictors: Sequence[Predictor],
+        *,
+        max_batch_size: int = 16,
+        batch_wait_timeout_s: float = 0.005,
+        request_timeout_s: float = 60.0,
+        threads: int = 1,
+    ) -> None:
+        if not predictors:
+            raise ValueError("InferenceBackend needs at least one Predictor")
+        self.predictors = {p.name: p for p in predictors}
+        self.default = predictors[0].name
+        self.request_timeout_s = request_timeout_s
+        # torch already uses every core inside one forward pass; more threads only add contention
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eyeops-infer")
+        self._batchers = {
+            p.name: MicroBatcher(
+                p.classify, max_batch_size=max_batch_size, wait_s=batch_wait_timeout_s, executor=self.executor
+            )
+            for p in predictors
+        }
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.predictors)
+
+    def get(self, name: str | None) -> Predictor:
+        key = name or self.default
+        try:
+            return self.predictors[key]
+        except KeyError:
+            raise NotFoundError(
+                f"model {key!r} is not served here (served: {', '.join(self.predictors)})"
+            ) from None
+
+    async def classify(self, name: str | None, images: Sequence[Image.Image]) -> list[ClassifyAnswer]:
+        predictor = self.get(name)
+        predictor.require("classify")
+        return await self._batchers[predictor.name].submit(images, self.request_timeout_s)
+
+    async def generate(self, name: str | None, request: GenerationRequest) -> GenerationResult:
+        predictor = self.get(name)
+        predictor.require("chat")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, predictor.generate, [request])
+        try:
+            return (await asyncio.wait_for(future, self.request_timeout_s))[0]
+        except TimeoutError:
+            raise InferenceTimeout(f"model did not answer within {self.request_timeout_s:g} s") from None
+
+    async def stream(self, name: str | None, request: GenerationRequest) -> AsyncIterator[str]:
+        """Text pieces from the model's (blocking) iterator, pumped by a thread into the event loop."""
+        predictor = self.get(name)
+        predictor.require("chat")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+
+        def pump() -> None:
+            try:
+                for piece in predictor.stream(request):
+                    if stop.is_set():
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, piece)
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+            except Exception as exc:  # handed to the consumer, which reports it in the stream
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        loop.run_in_executor(self.executor, pump)
+        try:
+            while True:
+                item = await asyncio.wait_for(queue.get(), self.request_timeout_s)
+                if item is _DONE:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        except TimeoutError:
+            raise InferenceTimeout(f"model stopped streaming for {self.request_timeout_s:g} s") from None
+        finally:
+            stop.set()

@@ -1,0 +1,171 @@
+"""The KServe face: a ``kserve.Model`` over the Predictor, served by ``kserve.ModelServer``.
+
+- v1 ``POST /v1/models/{name}:predict`` with ``{"instances": [{"image_b64": "..."}]}`` →
+  ``{"predictions": [{"probabilities", "findings"}], "model": {...}}``;
+- Open Inference Protocol v2 ``POST /v2/models/{name}/infer`` with a BYTES input ``image``
+  (shape ``[N]``, one encoded image per element) → FP32 output ``probabilities`` ``[N, labels]``,
+  the label order in the output's ``parameters`` and the model stamp in the response's.
+
+KServe's app is a module-level FastAPI, so the gateway routes (classify, chat, /v1/models, health,
+metrics) are installed into the same server; ours are added first and therefore win for
+``GET /v1/models`` (our body is a superset of KServe's: it keeps the ``models`` name list) and
+``/metrics`` (same default Prometheus registry). KServe's own routes get API-key checks from
+:class:`KServeAuthMiddleware`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse, Model
+
+from eyeops.errors import EyeopsError, InvalidRequest, PayloadTooLarge
+from eyeops.serve import images as imaging
+from eyeops.serve.auth import ApiKeyAuth, presented_key
+from eyeops.serve.batching import InferenceBackend
+from eyeops.serve.limits import _send_json, error_body, request_id_of
+from eyeops.serve.settings import ServeSettings
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+
+
+class EyeopsKServeModel(Model):
+    """Classification over KServe's v1 and v2 protocols, batched through the shared backend."""
+
+    def __init__(self, name: str, backend: InferenceBackend, settings: ServeSettings) -> None:
+        super().__init__(name)
+        self.backend, self.settings = backend, settings
+        self.predictor = backend.get(name)
+        self.ready = True  # the Predictor is loaded before the server starts
+
+    def _decode(self, blobs: list[bytes], field: str) -> list:
+        if not blobs:
+            raise InvalidRequest(f"{field}: no images")
+        if len(blobs) > self.settings.max_images:
+            raise PayloadTooLarge(
+                f"{field}: {len(blobs)} images exceeds the limit of {self.settings.max_images}"
+            )
+        return [
+            imaging.decode_image(b, max_pixels=self.settings.max_image_pixels, field=f"{field}[{i}]")
+            for i, b in enumerate(blobs)
+        ]
+
+    async def predict(
+        self,
+        payload: dict | InferRequest,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict | InferResponse:
+        if isinstance(payload, InferRequest):
+            return await self._predict_v2(payload)
+        return await self._predict_v1(payload)
+
+    async def _predict_v1(self, payload: Any) -> dict[str, Any]:
+        instances = payload.get("instances") if isinstance(payload, dict) else None
+        if not isinstance(instances, list) or not instances:
+            raise InvalidRequest("instances: expected a non-empty list of {'image_b64': ...} objects")
+        blobs = []
+        for i, item in enumerate(instances):
+            if not isinstance(item, dict) or not isinstance(item.get("image_b64"), str):
+                raise InvalidRequest(f"instances[{i}].image_b64: expected a base64 string")
+            blobs.append(imaging.decode_base64(item["image_b64"], field=f"instances[{i}].image_b64"))
+        answers = await self.backend.classify(self.name, self._decode(blobs, "instances"))
+        return {
+            "predictions": [{"probabilities": a.probabilities, "findings": a.findings} for a in answers],
+            "model": answers[0].model.model_dump(),
+        }
+
+    async def _predict_v2(self, request: InferRequest) -> InferResponse:
+        tensor = next((i for i in request.inputs if i.name == INPUT_NAME), None)
+        if tensor is None:
+            raise InvalidRequest(
+                f"inputs: expected a BYTES tensor named {INPUT_NAME!r}, got "
+                f"{[i.name for i in request.inputs]}"
+            )
+        if tensor.datatype != "BYTES":
+            raise InvalidRequest(f"inputs.{INPUT_NAME}: datatype must be BYTES, got {tensor.datatype}")
+        try:
+            raw = tensor.as_numpy().reshape(-1).tolist()
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequest(f"inputs.{INPUT_NAME}: cannot read tensor data ({exc})") from None
+        # JSON (non-binary) BYTES elements arrive as str: those must be base64 of the file.
+        blobs = [
+            b if isinstance(b, bytes) else imaging.decode_base64(str(b), field=f"inputs.{INPUT_NAME}[{i}]")
+            for i, b in enumerate(raw)
+        ]
+        answers = await self.backend.classify(self.name, self._decode(blobs, f"inputs.{INPUT_NAME}"))
+        labels = self.predictor.info.labels
+        probs = np.asarray([[a.probabilities[label] for label in labels] for a in answers], dtype=np.float32)
+        output = InferOutput(
+            name=OUTPUT_NAME,
+            shape=list(probs.shape),
+            datatype="FP32",
+            parameters={"labels": ",".join(labels)},
+        )
+        output.set_data_from_numpy(probs, binary_data=request.use_binary_outputs)
+        stamp = answers[0].model
+        return InferResponse(
+            model_name=self.name,
+            infer_outputs=[output],
+            response_id=request.id,
+            model_version=str(stamp.version) if stamp.version is not None else None,
+            parameters={"alias": stamp.alias or "", "recipe": stamp.recipe},
+            use_binary_outputs=request.use_binary_outputs,
+        )
+
+
+class KServeAuthMiddleware:
+    """API-key check (scope ``classify``) for KServe's own inference routes."""
+
+    def __init__(self, app, *, auth: ApiKeyAuth) -> None:
+        self.app, self.auth = app, auth
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if (
+            scope["type"] == "http"
+            and scope.get("method") == "POST"
+            and (path.startswith("/v1/models/") or path.startswith("/v2/models/"))
+        ):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            try:
+                self.auth.check(
+                    presented_key(headers.get("authorization"), headers.get("x-api-key")), "classify"
+                )
+            except EyeopsError as exc:
+                await _send_json(send, exc.http_status, error_body(exc, request_id_of(scope)))
+                return
+        await self.app(scope, receive, send)
+
+
+def serve_kserve(model_ref: str, *, http_port: int, settings: ServeSettings) -> None:
+    """Load the model and run ``kserve.ModelServer`` (v1, v2 and the gateway routes) until stopped."""
+    # kserve parses sys.argv at import time; our CLI options must not be mistaken for its own.
+    sys.argv = sys.argv[:1]
+    import kserve
+    from kserve.model_server import app as kserve_app
+
+    from eyeops.serve.gateway import install
+    from eyeops.serve.limits import GuardMiddleware
+    from eyeops.serve.predictor import load_predictor
+
+    predictor = load_predictor(model_ref, max_batch_size=settings.max_batch_size)
+    backend = InferenceBackend(
+        [predictor],
+        max_batch_size=settings.max_batch_size,
+        batch_wait_timeout_s=settings.batch_wait_timeout_s,
+        request_timeout_s=settings.request_timeout_s,
+        threads=settings.inference_threads,
+    )
+    model = EyeopsKServeModel(predictor.name, backend, settings)
+    install(kserve_app, backend, settings)
+    # Middleware order (outermost last): guard (request id, body limit) wraps the auth check.
+    kserve_app.user_middleware = [m for m in kserve_app.user_middleware if m.cls is not GuardMiddleware]
+    kserve_app.add_middleware(KServeAuthMiddleware, auth=kserve_app.state.eyeops_auth)
+    kserve_app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes)
+    kserve.ModelServer(http_port=http_port, enable_grpc=False, workers=1, enable_latency_logging=False).start(
+        [model]
+    )

@@ -1,0 +1,163 @@
+"""The Ray Serve face: an autoscaled deployment with ``@serve.batch`` and the gateway as ingress.
+
+Each replica loads the Predictor once and builds the gateway app around itself
+(``__serve_build_asgi_app__``), so the HTTP surface is identical to the local gateway while
+classification goes through Ray's dynamic batching. Replica count follows
+``recipe.serve`` (min/max replicas, target ongoing requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI
+from PIL import Image
+from ray import serve
+
+from eyeops.errors import InferenceTimeout
+from eyeops.recipes import ServeSpec
+from eyeops.serve.batching import InferenceBackend
+from eyeops.serve.predictor import ClassifyAnswer
+
+APP_NAME = "eyeops"
+DEPLOYMENT_NAME = "EyeopsModel"
+# Replicas must see the same settings and registry as the driver (keys, storage root, MLflow URI).
+_FORWARDED_ENV = ("EYEOPS_", "MLFLOW_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "AWS_")
+
+
+class _RayBackend(InferenceBackend):
+    """Classification through the replica's ``@serve.batch`` method instead of a MicroBatcher."""
+
+    def __init__(self, replica: EyeopsModel) -> None:
+        s = replica.settings
+        super().__init__(
+            [replica.predictor],
+            max_batch_size=s.max_batch_size,
+            batch_wait_timeout_s=s.batch_wait_timeout_s,
+            request_timeout_s=s.request_timeout_s,
+        )
+        self.replica = replica
+
+    async def classify(self, name: str | None, images: Sequence[Image.Image]) -> list[ClassifyAnswer]:
+        self.get(name).require("classify")
+        try:
+            return list(
+                await asyncio.wait_for(
+                    asyncio.gather(*(self.replica.classify_one(image) for image in images)),
+                    self.request_timeout_s,
+                )
+            )
+        except TimeoutError:
+            raise InferenceTimeout(f"model did not answer within {self.request_timeout_s:g} s") from None
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+@serve.ingress()
+class EyeopsModel:
+    """One replica: a loaded Predictor, a batching method, and the gateway routes as ingress."""
+
+    def __init__(
+        self,
+        model_ref: str,
+        settings_overrides: dict[str, Any],
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+    ) -> None:
+        from eyeops.serve.predictor import load_predictor
+        from eyeops.serve.settings import load_serve_settings
+
+        self.settings = load_serve_settings(**settings_overrides)
+        self.predictor = load_predictor(model_ref, max_batch_size=max_batch_size)
+        self.classify_one.set_max_batch_size(max_batch_size)
+        self.classify_one.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def classify_one(self, images: list[Image.Image]) -> list[ClassifyAnswer]:
+        # The forward pass runs in a thread so the replica keeps accepting (and batching) requests.
+        return await asyncio.to_thread(self.predictor.classify, images)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        from eyeops.serve.gateway import install
+
+        return install(
+            FastAPI(title="eyeops (Ray Serve)", docs_url=None, redoc_url=None),
+            _RayBackend(self),
+            self.settings,
+        )
+
+
+def build_app(
+    model_ref: str,
+    spec: ServeSpec,
+    *,
+    settings_overrides: dict[str, Any] | None = None,
+    upscale_delay_s: float = 30.0,
+    downscale_delay_s: float = 600.0,
+    look_back_period_s: float = 30.0,
+    replica_cpus: float = 1.0,
+):
+    """The bound Ray Serve application for one model, autoscaled by ``spec``."""
+    autoscaling = {
+        "min_replicas": spec.min_replicas,
+        "max_replicas": spec.max_replicas,
+        "target_ongoing_requests": spec.target_ongoing_requests,
+        "upscale_delay_s": upscale_delay_s,
+        "downscale_delay_s": downscale_delay_s,
+        "look_back_period_s": look_back_period_s,
+        "metrics_interval_s": min(10.0, look_back_period_s / 2),
+    }
+    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
+    deployment = EyeopsModel.options(
+        autoscaling_config=autoscaling,
+        max_ongoing_requests=max(2 * spec.max_batch_size, int(spec.target_ongoing_requests * 2)),
+        ray_actor_options={"num_cpus": replica_cpus, "num_gpus": spec.gpu, "runtime_env": {"env_vars": env}},
+    )
+    return deployment.bind(
+        model_ref, settings_overrides or {}, spec.max_batch_size, spec.batch_wait_timeout_s
+    )
+
+
+def replica_count() -> int:
+    """Running replicas of the model deployment (for tests and ``eyeops serve`` status lines)."""
+    status = serve.status().applications.get(APP_NAME)
+    if status is None:
+        return 0
+    deployment = status.deployments.get(DEPLOYMENT_NAME)
+    return 0 if deployment is None else int(deployment.replica_states.get("RUNNING", 0))
+
+
+def run_ray(
+    model_ref: str,
+    spec: ServeSpec,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings_overrides: dict[str, Any] | None = None,
+    blocking: bool = True,
+    **autoscale: float,
+) -> str:
+    """Start Ray (local, or ``EYEOPS_RAY_ADDRESS``) and Serve, deploy the model; returns the URL."""
+    import ray
+
+    from eyeops.config import get_settings
+
+    if not ray.is_initialized():
+        address = get_settings().ray_address
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(
+        build_app(model_ref, spec, settings_overrides=settings_overrides, **autoscale),
+        name=APP_NAME,
+        route_prefix="/",
+    )
+    url = f"http://{host}:{port}"
+    while blocking:
+        time.sleep(3600)
+    return url
