@@ -4,7 +4,7 @@ and a ``DatasetRef`` (URI + fingerprint, defined in ``eyeops.refs``) passed betw
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -146,3 +146,9 @@ class Manifest(BaseModel):
     sources: list[str] = Field(default_factory=list)
     fingerprint: str = Field("", description="sha256 over the sorted file hashes.")
     created_at: str = ""
+    image_format: str = Field("", description="'png' (lossless) or 'jpeg' (q95) for stored images.")
+    image_size: int | None = Field(None, description="Longer side of stored images in pixels.")
+    deid: str = Field("", description="How patient ids were pseudonymised (salt policy).")
+    patients_per_split: dict[str, int] = Field(default_factory=dict)
+    duplicates_dropped: int = Field(0, description="Exact duplicate samples removed.")
+    spec: dict[str, Any] = Field(default_factory=dict, description="The DataSpec that produced it.")

@@ -1,0 +1,298 @@
+"""The ``prepare`` stage: a :class:`~eyeops.recipes.DataSpec` in, a stored dataset + ``DatasetRef`` out.
+
+source → RawRecords → (engine: derived closed-QA / open-QA / report samples) → image ingest
+(decode, strip, hash, store) → quarantine → exact-dedup → de-identify → split by patient →
+``samples.parquet`` + ``images/`` + ``manifest.json`` (local or s3://).
+
+``spec.tasks`` chooses what is *derived*: for labelled image sources (synthetic, odir) any of
+classify / closed_qa / open_qa / report; for the knowledge base text_qa / mcq (both if neither is
+asked). Sources that carry their own task (llava, mcq, essay, alpaca) keep it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from eyeops.data.quality import (
+    check_patient_split,
+    deidentify,
+    find_near_duplicates,
+    ingest_images,
+    resolve_salt,
+    split_groups,
+)
+from eyeops.data.records import ImageInput, ImportResult, RawRecord
+from eyeops.data.schema import ODIR_LABELS, Manifest, Modality, QuarantineEntry, Sample, Task
+from eyeops.data.store import MANIFEST, is_s3, publish, write_samples
+from eyeops.errors import DataError, StorageError
+from eyeops.recipes import DataSpec
+from eyeops.refs import DatasetRef
+
+__all__ = ["ProgressHook", "import_source", "prepare"]
+
+# progress(description, total) -> advance(n): lets the CLI drive a rich progress bar.
+ProgressHook = Callable[[str, int], Callable[[int], None]]
+_IMPORTERS = {
+    "odir": "eyeops.data.importers.odir",
+    "llava": "eyeops.data.importers.llava_json",
+    "mcq": "eyeops.data.importers.mcq",
+    "essay": "eyeops.data.importers.mcq",
+    "alpaca": "eyeops.data.importers.alpaca_dialogue",
+}
+_IMAGE_TASKS = {Task.CLOSED_QA, Task.OPEN_QA, Task.REPORT}
+
+
+def _no_progress(description: str, total: int) -> Callable[[int], None]:
+    return lambda n=1: None
+
+
+def _synthetic(spec: DataSpec, progress: ProgressHook) -> ImportResult:
+    from eyeops.data.synthetic import generate
+
+    result = ImportResult(label_names=list(ODIR_LABELS))
+    advance = progress("generating synthetic fundus images", spec.n)
+    for item in generate(spec.n, seed=spec.seed, size=spec.image_size):
+        ref = f"synthetic#{item.index}"
+        result.records.append(
+            RawRecord(
+                key=f"{item.index:06d}-{item.eye}",
+                task=Task.CLASSIFY,
+                where=ref,
+                images=(ImageInput(ref=ref, array=item.image),),
+                patient=item.patient,
+                eye=item.eye,
+                modality=Modality.FUNDUS,
+                labels=item.labels,
+                findings=item.findings,
+                source="synthetic",
+                license="CC0-1.0 (generated)",
+                meta={"findings": "; ".join(f.description for f in item.findings)},
+            )
+        )
+        advance(1)
+    return result
+
+
+def import_source(spec: DataSpec, progress: ProgressHook = _no_progress) -> ImportResult:
+    """Records (and importer-level rejects) for ``spec.source``, with derived tasks expanded."""
+    if spec.source == "synthetic":
+        imported = _synthetic(spec, progress)
+    elif spec.source == "knowledge":
+        from eyeops.data.engine import knowledge_records
+
+        tasks = [t for t in spec.tasks if t in (Task.TEXT_QA, Task.MCQ)] or [Task.TEXT_QA, Task.MCQ]
+        imported = ImportResult(records=knowledge_records(tasks, seed=spec.seed))
+    elif spec.source in _IMPORTERS:
+        module = importlib.import_module(_IMPORTERS[spec.source])
+        imported = module.load(spec.path, kind=spec.source)
+    elif spec.source == "dataset":
+        raise DataError(
+            "source 'dataset' is already prepared: pass its DatasetRef to train directly", field="data.source"
+        )
+    else:  # pragma: no cover - DataSpec's Literal makes this unreachable
+        raise DataError(f"unknown data source {spec.source!r}", field="data.source")
+    return _derive(imported, spec)
+
+
+def _derive(imported: ImportResult, spec: DataSpec) -> ImportResult:
+    """Apply ``spec.tasks`` to labelled image records (classify → closed/open QA, report)."""
+    wanted = set(spec.tasks)
+    derived = wanted & _IMAGE_TASKS
+    out: list[RawRecord] = []
+    rng = np.random.default_rng([spec.seed, 11])
+    for record in imported.records:
+        if record.task != Task.CLASSIFY or not record.labels:
+            out.append(record)
+            continue
+        if Task.CLASSIFY in wanted or not derived:
+            out.append(record)
+        if derived:
+            from eyeops.data.engine import image_records
+
+            out.extend(image_records(record, sorted(derived), rng=rng, label_names=imported.label_names))
+    imported.records = out
+    return imported
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(" (")[0].split(":")[0].strip()
+
+
+def _rarest_label(labels_by_group: dict[str, set[int]], freq: Counter) -> dict[str, str]:
+    strata = {}
+    for group, labels in labels_by_group.items():
+        strata[group] = f"label{min(labels, key=lambda i: (freq[i], i))}" if labels else "none"
+    return strata
+
+
+def prepare(
+    spec: DataSpec,
+    out: str,
+    *,
+    name: str,
+    image_format: str = "png",
+    workers: int | None = None,
+    progress: ProgressHook | None = None,
+) -> DatasetRef:
+    """Build a dataset from ``spec`` at ``out`` (local dir or s3:// URI) and return its reference.
+
+    Rejected records are quarantined and reported in the manifest; :class:`DataError` only when
+    nothing usable remains.
+    """
+    progress = progress or _no_progress
+    imported = import_source(spec, progress)
+    quarantine: list[QuarantineEntry] = list(imported.quarantine)
+    records = imported.records
+    if not records:
+        raise DataError(_nothing_left(spec, quarantine))
+
+    remote = is_s3(out)
+    staging = Path(tempfile.mkdtemp(prefix="eyeops-prepare-")) if remote else _local_target(out)
+    try:
+        inputs = [im for r in records for im in r.images]
+        advance = progress("decoding and storing images", len({im.key for im in inputs}))
+        results = ingest_images(
+            inputs,
+            out_dir=staging,
+            size=spec.image_size,
+            fmt=image_format,
+            workers=workers,
+            progress=lambda: advance(1),
+        )
+        for res in results.values():
+            if not res.ok:
+                quarantine.append(QuarantineEntry(path=res.ref, reason=res.reason or "unreadable"))
+
+        salt, deid = resolve_salt()
+        kept: list[tuple[RawRecord, list[str], str]] = []  # record, image paths, split group
+        seen: dict[tuple, str] = {}
+        duplicates = 0
+        for record in records:
+            images = [results[im.key] for im in record.images]
+            bad = next((im for im in images if not im.ok), None)
+            if bad is not None:
+                quarantine.append(QuarantineEntry(path=record.where, reason=f"image {bad.ref}: {bad.reason}"))
+                continue
+            sid = f"{record.source}-{record.key}"
+            ident = (
+                record.task,
+                tuple(im.pixel_hash for im in images),
+                record.messages,
+                record.answer,
+                record.options,
+            )
+            if ident in seen:
+                duplicates += 1
+                quarantine.append(
+                    QuarantineEntry(
+                        path=record.where, reason=f"exact duplicate of {seen[ident]}", sample_id=sid
+                    )
+                )
+                continue
+            seen[ident] = sid
+            group = record.patient or (images[0].pixel_hash if images else None) or record.group or sid
+            kept.append((record, [im.rel_path or "" for im in images], group))
+        if not kept:
+            raise DataError(_nothing_left(spec, quarantine))
+
+        freq: Counter = Counter()
+        labels_by_group: dict[str, set[int]] = {}
+        for record, _, group in kept:
+            positives = {i for i, v in enumerate(record.labels) if v}
+            freq.update(positives)
+            labels_by_group.setdefault(group, set()).update(positives)
+        splits = split_groups(
+            _rarest_label(labels_by_group, freq),
+            val_fraction=spec.val_fraction,
+            test_fraction=spec.test_fraction,
+            seed=spec.seed,
+        )
+
+        samples = []
+        for record, paths, group in kept:
+            samples.append(
+                Sample(
+                    id=f"{record.source}-{record.key}",
+                    patient_id=deidentify(record.patient, salt) if record.patient else None,
+                    eye=record.eye,
+                    modality=record.modality,
+                    images=paths,
+                    task=record.task,
+                    messages=list(record.messages),
+                    answer=record.answer,
+                    options=list(record.options),
+                    labels=list(record.labels),
+                    source=record.source,
+                    license=record.license,
+                    split=splits[group],
+                    meta=record.meta,
+                )
+            )
+        ok, offenders = check_patient_split([(s.patient_id, s.split) for s in samples])
+        if not ok:  # cannot happen with group-level assignment; refuse to write a leaking dataset
+            raise DataError(f"patient-level split violated for {len(offenders)} patient(s)")
+        used = {p for s in samples for p in s.images}
+        for orphan in (staging / "images").glob("*"):  # images only quarantined/duplicate records used
+            if f"images/{orphan.name}" not in used:
+                orphan.unlink()
+        phashes = {res.rel_path: res.phash for res in results.values() if res.ok and res.rel_path in used}
+
+        counts = Counter(f"{s.task}/{s.modality}/{s.split}" for s in samples)
+        patients: dict[str, set[str]] = {}
+        for s in samples:
+            if s.patient_id:
+                patients.setdefault(str(s.split), set()).add(s.patient_id)
+        write_samples(samples, staging)
+        manifest = Manifest(
+            name=name,
+            label_names=imported.label_names,
+            counts=dict(sorted(counts.items())),
+            quarantine=quarantine,
+            quarantine_counts=dict(Counter(_reason_kind(q.reason) for q in quarantine)),
+            near_duplicates=find_near_duplicates(phashes),
+            patient_split_ok=ok,
+            sources=sorted({s.source for s in samples}),
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            image_format=image_format,
+            image_size=spec.image_size,
+            deid=deid,
+            patients_per_split={k: len(v) for k, v in sorted(patients.items())},
+            duplicates_dropped=duplicates,
+            spec=spec.model_dump(mode="json", exclude={"path"}),
+        )
+        manifest = publish(staging, manifest, dest=out if remote else None)
+    finally:
+        if remote:
+            shutil.rmtree(staging, ignore_errors=True)
+    uri = out if remote else str(staging)
+    return DatasetRef(uri=uri, fingerprint=manifest.fingerprint, name=name, num_samples=len(samples))
+
+
+def _local_target(out: str) -> Path:
+    """The output directory, emptied of a previous dataset; refuses to clobber anything else."""
+    path = Path(out.removeprefix("file://")).expanduser().resolve()
+    if path.exists() and any(path.iterdir()):
+        if not (path / MANIFEST).is_file():
+            raise StorageError(f"{path} is not empty and holds no eyeops dataset; refusing to overwrite it")
+        for child in ("images", "samples.parquet", MANIFEST):
+            target = path / child
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _nothing_left(spec: DataSpec, quarantine: list[QuarantineEntry]) -> str:
+    reasons = Counter(_reason_kind(q.reason) for q in quarantine)
+    detail = ", ".join(f"{n}× {r}" for r, n in reasons.most_common(5)) or "the source is empty"
+    first = f"; first: {quarantine[0].path}: {quarantine[0].reason}" if quarantine else ""
+    return (
+        f"nothing usable in source {spec.source!r}{f' ({spec.path})' if spec.path else ''}: {detail}{first}"
+    )
