@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -94,6 +95,31 @@ def generate(
 
 
 # --- drawing helpers -------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel coordinates, distance from the centre and the camera aperture (shared, read-only)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    r = np.hypot(xx - size / 2.0, yy - size / 2.0)
+    edge = np.clip((0.47 * size - r) / (0.01 * size), 0, 1)[..., None]
+    for a in (xx, yy, r, edge):
+        a.setflags(write=False)
+    return xx, yy, r, edge
+
+
+def _gauss_spot(img: np.ndarray, xx: np.ndarray, yy: np.ndarray, centre: tuple[float, float], sigma: float,
+                amount: float) -> None:
+    """Multiply (amount<0 darkens) or add a Gaussian spot, computed only within 3 sigma."""
+    h, w = img.shape[:2]
+    x0, x1 = max(int(centre[0] - 3 * sigma), 0), min(int(centre[0] + 3 * sigma) + 1, w)
+    y0, y1 = max(int(centre[1] - 3 * sigma), 0), min(int(centre[1] + 3 * sigma) + 1, h)
+    d2 = (xx[y0:y1, x0:x1] - centre[0]) ** 2 + (yy[y0:y1, x0:x1] - centre[1]) ** 2
+    g = np.exp(-d2 / sigma**2)[..., None]
+    if amount < 0:
+        img[y0:y1, x0:x1] *= 1.0 + amount * g
+    else:
+        img[y0:y1, x0:x1] += amount * g
+
+
 def _noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Smooth noise in [-1, 1]: a small random grid upsampled bicubically."""
     grid = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
@@ -213,9 +239,8 @@ def render_fundus(
     has = set(codes) - {"N"}
     s = size
     c = s / 2.0
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    xx, yy, r, edge = _grid(s)
     radius = 0.47 * s
-    r = np.hypot(xx - c, yy - c)
     findings: list[Finding] = []
 
     # Background: orange-red retina, per-eye pigmentation, vignetting, smooth texture.
@@ -241,9 +266,8 @@ def render_fundus(
             )
         )
 
-    d_fovea = np.hypot(xx - fovea[0], yy - fovea[1])
-    img *= (1.0 - 0.3 * np.exp(-((d_fovea / (0.07 * s)) ** 2)))[..., None]  # macular pigment
-    img += 0.25 * np.exp(-((d_fovea / (0.008 * s)) ** 2))[..., None]  # foveal reflex
+    _gauss_spot(img, xx, yy, fovea, 0.07 * s, -0.3)  # macular pigment
+    _gauss_spot(img, xx, yy, fovea, 0.008 * s, 0.25)  # foveal reflex
 
     # Optic disc and cup (myopia: tilted oval disc with a temporal atrophy crescent).
     rx, ry, cdr = rd, rd * 1.08, rng.uniform(0.2, 0.42)
@@ -381,9 +405,8 @@ def render_fundus(
             )
         )
 
-    img += rng.normal(0, 0.012, img.shape).astype(np.float32)  # sensor noise
-    edge = np.clip((radius - r) / (0.01 * s), 0, 1)  # camera aperture: black outside the disc of view
-    img *= edge[..., None]
+    img += 0.012 * rng.standard_normal(img.shape, dtype=np.float32)  # sensor noise
+    img *= edge  # camera aperture: black outside the field of view
     if not findings:
         findings.append(
             Finding(
