@@ -54,7 +54,7 @@ def render_card(
 ) -> str:
     """The model card as markdown text."""
     synthetic = is_synthetic(recipe, manifest)
-    headline = {k: v for k, v in metrics.items() if "/" not in k}
+    headline = {k: v for k, v in metrics.items() if "/" not in k and k != "n"}
     out = [f"# Model card — {recipe.register.model_name}", ""]
     if synthetic:
         out += [_SYNTHETIC_WARNING, ""]

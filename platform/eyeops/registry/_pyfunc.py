@@ -1,0 +1,114 @@
+"""The MLflow pyfunc wrapper around a family's model directory.
+
+The logged model carries the family's saved directory (weights, recipe, transforms) as the
+artifact ``model_dir`` and the family name in ``model_config``; loading it goes through
+``eyeops.families.get_family(family).load`` like every other consumer, so MLflow serving, our
+servers and the evaluator all run the same inference code.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from eyeops.errors import InvalidRequest
+
+IMAGE_COLUMN = "image"
+
+
+# What the pyfunc imports at load time. Listed explicitly because MLflow's default inference
+# re-imports the model in a subprocess (~10 s per log); eyeops itself ships in the serving image.
+_RUNTIME_DISTS = (
+    "mlflow",
+    "torch",
+    "torchvision",
+    "timm",
+    "safetensors",
+    "pillow",
+    "pandas",
+    "numpy",
+    "pyyaml",
+    "pydantic",
+    "pydantic-settings",
+)
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the runtime distributions installed here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for dist in _RUNTIME_DISTS:
+        try:
+            pins.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def classify_signature(labels: list[str]) -> ModelSignature:
+    """Input: a DataFrame column of base64-encoded images; output: one probability column per label."""
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
+        outputs=Schema([ColSpec("double", label) for label in labels]),
+    )
+
+
+def example_input() -> pd.DataFrame:
+    """A drawn fundus-like disc — never a dataset image, so no patient pixels reach the registry."""
+    image = Image.new("RGB", (64, 64), "black")
+    ImageDraw.Draw(image).ellipse((4, 4, 60, 60), fill=(170, 70, 30))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(buf.getvalue()).decode("ascii")]})
+
+
+def decode_image(value: object, row: int) -> Image.Image:
+    if not isinstance(value, str | bytes):
+        raise InvalidRequest(
+            f"row {row}, column {IMAGE_COLUMN!r}: expected base64 text, got {type(value).__name__}"
+        )
+    text = value.decode() if isinstance(value, bytes) else value
+    if text.startswith("data:"):  # accept data: URLs as the gateway does
+        text = text.partition(",")[2]
+    try:
+        raw = base64.b64decode(text, validate=True)
+        image = Image.open(io.BytesIO(raw))
+        return image.convert("RGB")
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"row {row}, column {IMAGE_COLUMN!r}: not valid base64 ({exc})") from None
+    except (UnidentifiedImageError, OSError):
+        raise InvalidRequest(f"row {row}, column {IMAGE_COLUMN!r}: not a decodable image") from None
+
+
+class EyeopsPyfunc(mlflow.pyfunc.PythonModel):
+    """Loads the family model dir; ``predict`` maps base64 images to per-label probabilities."""
+
+    def load_context(self, context) -> None:
+        from eyeops.families import get_family
+
+        config = context.model_config or {}
+        self.model_dir = Path(context.artifacts["model_dir"])
+        self.model = get_family(config["family"]).load(self.model_dir)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if "classify" not in self.model.capabilities:
+            raise InvalidRequest(
+                f"model capabilities {sorted(self.model.capabilities)} do not include classify"
+            )
+        if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
+            raise InvalidRequest(f"expected a DataFrame with a {IMAGE_COLUMN!r} column of base64 images")
+        images = [decode_image(v, i) for i, v in enumerate(model_input[IMAGE_COLUMN].tolist())]
+        results = self.model.classify(images)
+        return pd.DataFrame(
+            [{label: float(r.probabilities[label]) for label in self.model.labels} for r in results],
+            columns=list(self.model.labels),
+        )
