@@ -1,0 +1,1 @@
+"""KFP pipelines (``finetune``); compiled IR lives in ``pipelines/compiled/`` (``make pipelines``)."""

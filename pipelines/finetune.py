@@ -1,0 +1,81 @@
+"""The fine-tuning pipeline: prepare → train → evaluate → register → (gate passed) → deploy.
+
+``build_pipeline()`` returns the ``@dsl.pipeline`` function. Embedded runs (kfp.local) use it as
+is; ``build_pipeline(cluster=ClusterTarget(...))`` attaches the Kubernetes specifics with
+kfp-kubernetes — GPU accelerator and limit, GPU node-pool selector and tolerations on the train
+task, Secrets as env on every task. Components never carry Kubernetes settings themselves.
+"""
+
+from eyeops.cluster.objects import DEFAULT_IMAGE, DEFAULT_SECRET_ENV, GpuPool, SecretEnv
+from kfp import dsl
+from kfp import kubernetes as kfp_k8s
+from pydantic import BaseModel, ConfigDict, Field
+
+from components import deploy, evaluate, prepare_data, register, train
+
+PIPELINE_NAME = "eyeops-finetune"
+
+
+class ClusterTarget(BaseModel):
+    """Kubernetes settings compiled into the pipeline for a cluster run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    image: str = Field(DEFAULT_IMAGE, description="The eyeops image every task (and RayJob pod) runs.")
+    pool: GpuPool = Field(default_factory=GpuPool)
+    secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV
+    train_retries: int = Field(2, ge=0)
+
+
+def _secrets_as_env(task: dsl.PipelineTask, secret_env: tuple[SecretEnv, ...]) -> None:
+    by_secret: dict[str, dict[str, str]] = {}
+    for item in secret_env:
+        by_secret.setdefault(item.secret, {})[item.key] = item.env
+    for secret, keys in sorted(by_secret.items()):
+        kfp_k8s.use_secret_as_env(task, secret_name=secret, secret_key_to_env=dict(sorted(keys.items())),
+                                  optional=True)
+
+
+def build_pipeline(cluster: ClusterTarget | None = None, *, train_retries: int = 1):
+    """The ``@dsl.pipeline`` function; ``cluster`` adds the Kubernetes specifics (compile only)."""
+    image = cluster.image if cluster else DEFAULT_IMAGE
+    prepare_op, train_op, evaluate_op, register_op, deploy_op = (
+        module.component(image) for module in (prepare_data, train, evaluate, register, deploy))
+    pool_json = cluster.pool.model_dump_json() if cluster else ""
+    retries = cluster.train_retries if cluster else train_retries
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="eyeops fine-tuning: data → Ray Train → evaluation → MLflow gate → serving.")
+    def finetune(recipe: str = "fundus-classifier", data_source: str = "", overrides: str = "{}",
+                 train_target: str = "local", deploy_backend: str = ""):
+        run_id, run_name = dsl.PIPELINE_JOB_ID_PLACEHOLDER, dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+        prep = prepare_op(recipe=recipe, data_source=data_source, overrides=overrides, pipeline_run_id=run_id)
+        dataset = prep.outputs["dataset"]
+        fit = train_op(recipe=recipe, dataset=dataset, overrides=overrides, target=train_target,
+                       run_name=run_name, image=image, gpu_pool=pool_json)
+        # Ray Train resumes from its last checkpoint inside one attempt; a retry covers a lost pod.
+        fit.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
+        checkpoint = fit.outputs["checkpoint"]
+        score = evaluate_op(recipe=recipe, checkpoint=checkpoint, dataset=dataset, overrides=overrides)
+        gate = register_op(recipe=recipe, checkpoint=checkpoint, report=score.outputs["report"],
+                           dataset=dataset, overrides=overrides, pipeline_run_id=run_id,
+                           pipeline_run_name=run_name)
+        # kfp.local resolves only a component's single return value ("Output") in conditions.
+        with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition, not Python
+            serve = deploy_op(recipe=recipe, model=gate.outputs["model"], overrides=overrides,
+                              backend=deploy_backend, image=image)
+        for task in (prep, fit, score, gate, serve):
+            task.set_caching_options(False)  # every run is a new experiment; never reuse a stale stage
+        if cluster is not None:
+            fit.set_accelerator_type(cluster.pool.accelerator).set_accelerator_limit(
+                max(1, cluster.pool.gpus_per_worker))
+            fit.set_cpu_limit("8").set_memory_limit("32G")
+            for key, value in sorted(cluster.pool.node_selector.items()):
+                kfp_k8s.add_node_selector(fit, label_key=key, label_value=value)
+            for tol in cluster.pool.tolerations:
+                kfp_k8s.add_toleration(fit, key=tol.key, operator=tol.operator, value=tol.value,
+                                       effect=tol.effect)
+            for task in (prep, fit, score, gate, serve):
+                _secrets_as_env(task, cluster.secret_env)
+                task.set_env_variable("EYEOPS_MODE", "cluster")
+
+    return finetune

@@ -1,0 +1,129 @@
+"""The cluster paths of the train and deploy stages.
+
+``train_on_cluster`` submits a KubeRay RayJob running ``python -m eyeops.train.job`` and waits for
+it, streaming status; the job writes its ``CheckpointRef`` to S3, where this reads it back.
+``deploy_on_cluster`` creates or patches a KServe InferenceService or a RayService for a registered
+version and waits until it reports Ready.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from eyeops.cluster.client import KubeClient, StatusCallback
+from eyeops.cluster.objects import (
+    DEFAULT_IMAGE,
+    GpuPool,
+    build_inference_service,
+    build_rayjob,
+    build_rayservice,
+)
+from eyeops.cluster.refio import read_ref
+from eyeops.cluster.schema import validate_object
+from eyeops.config import get_settings
+from eyeops.errors import ClusterError
+from eyeops.recipes import Recipe
+from eyeops.refs import CheckpointRef, DatasetRef, Endpoint, ModelVersionRef
+
+log = logging.getLogger(__name__)
+
+_JOB_FAILED = {"FAILED", "STOPPED"}
+_DEPLOYMENT_FAILED = {"Failed", "ValidationFailed"}
+
+
+def describe_rayjob(live: dict[str, Any]) -> str:
+    meta, status = live.get("metadata", {}), live.get("status") or {}
+    parts = [f"RayJob {meta.get('name')}: {status.get('jobDeploymentStatus') or 'Pending'}"]
+    if status.get("jobStatus"):
+        parts.append(f"job {status['jobStatus']}")
+    if status.get("message"):
+        parts.append(status["message"])
+    return " · ".join(parts)
+
+
+def rayjob_done(live: dict[str, Any]) -> bool:
+    """True when the job succeeded; ClusterError when it failed; False while it runs."""
+    status = live.get("status") or {}
+    job, deployment = status.get("jobStatus"), status.get("jobDeploymentStatus")
+    if job in _JOB_FAILED or deployment in _DEPLOYMENT_FAILED:
+        name = live.get("metadata", {}).get("name")
+        raise ClusterError(f"RayJob {name} failed: jobDeploymentStatus={deployment}, jobStatus={job}, "
+                           f"reason={status.get('reason')!r}, message={status.get('message')!r}")
+    return job == "SUCCEEDED"
+
+
+def train_on_cluster(recipe: Recipe, dataset: DatasetRef, *, run_name: str, image: str = DEFAULT_IMAGE,
+                     pool: GpuPool | None = None, namespace: str | None = None,
+                     client: KubeClient | None = None, timeout_s: float = 6 * 3600, poll_s: float = 10.0,
+                     on_status: StatusCallback | None = None) -> CheckpointRef:
+    """Train on the cluster through a RayJob and return the checkpoint it produced.
+
+    Idempotent under KFP retries: an existing RayJob of the same run is re-attached when it is still
+    running or succeeded, and replaced when it failed.
+    """
+    settings = get_settings()
+    if settings.is_local_storage:
+        raise ClusterError(f"cluster training needs EYEOPS_STORAGE_ROOT on S3 (pods share nothing else); "
+                           f"got {settings.storage_root!r}")
+    storage_path = settings.path("runs", run_name)
+    ref_out = settings.path("runs", run_name, "checkpoint_ref.json")
+    job = build_rayjob(recipe, dataset, run_name=run_name, storage_path=storage_path, ref_out=ref_out,
+                       namespace=namespace or settings.kube_namespace, image=image, pool=pool)
+    if not validate_object(job):
+        log.info("no CRD directory found: RayJob not validated against the KubeRay schema")
+    client = client or KubeClient.from_environment()
+    existing = client.get(job)
+    if existing is not None:
+        try:
+            rayjob_done(existing)
+        except ClusterError as exc:
+            log.warning("replacing failed RayJob from an earlier attempt: %s", exc)
+            client.delete(job, wait_s=120, poll_s=poll_s)
+            existing = None
+    if existing is None:
+        client.create(job)
+    client.wait(job, rayjob_done, describe=describe_rayjob, timeout_s=timeout_s, poll_s=poll_s,
+                on_status=on_status)
+    return read_ref(ref_out, CheckpointRef)
+
+
+def _conditions_ready(status: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def deploy_on_cluster(recipe: Recipe, version: ModelVersionRef, *, backend: Literal["kserve", "ray"],
+                      image: str = DEFAULT_IMAGE, pool: GpuPool | None = None, namespace: str | None = None,
+                      client: KubeClient | None = None, timeout_s: float = 1800, poll_s: float = 5.0,
+                      on_status: StatusCallback | None = None) -> Endpoint:
+    """Create or patch the serving object for ``version`` and wait until it is Ready."""
+    ns = namespace or get_settings().kube_namespace
+    if backend == "kserve":
+        obj = build_inference_service(recipe, version, namespace=ns, image=image, pool=pool)
+    elif backend == "ray":
+        obj = build_rayservice(recipe, version, namespace=ns, image=image, pool=pool)
+    else:
+        raise ClusterError(f"deploy backend {backend!r}: expected 'kserve' or 'ray'")
+    validate_object(obj)
+    client = client or KubeClient.from_environment()
+    client.apply(obj)
+    kind, name = obj["kind"], obj["metadata"]["name"]
+
+    def describe(live: dict[str, Any]) -> str:
+        status = live.get("status") or {}
+        ready = "Ready" if _conditions_ready(status) else (status.get("serviceStatus") or "NotReady")
+        return f"{kind} {name}: {ready}" + (f" · {status['url']}" if status.get("url") else "")
+
+    def done(live: dict[str, Any]) -> bool:
+        status = live.get("status") or {}
+        # A patched object is only ready once the controller has observed this generation.
+        observed = status.get("observedGeneration")
+        current = (live.get("metadata") or {}).get("generation")
+        fresh = observed is None or current is None or observed >= current
+        return fresh and (_conditions_ready(status) or status.get("serviceStatus") == "Running")
+
+    live = client.wait(obj, done, describe=describe, timeout_s=timeout_s, poll_s=poll_s, on_status=on_status)
+    url = (live.get("status") or {}).get("url") or (
+        f"http://{name}-serve-svc.{ns}.svc.cluster.local:8000" if backend == "ray"
+        else f"http://{name}-predictor.{ns}.svc.cluster.local")
+    return Endpoint(url=url, backend=backend, model_name=version.name, version=version.version)

@@ -1,0 +1,267 @@
+"""Builders for the Kubernetes custom resources eyeops creates on a cluster.
+
+``build_rayjob`` (KubeRay ``ray.io/v1`` RayJob: CPU head + GPU worker group),
+``build_inference_service`` (KServe ``serving.kserve.io/v1beta1``, Standard deployment mode) and
+``build_rayservice`` (KubeRay RayService running the eyeops Ray Serve app). They return plain
+dicts, ready for the Kubernetes API, and are validated against the upstream CRD schemas in tests.
+Credentials never appear in an object: containers read them from Secrets through ``secretKeyRef``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from eyeops import __version__
+from eyeops.errors import ClusterError
+from eyeops.recipes import Recipe
+from eyeops.refs import DatasetRef, ModelVersionRef
+
+DEFAULT_IMAGE = f"ghcr.io/eyeops/eyeops:{__version__}"
+RAY_GROUP, RAY_VERSION = "ray.io", "v1"
+KSERVE_GROUP, KSERVE_VERSION = "serving.kserve.io", "v1beta1"
+
+
+class Toleration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key: str
+    operator: str = "Exists"
+    value: str | None = None
+    effect: str = "NoSchedule"
+
+    def as_k8s(self) -> dict[str, str]:
+        return self.model_dump(exclude_none=True)
+
+
+class SecretEnv(BaseModel):
+    """One env var filled from a Secret key (``secretKeyRef``), never from a literal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    env: str
+    secret: str
+    key: str
+    optional: bool = True
+
+
+class GpuPool(BaseModel):
+    """Where GPU work runs: the resource name, how many per pod, and how to land on the GPU nodes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    accelerator: str = Field("nvidia.com/gpu", description="Extended resource name requested as a limit.")
+    gpus_per_worker: int = Field(1, ge=0)
+    node_selector: dict[str, str] = Field(default_factory=lambda: {"eyeops.io/pool": "gpu"})
+    tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")])
+
+
+# The Secrets the Helm chart creates; the pipeline (kfp-kubernetes) and every pod share this list.
+DEFAULT_SECRET_ENV: tuple[SecretEnv, ...] = (
+    SecretEnv(env="EYEOPS_MLFLOW_TRACKING_URI", secret="eyeops-mlflow", key="tracking-uri"),
+    SecretEnv(env="AWS_ACCESS_KEY_ID", secret="eyeops-s3", key="access-key-id"),
+    SecretEnv(env="AWS_SECRET_ACCESS_KEY", secret="eyeops-s3", key="secret-access-key"),
+    SecretEnv(env="EYEOPS_S3_ENDPOINT_URL", secret="eyeops-s3", key="endpoint-url"),
+    SecretEnv(env="EYEOPS_STORAGE_ROOT", secret="eyeops-s3", key="storage-root"),
+)
+
+
+def k8s_name(*parts: str, max_len: int = 63) -> str:
+    """A DNS-1123 label from free text (lowercase, '-', ≤ 63 chars, alphanumeric at both ends)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+    name = re.sub(r"-{2,}", "-", name)[:max_len].strip("-")
+    if not name:
+        raise ClusterError(f"cannot derive a Kubernetes name from {parts!r}")
+    return name
+
+
+def _env(secret_env: tuple[SecretEnv, ...], plain: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted((plain or {}).items())]
+    env += [{"name": s.env, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key,
+                                                           "optional": s.optional}}}
+            for s in secret_env]
+    return env
+
+
+def _labels(component: str, recipe: Recipe) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "eyeops", "app.kubernetes.io/component": component,
+            "app.kubernetes.io/version": __version__, "eyeops.io/recipe": recipe.name}
+
+
+def _pod(container: dict[str, Any], *, pool: GpuPool | None = None,
+         service_account: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [container], "restartPolicy": "Never"}
+    if pool is not None:
+        spec["nodeSelector"] = dict(pool.node_selector)
+        spec["tolerations"] = [t.as_k8s() for t in pool.tolerations]
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    return {"spec": spec}
+
+
+def _resources(cpu: str, memory: str, gpus: int = 0, accelerator: str = "nvidia.com/gpu") -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        limits[accelerator] = gpus
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}
+
+
+def rayjob_entrypoint(recipe: Recipe, dataset: DatasetRef, *, run_name: str, storage_path: str,
+                      ref_out: str) -> str:
+    """The shell command the RayJob runs: ``python -m eyeops.train.job`` with the resolved recipe."""
+    recipe_json = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return shlex.join([
+        "python", "-m", "eyeops.train.job",
+        "--recipe-json", recipe_json,
+        "--dataset-json", dataset.model_dump_json(),
+        "--run-name", run_name,
+        "--storage-path", storage_path,
+        "--ref-out", ref_out,
+    ])
+
+
+def build_rayjob(recipe: Recipe, dataset: DatasetRef, *, run_name: str, storage_path: str, ref_out: str,
+                 namespace: str, image: str = DEFAULT_IMAGE, pool: GpuPool | None = None,
+                 secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV, ray_version: str | None = None,
+                 ttl_seconds: int = 600, active_deadline_seconds: int | None = None,
+                 service_account: str | None = None) -> dict[str, Any]:
+    """A KubeRay RayJob training ``recipe`` on ``dataset``: CPU head, one worker per Ray Train worker.
+
+    Workers request ``pool.gpus_per_worker`` GPUs and carry the pool's nodeSelector/tolerations when
+    the recipe trains on GPU; the cluster is torn down when the job ends
+    (``shutdownAfterJobFinishes``). Checkpoints and the resulting ``CheckpointRef`` go to S3.
+    """
+    if not storage_path.startswith("s3://") or not ref_out.startswith("s3://"):
+        raise ClusterError(f"RayJob storage must be on S3 so every pod sees it; got storage_path="
+                           f"{storage_path!r}, ref_out={ref_out!r}")
+    import ray
+
+    use_gpu = recipe.train.use_gpu
+    pool = pool or GpuPool()
+    workers = recipe.train.num_workers
+    env = _env(secret_env, {"EYEOPS_MODE": "cluster", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"})
+    head = {"name": "ray-head", "image": image, "env": env, "resources": _resources("1", "4Gi"),
+            "ports": [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
+                      {"containerPort": 10001, "name": "client"}]}
+    cpus = str(max(1, int(recipe.train.resources_per_worker.get("CPU", 1))))
+    worker = {"name": "ray-worker", "image": image, "env": env,
+              "resources": _resources(cpus, "8Gi", pool.gpus_per_worker if use_gpu else 0, pool.accelerator)}
+    name = k8s_name("train", run_name)
+    spec: dict[str, Any] = {
+        "entrypoint": rayjob_entrypoint(recipe, dataset, run_name=run_name, storage_path=storage_path,
+                                        ref_out=ref_out),
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": ttl_seconds,
+        "submissionMode": "K8sJobMode",
+        # Ray Train's FailureConfig already retries workers; a failed job is not resubmitted blindly.
+        "backoffLimit": 0,
+        "rayClusterSpec": {
+            "rayVersion": ray_version or ray.__version__,
+            # num-cpus 0: the head schedules, never trains.
+            "headGroupSpec": {"rayStartParams": {"num-cpus": "0"},
+                              "template": _pod(head, service_account=service_account)},
+            "workerGroupSpecs": [{
+                "groupName": "gpu-workers" if use_gpu else "cpu-workers",
+                "replicas": workers, "minReplicas": workers, "maxReplicas": workers,
+                "rayStartParams": {},
+                "template": _pod(worker, pool=pool if use_gpu else None, service_account=service_account),
+            }],
+        },
+    }
+    if active_deadline_seconds:
+        spec["activeDeadlineSeconds"] = active_deadline_seconds
+    return {"apiVersion": f"{RAY_GROUP}/{RAY_VERSION}", "kind": "RayJob",
+            "metadata": {"name": name, "namespace": namespace, "labels": _labels("train", recipe)},
+            "spec": spec}
+
+
+def _serving_labels(recipe: Recipe, version: ModelVersionRef) -> dict[str, str]:
+    return {**_labels("serving", recipe), "eyeops.io/model-version": str(version.version)}
+
+
+def _serving_env(version: ModelVersionRef) -> dict[str, str]:
+    # Serve the exact registered version the pipeline just gated, not whatever @champion is later.
+    return {"EYEOPS_MODE": "cluster", "EYEOPS_SERVE_MODEL_URI": version.model_uri,
+            "EYEOPS_SERVE_MODEL_NAME": version.name, "HF_HUB_OFFLINE": "1"}
+
+
+def build_inference_service(recipe: Recipe, version: ModelVersionRef, *, namespace: str,
+                            image: str = DEFAULT_IMAGE, pool: GpuPool | None = None,
+                            secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV) -> dict[str, Any]:
+    """A KServe InferenceService (Standard deployment mode, HPA on concurrency) for ``version``."""
+    serve = recipe.serve
+    container: dict[str, Any] = {
+        "name": "kserve-container", "image": image,
+        # The KServe face of `eyeops serve` (kserve.ModelServer: v1 :predict and v2 /infer).
+        "command": ["eyeops", "serve"],
+        "args": ["--backend", "kserve", "--host", "0.0.0.0", "--port", "8080", "--model", version.model_uri],
+        "env": _env(secret_env, _serving_env(version)),
+        "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+        "resources": _resources("1", "4Gi", serve.gpu, (pool or GpuPool()).accelerator),
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8080}},
+    }
+    predictor: dict[str, Any] = {
+        "minReplicas": serve.min_replicas, "maxReplicas": serve.max_replicas,
+        "scaleMetric": "concurrency", "scaleTarget": max(1, int(serve.target_ongoing_requests)),
+        "containers": [container],
+    }
+    if serve.gpu:
+        pool = pool or GpuPool()
+        predictor["nodeSelector"] = dict(pool.node_selector)
+        predictor["tolerations"] = [t.as_k8s() for t in pool.tolerations]
+    return {
+        "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}", "kind": "InferenceService",
+        "metadata": {"name": k8s_name(version.name, max_len=45), "namespace": namespace,
+                     "labels": _serving_labels(recipe, version),
+                     "annotations": {"serving.kserve.io/deploymentMode": "Standard"}},
+        "spec": {"predictor": predictor},
+    }
+
+
+def build_rayservice(recipe: Recipe, version: ModelVersionRef, *, namespace: str, image: str = DEFAULT_IMAGE,
+                     pool: GpuPool | None = None, secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV,
+                     ray_version: str | None = None) -> dict[str, Any]:
+    """A KubeRay RayService running the eyeops Ray Serve app with the recipe's autoscaling."""
+    import ray
+
+    serve = recipe.serve
+    pool = pool or GpuPool()
+    serve_config = {"applications": [{
+        "name": k8s_name(version.name), "route_prefix": "/",
+        "import_path": "eyeops.serve.ray_app:app_builder",
+        "args": {"model_uri": version.model_uri, "model_name": version.name},
+        "deployments": [{"name": "EyeopsModel", "autoscaling_config": {
+            "min_replicas": serve.min_replicas, "max_replicas": serve.max_replicas,
+            "target_ongoing_requests": serve.target_ongoing_requests},
+            "ray_actor_options": {"num_gpus": serve.gpu}}],
+    }]}
+    env = _env(secret_env, _serving_env(version))
+    head = {"name": "ray-head", "image": image, "env": env, "resources": _resources("1", "4Gi"),
+            "ports": [{"containerPort": 8000, "name": "serve"}, {"containerPort": 8265, "name": "dashboard"}]}
+    worker = {"name": "ray-worker", "image": image, "env": env,
+              "resources": _resources("2", "8Gi", serve.gpu, pool.accelerator)}
+    template = _pod(worker, pool=pool if serve.gpu else None)
+    template["spec"]["restartPolicy"] = "Always"
+    head_template = _pod(head)
+    head_template["spec"]["restartPolicy"] = "Always"
+    return {
+        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}", "kind": "RayService",
+        "metadata": {"name": k8s_name(version.name, max_len=45), "namespace": namespace,
+                     "labels": _serving_labels(recipe, version)},
+        "spec": {
+            # sort_keys: the same version always renders the same string, so patches are no-ops.
+            "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=True),
+            "rayClusterConfig": {
+                "rayVersion": ray_version or ray.__version__,
+                "enableInTreeAutoscaling": True,
+                "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": head_template},
+                "workerGroupSpecs": [{
+                    "groupName": "serve-workers", "replicas": max(1, serve.min_replicas),
+                    "minReplicas": max(1, serve.min_replicas), "maxReplicas": serve.max_replicas,
+                    "rayStartParams": {}, "template": template}],
+            },
+        },
+    }

@@ -1,0 +1,137 @@
+"""RayJob / InferenceService / RayService builders, checked against the upstream CRD schemas."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from eyeops.cluster import (
+    GpuPool,
+    Toleration,
+    build_inference_service,
+    build_rayjob,
+    build_rayservice,
+    find_crd_dir,
+    k8s_name,
+    validate_object,
+)
+from eyeops.errors import ClusterError
+from eyeops.recipes import parse_recipe
+from eyeops.refs import DatasetRef, ModelVersionRef
+from eyeops.train.job import _parser
+
+CRDS = find_crd_dir()
+needs_crds = pytest.mark.skipif(CRDS is None, reason="no ../shared/crds here: CRD schema check skipped")
+
+
+def _recipe(**train):
+    return parse_recipe({"name": "fundus-classifier", "model": {"family": "classifier"},
+                         "register": {"model_name": "fundus-classifier"},
+                         "train": {"num_workers": 3, "use_gpu": True, **train}, "serve": {"gpu": 1}})
+
+
+DATASET = DatasetRef(uri="s3://bucket/eyeops/datasets/fundus", fingerprint="f" * 64, name="fundus")
+VERSION = ModelVersionRef(name="fundus-classifier", version=7, alias="champion", run_id="abc",
+                          model_uri="models:/fundus-classifier/7", gate_passed=True, gate_reason="beats champion",
+                          metric="macro_auc", value=0.91)
+POOL = GpuPool(accelerator="nvidia.com/gpu", gpus_per_worker=2, node_selector={"pool": "a100"},
+               tolerations=[Toleration(key="dedicated", operator="Equal", value="gpu")])
+
+
+def _rayjob(recipe=None):
+    return build_rayjob(recipe or _recipe(), DATASET, run_name="Fundus_Run 42", storage_path="s3://bucket/runs",
+                        ref_out="s3://bucket/runs/ref.json", namespace="ml", image="img:1", pool=POOL)
+
+
+def test_rayjob_shape_gpu_workers_and_forwarded_pool():
+    job = _rayjob()
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["metadata"]["name"] == "train-fundus-run-42"
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    head = spec["rayClusterSpec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert "nodeSelector" not in head["template"]["spec"]  # the head stays on the CPU pool
+    (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 3
+    pod = group["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "a100"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    # credentials only by reference, never as literal values
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "eyeops-s3", "key": "secret-access-key", "optional": True}
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+
+
+def test_cpu_recipe_gets_no_gpu_or_pool():
+    pod = _rayjob(_recipe(use_gpu=False))["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert "nodeSelector" not in pod and "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+
+
+def test_entrypoint_round_trips_through_the_job_module():
+    recipe = _recipe(max_steps=5)
+    argv = shlex.split(_rayjob(recipe)["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "eyeops.train.job"]
+    args = _parser().parse_args(argv[3:])
+    assert parse_recipe(json.loads(args.recipe_json)) == recipe
+    assert DatasetRef.model_validate_json(args.dataset_json) == DATASET
+    assert args.ref_out == "s3://bucket/runs/ref.json" and args.run_name == "Fundus_Run 42"
+
+
+def test_rayjob_refuses_local_storage():
+    with pytest.raises(ClusterError, match="S3"):
+        build_rayjob(_recipe(), DATASET, run_name="r", storage_path="/tmp/runs", ref_out="s3://b/r.json",
+                     namespace="ml")
+
+
+def test_inference_service_standard_mode_and_version_pinned():
+    isvc = build_inference_service(_recipe(), VERSION, namespace="ml", image="img:1", pool=POOL)
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    predictor = isvc["spec"]["predictor"]
+    env = {e["name"]: e.get("value") for e in predictor["containers"][0]["env"]}
+    assert env["EYEOPS_SERVE_MODEL_URI"] == "models:/fundus-classifier/7"
+    assert predictor["nodeSelector"] == {"pool": "a100"} and predictor["maxReplicas"] == 2
+
+
+def test_rayservice_carries_autoscaling():
+    svc = build_rayservice(_recipe(), VERSION, namespace="ml", image="img:1")
+    assert "target_ongoing_requests" in svc["spec"]["serveConfigV2"]
+    assert svc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplicas"] == 2
+
+
+@needs_crds
+def test_objects_validate_against_upstream_crds():
+    for obj in (_rayjob(), _rayjob(_recipe(use_gpu=False)),
+                build_inference_service(_recipe(), VERSION, namespace="ml"),
+                build_rayservice(_recipe(), VERSION, namespace="ml")):
+        assert validate_object(obj, CRDS) is True
+
+
+@needs_crds
+def test_schema_violation_names_the_path():
+    job = _rayjob()
+    job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "three"
+    with pytest.raises(ClusterError, match=r"workerGroupSpecs\.0\.replicas.*'three'"):
+        validate_object(job, CRDS)
+    job = _rayjob()
+    job["apiVersion"] = "ray.io/v9"
+    with pytest.raises(ClusterError, match="v9"):
+        validate_object(job, CRDS)
+
+
+def test_missing_crd_dir_means_not_validated(tmp_path, monkeypatch):
+    monkeypatch.setenv("EYEOPS_CRD_DIR", str(tmp_path / "absent"))
+    if CRDS is None:
+        assert validate_object(_rayjob()) is False
+
+
+def test_k8s_names():
+    assert k8s_name("Fundus_Classifier", "RUN.1") == "fundus-classifier-run-1"
+    assert len(k8s_name("x" * 100)) == 63
+    with pytest.raises(ClusterError):
+        k8s_name("___")
