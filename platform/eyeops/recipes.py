@@ -211,6 +211,7 @@ class TrainSpec(_Strict):
     checkpoints_to_keep: int = Field(2, ge=1, description="Ray Train checkpoints kept (newest first).")
     log_every_steps: int = Field(10, ge=1)
     grad_clip_norm: float | None = Field(1.0, gt=0, description="Clip the global grad norm; null: no clipping.")
+    dataloader_workers: int = Field(0, ge=0, description="DataLoader processes per Ray worker.")
     max_failures: int = Field(2, ge=-1, description="Worker-failure retries (-1: unlimited).")
     seed: int = 0
     stages: list[StageSpec] = Field(default_factory=list, description="Empty: one stage training 'all'.")

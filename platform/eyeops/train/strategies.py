@@ -1,0 +1,242 @@
+"""How one worker's model is wrapped, stepped and checkpointed: DDP (default) or DeepSpeed ZeRO.
+
+The loop only talks to :class:`Engine`: ``accumulate`` around forward+backward of a micro-batch,
+``backward``, ``step`` at an accumulation boundary, ``save``/``load`` of the full training state,
+and ``unwrap`` to reach the plain module for ``Family.save``. One engine is built per stage, because
+the set of trainable parameters (and so the optimizer and the DDP buckets) changes between stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eyeops.errors import ConfigError
+from eyeops.recipes import Recipe
+
+STATE_FILE = "train_state.pt"
+DS_TAG = "deepspeed"
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What an engine needs to know about the stage it trains."""
+
+    lr: float
+    total_steps: int
+    warmup_steps: int
+    precision: str  # "fp32" | "bf16" | "fp16"
+
+
+def resolve_precision(recipe: Recipe, device: torch.device) -> str:
+    """Map ``train.mixed_precision`` to what this device can do (auto: bf16/fp16 on GPU, fp32 on CPU)."""
+    wanted = recipe.train.mixed_precision
+    if device.type != "cuda":
+        if wanted == "fp16":
+            raise ConfigError("train.mixed_precision 'fp16' needs a GPU (use 'bf16', 'auto' or 'no' on CPU)")
+        return "bf16" if wanted == "bf16" else "fp32"
+    if wanted == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {"no": "fp32"}.get(wanted, wanted)
+
+
+def _optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm scales (1-D tensors): the usual AdamW practice.
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": recipe.train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, plan: StepPlan):
+    from transformers import get_scheduler
+
+    return get_scheduler(recipe.train.scheduler, optimizer, num_warmup_steps=plan.warmup_steps,
+                         num_training_steps=plan.total_steps)
+
+
+class Engine:
+    """The interface the loop drives; see the module docstring."""
+
+    model: nn.Module
+
+    def accumulate(self, boundary: bool) -> contextlib.AbstractContextManager: ...
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def step(self, boundary: bool) -> None:
+        """Called after every micro-batch; the optimizer only steps at an accumulation boundary."""
+        ...
+
+    def lr(self) -> float: ...
+    def unwrap(self) -> nn.Module: ...
+    def save(self, directory: Path, rank: int, extra: dict[str, Any]) -> bool:
+        """Write the training state; returns whether this rank wrote files to report."""
+        ...
+
+    def load(self, directory: Path, full: bool = True) -> dict[str, Any]:
+        """Restore the weights and, when ``full``, the optimizer/scheduler; returns the saved ``extra``."""
+        ...
+
+    def gathered(self) -> contextlib.AbstractContextManager:
+        """Context in which ``unwrap()`` holds complete parameters (ZeRO-3 partitions them)."""
+        return contextlib.nullcontext()
+
+
+class DDPEngine(Engine):
+    """torch DDP via ``ray.train.torch.prepare_model``, AdamW, optional autocast + GradScaler."""
+
+    def __init__(self, module: nn.Module, recipe: Recipe, plan: StepPlan, device: torch.device) -> None:
+        from ray.train.torch import prepare_model
+
+        self.module, self.device, self.plan = module, device, plan
+        self.clip, self.accum = recipe.train.grad_clip_norm, recipe.train.grad_accum_steps
+        self.model = prepare_model(module, move_to_device=device)
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = _optimizer(params, recipe, plan.lr)
+        self.scheduler = _scheduler(self.optimizer, recipe, plan)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=plan.precision == "fp16")
+        self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
+
+    @contextlib.contextmanager
+    def accumulate(self, boundary: bool) -> Iterator[None]:
+        # Between boundaries skip DDP's gradient all-reduce: gradients just add up locally.
+        skip_sync = not boundary and hasattr(self.model, "no_sync")  # a single worker has no DDP wrapper
+        sync = self.model.no_sync() if skip_sync else contextlib.nullcontext()
+        autocast = (torch.autocast(self.device.type, dtype=self._dtype) if self._dtype
+                    else contextlib.nullcontext())
+        with sync, autocast:
+            yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss / self.accum).backward()
+
+    def step(self, boundary: bool) -> None:
+        if not boundary:
+            return
+        if self.clip:
+            self.scaler.unscale_(self.optimizer)
+            trainable = [p for p in self.module.parameters() if p.requires_grad]
+            torch.nn.utils.clip_grad_norm_(trainable, self.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def unwrap(self) -> nn.Module:
+        return self.module
+
+    def save(self, directory: Path, rank: int, extra: dict[str, Any]) -> bool:
+        if rank != 0:  # DDP replicas are identical: one copy is the whole state
+            return False
+        torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                    "extra": extra}, directory / STATE_FILE)
+        return True
+
+    def load(self, directory: Path, full: bool = True) -> dict[str, Any]:
+        state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=False)
+        self.module.load_state_dict(state["model"])
+        if not full:
+            return state["extra"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        return state["extra"]
+
+
+class DeepSpeedEngine(Engine):
+    """DeepSpeed ZeRO (stage from the recipe); the process group Ray set up is reused."""
+
+    def __init__(self, module: nn.Module, recipe: Recipe, plan: StepPlan, device: torch.device) -> None:
+        import deepspeed
+
+        self.module, self.zero_stage = module.to(device), recipe.train.deepspeed.zero_stage
+        config = deepspeed_config(recipe, plan)
+        params = [p for p in module.parameters() if p.requires_grad]
+        # A client AdamW keeps CPU runs working (DeepSpeed's fused Adam needs CUDA).
+        optimizer = _optimizer(params, recipe, plan.lr)
+        scheduler = _scheduler(optimizer, recipe, plan)
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=config,
+            dist_init_required=False)
+
+    def accumulate(self, boundary: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the engine tracks accumulation boundaries itself
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.model.backward(loss)  # scales by 1/gradient_accumulation_steps
+
+    def step(self, boundary: bool) -> None:
+        # DeepSpeed counts micro-batches itself and only updates at its own boundary; the loop's
+        # boundaries agree because both use train.grad_accum_steps.
+        self.model.step()
+
+    def lr(self) -> float:
+        return float(self.model.get_lr()[0])
+
+    def unwrap(self) -> nn.Module:
+        return self.model.module
+
+    def save(self, directory: Path, rank: int, extra: dict[str, Any]) -> bool:
+        # Every rank writes its ZeRO optimizer shard; Ray merges the ranks' directories.
+        self.model.save_checkpoint(str(directory), tag=DS_TAG, client_state={"extra": extra})
+        return True
+
+    def load(self, directory: Path, full: bool = True) -> dict[str, Any]:
+        _, client = self.model.load_checkpoint(str(directory), tag=DS_TAG, load_module_only=not full,
+                                               load_optimizer_states=full, load_lr_scheduler_states=full)
+        if client is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
+        return client["extra"]
+
+    def gathered(self) -> contextlib.AbstractContextManager:
+        if self.zero_stage < 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.model.module.parameters()), modifier_rank=None)
+
+
+def deepspeed_config(recipe: Recipe, plan: StepPlan) -> dict[str, Any]:
+    """The DeepSpeed config dict from ``train`` and ``train.deepspeed`` (``extra`` merged last)."""
+    spec = recipe.train.deepspeed
+    zero: dict[str, Any] = {"stage": spec.zero_stage, "overlap_comm": spec.overlap_comm}
+    if spec.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": recipe.train.batch_size,
+        "gradient_accumulation_steps": recipe.train.grad_accum_steps,
+        "gradient_clipping": recipe.train.grad_clip_norm or 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": plan.precision == "bf16"},
+        "fp16": {"enabled": plan.precision == "fp16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,  # we report metrics ourselves
+        "wall_clock_breakdown": False,
+    }
+    return _merge(config, spec.extra)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if nested else value
+    return out
+
+
+def make_engine(module: nn.Module, recipe: Recipe, plan: StepPlan, device: torch.device) -> Engine:
+    """The engine for ``train.strategy``."""
+    if recipe.train.strategy == "deepspeed":
+        return DeepSpeedEngine(module, recipe, plan, device)
+    return DDPEngine(module, recipe, plan, device)
