@@ -18,6 +18,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,8 +34,10 @@ from eyeops.data.records import ImageInput, ImportResult, RawRecord
 from eyeops.data.schema import ODIR_LABELS, Manifest, Modality, QuarantineEntry, Sample, Task
 from eyeops.data.store import MANIFEST, is_s3, publish, write_samples
 from eyeops.errors import DataError, StorageError
-from eyeops.recipes import DataSpec
 from eyeops.refs import DatasetRef
+
+if TYPE_CHECKING:  # annotations only: eyeops.recipes imports eyeops.data (import cycle)
+    from eyeops.recipes import DataSpec
 
 __all__ = ["ProgressHook", "import_source", "prepare"]
 
