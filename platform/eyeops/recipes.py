@@ -247,6 +247,8 @@ class ServeSpec(_Strict):
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     gpu: int = Field(0, ge=0)
+    upscale_delay_s: float = Field(30.0, ge=0, description="Ray Serve: sustained load before adding replicas.")
+    downscale_delay_s: float = Field(600.0, ge=0, description="Ray Serve: idle time before removing replicas.")
 
     @model_validator(mode="after")
     def _replicas(self) -> ServeSpec:

@@ -149,9 +149,10 @@ def serve_kserve(model_ref: str, *, http_port: int, settings: ServeSettings) -> 
     from kserve.model_server import app as kserve_app
 
     from eyeops.serve.gateway import install
-    from eyeops.serve.limits import GuardMiddleware
+    from eyeops.serve.limits import GuardMiddleware, configure_logging
     from eyeops.serve.predictor import load_predictor
 
+    configure_logging()
     predictor = load_predictor(model_ref, max_batch_size=settings.max_batch_size)
     backend = InferenceBackend(
         [predictor],

@@ -174,3 +174,13 @@ async def _send_json(send: Callable, status: int, body: dict[str, Any]) -> None:
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """One line per request on stderr for a serving process (route, status, latency, request id)."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(level)
+        log.propagate = False

@@ -35,7 +35,10 @@ def serve_gateway(
 ) -> None:
     """Load the model and serve the gateway in this process until interrupted."""
     from eyeops.serve.gateway import create_app
+    from eyeops.serve.limits import configure_logging
     from eyeops.serve.predictor import load_predictor
+
+    configure_logging()
 
     predictor = load_predictor(model_ref, max_batch_size=settings.max_batch_size)
     app = create_app(predictor, settings)

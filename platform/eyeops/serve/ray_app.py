@@ -95,20 +95,20 @@ def build_app(
     spec: ServeSpec,
     *,
     settings_overrides: dict[str, Any] | None = None,
-    upscale_delay_s: float = 30.0,
-    downscale_delay_s: float = 600.0,
-    look_back_period_s: float = 30.0,
     replica_cpus: float = 1.0,
 ):
-    """The bound Ray Serve application for one model, autoscaled by ``spec``."""
+    """The bound Ray Serve application for one model, autoscaled as ``spec`` (recipe.serve) says."""
+    # Ray averages ongoing requests over look_back_period_s: keep it no longer than the upscale delay
+    # so short delays (tests, bursty clinics) actually react within that delay.
+    look_back = min(30.0, max(1.0, spec.upscale_delay_s))
     autoscaling = {
         "min_replicas": spec.min_replicas,
         "max_replicas": spec.max_replicas,
         "target_ongoing_requests": spec.target_ongoing_requests,
-        "upscale_delay_s": upscale_delay_s,
-        "downscale_delay_s": downscale_delay_s,
-        "look_back_period_s": look_back_period_s,
-        "metrics_interval_s": min(10.0, look_back_period_s / 2),
+        "upscale_delay_s": spec.upscale_delay_s,
+        "downscale_delay_s": spec.downscale_delay_s,
+        "look_back_period_s": look_back,
+        "metrics_interval_s": min(10.0, look_back / 2),
     }
     env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
     deployment = EyeopsModel.options(
@@ -138,7 +138,7 @@ def run_ray(
     port: int = 8000,
     settings_overrides: dict[str, Any] | None = None,
     blocking: bool = True,
-    **autoscale: float,
+    replica_cpus: float = 1.0,
 ) -> str:
     """Start Ray (local, or ``EYEOPS_RAY_ADDRESS``) and Serve, deploy the model; returns the URL."""
     import ray
@@ -153,7 +153,7 @@ def run_ray(
             ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
     serve.run(
-        build_app(model_ref, spec, settings_overrides=settings_overrides, **autoscale),
+        build_app(model_ref, spec, settings_overrides=settings_overrides, replica_cpus=replica_cpus),
         name=APP_NAME,
         route_prefix="/",
     )

@@ -1,0 +1,188 @@
+"""Serving test helpers: one real classifier, trained a few steps and registered through the registry.
+
+The model is built by the classifier family (packaged ImageNet backbone), trained for a few steps
+on synthetic fundus images, evaluated with the evaluation room's metrics and registered with the
+registry room's ``register`` into a session storage root; servers are real processes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+API_KEY = "test-key-classify-0123456789"
+CHAT_KEY = "test-key-chat-only-0123456789"
+ADMIN_KEY = "test-key-admin-0123456789abc"
+API_KEYS = f"{API_KEY}:classify;{CHAT_KEY}:chat;{ADMIN_KEY}:admin"
+MODEL_NAME = "eyeops-serve-test"
+
+
+@dataclass(frozen=True)
+class Registered:
+    storage_root: Path
+    model_name: str
+    version: int
+    model_dir: Path
+    recipe: object
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EYEOPS_")}
+        env |= {
+            "EYEOPS_STORAGE_ROOT": str(self.storage_root),
+            "EYEOPS_API_KEYS": API_KEYS,
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "2",
+        }
+        return env | extra
+
+
+def _recipe():
+    from eyeops.recipes import parse_recipe
+
+    return parse_recipe(
+        {
+            "name": "serve-test",
+            "model": {
+                "family": "classifier",
+                "backbone": "efficientnet_lite0",
+                "weights": "packaged",
+                "image_size": 64,
+                "circular_crop": True,
+            },
+            "register": {"model_name": MODEL_NAME},
+            "serve": {
+                "min_replicas": 1,
+                "max_replicas": 2,
+                "target_ongoing_requests": 2,
+                "max_batch_size": 8,
+            },
+        }
+    )
+
+
+def _train_save_register(root: Path) -> Registered:
+    import torch
+    from eyeops.data.synthetic import generate
+    from eyeops.evaluate.metrics import classification_metrics
+    from eyeops.families import get_family
+    from eyeops.refs import CheckpointRef, EvalReport
+    from eyeops.registry import register
+
+    recipe = _recipe()
+    family = get_family("classifier")
+    model = family.build_model(recipe)
+    from eyeops.models.classifier import FundusTransform
+
+    transform = FundusTransform(64, train=True)
+    train = list(generate(16, seed=0, size=64))
+    batch = {
+        "image": torch.stack([transform(Image.fromarray(s.image)) for s in train]),
+        "labels": torch.tensor([s.labels for s in train], dtype=torch.float32),
+    }
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(3):  # a few real steps: the served weights are a trained model, not an initialisation
+        optimizer.zero_grad()
+        loss = family.loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    model_dir = root / "checkpoints" / "serve-test"
+    family.save(model, recipe, model_dir)
+
+    loaded = family.load(model_dir)
+    held_out = list(generate(16, seed=1, size=64))
+    results = loaded.classify([Image.fromarray(s.image) for s in held_out])
+    probs = np.array([[r.probabilities[label] for label in loaded.labels] for r in results])
+    metrics = classification_metrics(np.array([s.labels for s in held_out]), probs, loaded.labels)
+    flat = metrics.flat()
+    fingerprint = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(model_dir.iterdir()))).hexdigest()
+    checkpoint = CheckpointRef(
+        uri=str(model_dir),
+        fingerprint=fingerprint,
+        recipe_name=recipe.name,
+        family="classifier",
+        run_name="serve-test-run",
+        step=3,
+        metrics={"loss": losses[-1]},
+    )
+    report_dir = root / "eval"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    report = EvalReport(
+        uri=str(report_dir), split="test", num_samples=len(held_out), metrics=flat, primary_metric="macro_f1"
+    )
+    version = register(recipe, checkpoint, report)
+    return Registered(root, version.name, version.version, model_dir, recipe)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class ServerProcess:
+    """A real server process on 127.0.0.1 (killed by its pid at teardown)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], port: int, log_path: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "eyeops", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self, path: str = "/readyz", timeout_s: float = 180) -> ServerProcess:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited ({self.process.returncode}):\n{self.log()}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"server not ready in {timeout_s} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(
+    registered: Registered, tmp_path_factory, backend: str, *extra: str, **env: str
+) -> ServerProcess:
+    from eyeops.serve.local import free_port
+
+    port = free_port()
+    log_path = tmp_path_factory.mktemp(f"{backend}-server") / "server.log"
+    args = [
+        "serve",
+        "--backend",
+        backend,
+        "--model",
+        f"{registered.model_name}@champion",
+        "--port",
+        str(port),
+        *extra,
+    ]
+    return ServerProcess(args, registered.env(**env), port, log_path)
