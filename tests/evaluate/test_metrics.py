@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import cohen_kappa_score, f1_score, roc_auc_score
-
 from eyeops.errors import DataError
 from eyeops.evaluate import breakdown, classification_metrics
+from sklearn.metrics import cohen_kappa_score, f1_score, roc_auc_score
 
 LABELS = ["N", "D", "G"]
 
@@ -67,12 +66,15 @@ def test_breakdown_per_group():
     assert groups["OD"].per_class[2].auc is None  # G absent in the group
 
 
-@pytest.mark.parametrize(("y", "p", "match"), [
-    ([[0, 2, 0]], [[0.1, 0.2, 0.3]], "row 0, field 'D'.*0/1"),
-    ([[0, 1, 0]], [[0.1, 1.2, 0.3]], "row 0, field 'D'.*probability"),
-    ([[0, 1]], [[0.1, 0.2]], "2 label columns"),
-    ([[0, 1, 0]], [[0.1, 0.2]], "differs"),
-])
+@pytest.mark.parametrize(
+    ("y", "p", "match"),
+    [
+        ([[0, 2, 0]], [[0.1, 0.2, 0.3]], "row 0, field 'D'.*0/1"),
+        ([[0, 1, 0]], [[0.1, 1.2, 0.3]], "row 0, field 'D'.*probability"),
+        ([[0, 1]], [[0.1, 0.2]], "2 label columns"),
+        ([[0, 1, 0]], [[0.1, 0.2]], "differs"),
+    ],
+)
 def test_bad_input_names_row_and_field(y, p, match):
     with pytest.raises(DataError, match=match):
         classification_metrics(y, p, LABELS)

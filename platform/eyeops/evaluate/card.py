@@ -78,7 +78,7 @@ def render_card(
         "- Autonomous diagnosis, triage or treatment decisions without clinician review.",
         "- Image types, devices or populations absent from the training data "
         "(see data lineage below); findings outside the label set.",
-        "- Any use on patients while this card carries a synthetic-data warning.",
+        *(["- Any use on patients: the model has seen synthetic images only."] if synthetic else []),
         "",
         "## Data lineage",
         "",

@@ -10,6 +10,7 @@ and ``model_card.md`` and returns an :class:`eyeops.refs.EvalReport`.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -85,8 +86,6 @@ def local_model_dir(uri: str) -> Path:
 
 
 def _download_s3_dir(uri: str) -> Path:
-    import hashlib
-
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -115,6 +114,49 @@ def _download_s3_dir(uri: str) -> Path:
         raise StorageError(f"downloading {uri} failed: {exc}") from exc
     (target / ".complete").touch()
     return target
+
+
+def dataset_ref(uri: str) -> DatasetRef:
+    """A :class:`DatasetRef` for a prepared dataset directory (local or s3://), from its manifest."""
+    manifest = read_manifest(uri)
+    return DatasetRef(
+        uri=uri,
+        fingerprint=manifest.fingerprint,
+        name=manifest.name,
+        num_samples=sum(manifest.counts.values()),
+    )
+
+
+def checkpoint_ref(model_dir: str, recipe: Recipe) -> CheckpointRef:
+    """A :class:`CheckpointRef` for a bare model directory (e.g. one copied out of a training run).
+
+    The step and run name come from the Ray checkpoint around it (``../meta.json``) when present.
+    """
+    path = local_model_dir(model_dir)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    if not files:
+        raise NotFoundError(f"model directory {model_dir!r} is empty")
+    outer = hashlib.sha256()
+    for file in files:
+        outer.update(
+            f"{file.relative_to(path).as_posix()}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode()
+        )
+    step, run_name = 0, path.name
+    meta = path.parent / "meta.json"
+    if meta.is_file():
+        try:
+            step = int(json.loads(meta.read_text(encoding="utf-8")).get("step", 0))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise DataError(f"unreadable checkpoint meta: {exc}", file=str(meta), field="step") from None
+        run_name = path.parent.parent.name
+    return CheckpointRef(
+        uri=str(path),
+        fingerprint=outer.hexdigest(),
+        recipe_name=recipe.name,
+        family=recipe.family,
+        run_name=run_name,
+        step=step,
+    )
 
 
 def read_split(data_dir: Path, split: str) -> pd.DataFrame:
