@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-
 from eyeops.data import load_samples, prepare, read_manifest
 from eyeops.data.engine import (
     LETTERS,
@@ -39,7 +38,7 @@ def test_closed_qa_letter_points_at_a_true_diagnosis():
 
 
 def test_normal_image_questions():
-    (q, options, letter), _ = closed_qa(_hot("N"), rng=np.random.default_rng(0))
+    (_q, options, letter), _ = closed_qa(_hot("N"), rng=np.random.default_rng(0))
     assert options[LETTERS.index(letter)] == "normal fundus"
     qa = open_qa(_hot("N"), [Finding(label="N", description="healthy disc")])
     assert "normal" in qa["diagnosis"][1] and "etiology" not in qa
