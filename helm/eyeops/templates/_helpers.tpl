@@ -78,13 +78,14 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{/* imagePullSecrets block, or nothing (use as: with include ... | nindent N). */}}
 {{- define "eyeops.imagePullSecrets" -}}
-{{- with .Values.image.pullSecrets }}
+{{- with .Values.image.pullSecrets -}}
 imagePullSecrets:
 {{- range . }}
   - name: {{ . }}
 {{- end }}
-{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{/* Service URLs inside the cluster. */}}

@@ -18,7 +18,7 @@ spec:
   automountServiceAccountToken: false
   securityContext:
     {{- include "eyeops.podSecurityContext" (dict "root" $root) | nindent 4 }}
-  {{- include "eyeops.imagePullSecrets" $root | nindent 2 }}
+  {{- with include "eyeops.imagePullSecrets" $root }}{{ . | nindent 2 }}{{ end }}
   {{- with .nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}

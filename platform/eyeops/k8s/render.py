@@ -98,6 +98,19 @@ def kustomize_build(directory: str | Path) -> list[dict[str, Any]]:
     return parse_documents(_run(cmd, f"kubectl kustomize {directory}"), origin=str(directory))
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (embedded RayJob YAML, serveConfigV2) as readable ``|`` blocks."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_BlockDumper.add_representer(str, _str_representer)
+
+
 def to_yaml(objects: Iterable[dict[str, Any]]) -> str:
     """A multi-document YAML stream with stable key order (what we commit)."""
-    return "".join("---\n" + yaml.safe_dump(obj, sort_keys=True, default_flow_style=False) for obj in objects)
+    return "".join("---\n" + yaml.dump(obj, Dumper=_BlockDumper, sort_keys=True, default_flow_style=False)
+                   for obj in objects)
