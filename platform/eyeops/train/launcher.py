@@ -41,6 +41,9 @@ def train(recipe: Recipe, dataset: DatasetRef, *, run_name: str | None = None,
     if overrides:
         recipe = recipe.with_overrides(overrides)
     get_family(recipe.family)  # unknown family: fail here, not inside a worker
+    if not recipe.train.use_gpu and recipe.train.mixed_precision == "fp16":
+        raise ConfigError("train.mixed_precision 'fp16' needs train.use_gpu: true "
+                          "(use bf16, auto or no on CPU)")
     settings = get_settings()
     data_dir = local_dataset_dir(dataset.uri)  # s3 datasets are downloaded (and verified) once
     run_name = run_name or f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
