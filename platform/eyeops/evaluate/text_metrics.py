@@ -285,6 +285,11 @@ def _wordnet() -> Any:
                 return io.StringIO(lexnames)
             return super().open(file)
 
+        def map_wn(self, version: str = "wordnet") -> None:
+            # The WordNet→OMW mapping only serves multilingual lookups, which METEOR never makes;
+            # computing it would need NLTK's own wordnet download.
+            return None
+
     if str(WORDNET_DIR) not in nltk.data.path:
         nltk.data.path.append(str(WORDNET_DIR))  # NLTK only reads corpora under its data path
     return _DebianWordNet(str(WORDNET_DIR), None)
