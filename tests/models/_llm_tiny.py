@@ -44,9 +44,16 @@ def save_tiny_llm(path: Path, *, hidden: int = 32, layers: int = 2) -> Path:
     tokenizer.chat_template = CHATML
     tokenizer.save_pretrained(path)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -62,19 +69,54 @@ def text_samples() -> list[Sample]:
         for split in (Split.TRAIN, Split.VAL, Split.TEST):
             sid = f"{topic}-{split.value}"
             meta = {"topic": topic}
-            out.append(Sample(id=f"qa-{sid}", task=Task.TEXT_QA, split=split, source="kb", meta=meta,
-                              messages=[Message(role="user", content=f"What is {topic}?")], answer=fact))
+            out.append(
+                Sample(
+                    id=f"qa-{sid}",
+                    task=Task.TEXT_QA,
+                    split=split,
+                    source="kb",
+                    meta=meta,
+                    messages=[Message(role="user", content=f"What is {topic}?")],
+                    answer=fact,
+                )
+            )
             options = [KB[n].split(";")[0][:40] for n in names]
-            out.append(Sample(id=f"mcq-{sid}", task=Task.MCQ, split=split, source="ophtimus-mcq", meta=meta,
-                              messages=[Message(role="user", content=f"Which statement describes {topic}?")],
-                              options=options, answer="ABCD"[i]))
-        out.append(Sample(id=f"dlg-{topic}", task=Task.DIALOGUE, split=Split.TRAIN, source="alpaca", meta=meta,
-                          messages=[Message(role="user", content="Hello"),
-                                    Message(role="assistant", content="Hello, how can I help?"),
-                                    Message(role="user", content=f"Tell me about {topic}.")],
-                          answer=fact))
-        out.append(Sample(id=f"doc-{topic}", task=Task.PRETRAIN_TEXT, split=Split.TRAIN, source="kb",
-                          answer=" ".join([fact] * 3)))
+            out.append(
+                Sample(
+                    id=f"mcq-{sid}",
+                    task=Task.MCQ,
+                    split=split,
+                    source="ophtimus-mcq",
+                    meta=meta,
+                    messages=[Message(role="user", content=f"Which statement describes {topic}?")],
+                    options=options,
+                    answer="ABCD"[i],
+                )
+            )
+        out.append(
+            Sample(
+                id=f"dlg-{topic}",
+                task=Task.DIALOGUE,
+                split=Split.TRAIN,
+                source="alpaca",
+                meta=meta,
+                messages=[
+                    Message(role="user", content="Hello"),
+                    Message(role="assistant", content="Hello, how can I help?"),
+                    Message(role="user", content=f"Tell me about {topic}."),
+                ],
+                answer=fact,
+            )
+        )
+        out.append(
+            Sample(
+                id=f"doc-{topic}",
+                task=Task.PRETRAIN_TEXT,
+                split=Split.TRAIN,
+                source="kb",
+                answer=" ".join([fact] * 3),
+            )
+        )
     return out
 
 
@@ -93,13 +135,31 @@ def tiny_recipe(base: Path | str, *, stages: list[dict] | None = None, **model: 
     return {
         "name": "tiny-llm",
         "data": {"source": "knowledge", "tasks": ["text_qa", "mcq"]},
-        "model": {"family": "llm", "base": str(base), "max_seq_len": 256, "corpus": [],
-                  "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-                  "eval_max_new_tokens": 8, **model},
-        "train": {"num_workers": 1, "batch_size": 4, "lr": 0.01, "stages": stages if stages is not None else [
-            {"name": "pretrain", "trainable": ["base"], "max_steps": 2, "data_tasks": ["pretrain_text"]},
-            {"name": "sft", "trainable": ["lora"], "max_steps": 2,
-             "data_tasks": ["text_qa", "mcq", "dialogue"]}]},
+        "model": {
+            "family": "llm",
+            "base": str(base),
+            "max_seq_len": 256,
+            "corpus": [],
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            "eval_max_new_tokens": 8,
+            **model,
+        },
+        "train": {
+            "num_workers": 1,
+            "batch_size": 4,
+            "lr": 0.01,
+            "stages": stages
+            if stages is not None
+            else [
+                {"name": "pretrain", "trainable": ["base"], "max_steps": 2, "data_tasks": ["pretrain_text"]},
+                {
+                    "name": "sft",
+                    "trainable": ["lora"],
+                    "max_steps": 2,
+                    "data_tasks": ["text_qa", "mcq", "dialogue"],
+                },
+            ],
+        },
         "evaluate": {"primary_metric": "mcq/accuracy"},
         "register": {"model_name": "tiny-llm"},
     }
