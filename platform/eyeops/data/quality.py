@@ -210,8 +210,9 @@ def split_groups(
 ) -> dict[str, Split]:
     """Assign every group (patient) to one split, stratified by ``strata`` (e.g. its rarest label).
 
-    Groups are shuffled within each stratum and dealt out so each split stays closest to its
-    target share, which keeps every label present in small val/test splits.
+    Groups are shuffled within each stratum and dealt to the split furthest below its share, in
+    that stratum plus overall, so every label with a few patients reaches val and test and the
+    overall fractions stay on target.
     """
     targets = {
         Split.TRAIN: 1.0 - val_fraction - test_fraction,
@@ -222,17 +223,21 @@ def split_groups(
     by_stratum: dict[str, list[str]] = defaultdict(list)
     for group in sorted(strata):
         by_stratum[strata[group]].append(group)
-    counts: Counter[Split] = Counter()
+    overall: Counter[Split] = Counter()
     assigned: dict[str, Split] = {}
     total = 0
     for stratum in sorted(by_stratum):
         members = by_stratum[stratum]
         rng.shuffle(members)
-        for group in members:
+        local: Counter[Split] = Counter()
+        for i, group in enumerate(members, 1):
             total += 1
-            split = max(targets, key=lambda s: (targets[s] * total - counts[s], targets[s]))
+            # Local deficit keeps each label in every split; the overall deficit keeps the totals
+            # on target even when every stratum is tiny.
+            split = max(targets, key=lambda s: targets[s] * (i + total) - local[s] - overall[s])
             assigned[group] = split
-            counts[split] += 1
+            local[split] += 1
+            overall[split] += 1
     return assigned
 
 
