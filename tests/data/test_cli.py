@@ -1,0 +1,66 @@
+"""`eyeops data prepare` and `eyeops data inspect` through the real typer app."""
+
+from __future__ import annotations
+
+import json
+
+from eyeops.cli import app
+from eyeops.data import read_manifest
+from typer.testing import CliRunner
+
+runner = CliRunner()
+
+
+def test_prepare_synthetic_then_inspect(tmp_path):
+    out = tmp_path / "syn"
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "prepare",
+            "--source",
+            "synthetic",
+            "--n",
+            "6",
+            "--image-size",
+            "64",
+            "--tasks",
+            "classify,closed_qa",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "closed_qa" in result.output and "patient-level split: ok" in result.output
+    assert read_manifest(out).name == "syn"
+    inspected = runner.invoke(app, ["data", "inspect", str(out), "--verify"])
+    assert inspected.exit_code == 0 and "verified" in inspected.output
+    (out / "samples.parquet").write_bytes(b"tampered")
+    assert runner.invoke(app, ["data", "inspect", str(out), "--verify"]).exit_code == 1
+
+
+def test_partly_bad_input_reports_quarantine_and_succeeds(tmp_path):
+    path = tmp_path / "qa.json"
+    path.write_text(
+        json.dumps(
+            [{"question": "What is a cataract?", "answer": "Lens clouding."}, {"question": "", "answer": "x"}]
+        ),
+        encoding="utf-8",
+    )
+    result = runner.invoke(
+        app, ["data", "prepare", str(path), "--source", "essay", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "quarantined: 1" in result.output and "qa.json row 2" in result.output
+
+
+def test_unusable_input_exits_nonzero_with_one_clear_line(tmp_path):
+    path = tmp_path / "mcq.csv"
+    path.write_text("question,answer\nWhat?,A\n", encoding="utf-8")
+    result = runner.invoke(
+        app, ["data", "prepare", str(path), "--source", "mcq", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2
+    assert "mcq.csv" in result.output and "option_a" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["data", "prepare", "--source", "odir", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "data.path is required" in result.output
