@@ -24,9 +24,11 @@ def compiled_pipelines(directory: str | Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(root.glob("*.yaml")):
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            # The IR may be followed by a platform spec document (kfp-kubernetes settings).
+            docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        doc = docs[0] if docs else None
         if not isinstance(doc, dict) or "pipelineInfo" not in doc or "root" not in doc:
             raise ConfigError(f"{path}: not a compiled KFP pipeline (no pipelineInfo/root)")
         found[path.stem] = path

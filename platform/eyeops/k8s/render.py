@@ -32,7 +32,8 @@ def _run(cmd: Sequence[str], what: str, timeout: float = 120) -> str:
     except subprocess.TimeoutExpired:
         raise ConfigError(f"{what}: timed out after {timeout:.0f} s") from None
     if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip()
+        # helm lint reports findings on stdout and only the verdict on stderr: keep both.
+        detail = "\n".join(part.strip() for part in (proc.stdout, proc.stderr) if part.strip())
         raise ConfigError(f"{what} failed (exit {proc.returncode}):\n{detail}")
     return proc.stdout
 

@@ -1,0 +1,62 @@
+"""Render the chart once per values file per session; everything else reads those objects."""
+
+# No `from __future__ import annotations`: KFP reads the component's real annotations.
+from pathlib import Path
+
+import pytest
+
+from eyeops.k8s import CHART_DIR, default_crd_dir, helm_template, load_crd_schemas
+
+CI = CHART_DIR / "ci"
+# name -> values files; "defaults" renders values.yaml alone.
+SCENARIOS: dict[str, list[Path]] = {
+    "defaults": [],
+    "gpu": [CI / "gpu-values.yaml"],
+    "rayservice": [CI / "rayservice-values.yaml"],
+    "external": [CI / "external-values.yaml"],
+    "evaluation": [CI / "evaluation-values.yaml"],
+}
+COMPILED = Path(__file__).resolve().parents[2] / "pipelines" / "compiled"
+
+
+@pytest.fixture(scope="session")
+def compiled_pipeline(tmp_path_factory) -> Path:
+    """A compiled KFP pipeline: the project's own when `make pipelines` has run, else a tiny one
+    compiled here with the real KFP compiler."""
+    shipped = sorted(COMPILED.glob("*.yaml")) if COMPILED.is_dir() else []
+    if shipped:
+        return shipped[0]
+    from kfp import compiler, dsl
+
+    @dsl.component(base_image="python:3.11-slim")
+    def hello(name: str) -> str:
+        return f"hello {name}"
+
+    @dsl.pipeline(name="eyeops-k8s-test")
+    def pipe(name: str = "eyeops"):
+        hello(name=name)
+
+    out = tmp_path_factory.mktemp("pipelines") / "fundus-classifier.yaml"
+    compiler.Compiler().compile(pipe, str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def set_files(compiled_pipeline) -> dict[str, Path]:
+    return {"pipeline.compiled.fundus-classifier": compiled_pipeline}
+
+
+@pytest.fixture(scope="session")
+def rendered(set_files) -> dict[str, list[dict]]:
+    """``{scenario: objects}``: one `helm template` per values file for the whole session."""
+    return {name: helm_template(files, set_files=set_files if name == "evaluation" else None)
+            for name, files in SCENARIOS.items()}
+
+
+@pytest.fixture(scope="session")
+def crd_schemas():
+    """Upstream CRD schemas from ../shared/crds; tests needing them skip (with why) when absent."""
+    crd_dir = default_crd_dir()
+    if not crd_dir.is_dir():
+        pytest.skip(f"{crd_dir} does not exist: custom resources are not validated against CRD schemas")
+    return load_crd_schemas(crd_dir)
