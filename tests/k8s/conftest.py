@@ -4,7 +4,6 @@
 from pathlib import Path
 
 import pytest
-
 from eyeops.k8s import CHART_DIR, default_crd_dir, helm_template, load_crd_schemas
 
 CI = CHART_DIR / "ci"
@@ -49,8 +48,10 @@ def set_files(compiled_pipeline) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def rendered(set_files) -> dict[str, list[dict]]:
     """``{scenario: objects}``: one `helm template` per values file for the whole session."""
-    return {name: helm_template(files, set_files=set_files if name == "evaluation" else None)
-            for name, files in SCENARIOS.items()}
+    return {
+        name: helm_template(files, set_files=set_files if name == "evaluation" else None)
+        for name, files in SCENARIOS.items()
+    }
 
 
 @pytest.fixture(scope="session")

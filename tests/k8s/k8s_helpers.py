@@ -9,7 +9,9 @@ def find(objects: list[dict], kind: str, name: str | None = None) -> list[dict]:
 
 def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
     found = find(objects, kind, name)
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
+    assert len(found) == 1, (
+        f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
+    )
     return found[0]
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
+from conftest import SCENARIOS
 from eyeops.k8s import check_all, helm_lint
 from eyeops.k8s.validate import validate_core, validate_custom
-
-from conftest import SCENARIOS
 from k8s_helpers import container, env_of, find, one
 
 CUSTOM_KINDS = {"InferenceService", "RayJob", "RayCluster", "RayService"}
@@ -48,8 +46,18 @@ def test_policies_hold(rendered, scenario):
 
 def test_kinds_per_scenario(rendered):
     kinds = {name: {o["kind"] for o in objs} for name, objs in rendered.items()}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "InferenceService", "NetworkPolicy", "Role",
-            "RoleBinding", "ServiceAccount", "ConfigMap", "Pod"} <= kinds["defaults"]
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "InferenceService",
+        "NetworkPolicy",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+        "ConfigMap",
+        "Pod",
+    } <= kinds["defaults"]
     assert "StatefulSet" not in kinds["defaults"] and "RayService" not in kinds["defaults"]
     assert {"RayCluster", "RayJob"} <= kinds["gpu"]
     assert "RayService" in kinds["rayservice"]
@@ -77,9 +85,15 @@ def test_external_services(rendered):
     objs = rendered["external"]
     mlflow = container(one(objs, "Deployment", "eyeops-mlflow")["spec"]["template"]["spec"], "mlflow")
     env = env_of(mlflow)
-    assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {"name": "rds-mlflow", "key": "uri"}
+    assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {
+        "name": "rds-mlflow",
+        "key": "uri",
+    }
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio.minio.svc.cluster.local:9000"
-    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "minio-eyeops", "key": "rootUser"}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "minio-eyeops",
+        "key": "rootUser",
+    }
     hosts = next(a for a in mlflow["args"] if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
     assert {"mlflow.example.org", "mlflow.internal.example.org"} <= set(hosts)
     predictor = one(objs, "InferenceService", "fundus-classifier")["spec"]["predictor"]
@@ -98,8 +112,12 @@ def test_kserve_endpoint_defaults(rendered):
     predictor = isvc["spec"]["predictor"]
     assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["scaleMetric"]) == (1, 3, "cpu")
     kserve = container(predictor, "kserve-container")
-    assert kserve["args"] == ["serve", "--backend=kserve", "--model=eyeops-fundus-classifier@champion",
-                              "--port=8080"]
+    assert kserve["args"] == [
+        "serve",
+        "--backend=kserve",
+        "--model=eyeops-fundus-classifier@champion",
+        "--port=8080",
+    ]
     assert "nvidia.com/gpu" not in kserve["resources"]["limits"]
 
 
@@ -124,8 +142,10 @@ def test_gpu_node_pools(rendered):
         shm = next(v for v in pod["volumes"] if v["name"] == "shm")
         assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
     job = one(objs, "RayJob")["spec"]
-    assert job["entrypoint"] == ("python -m eyeops.train.job --recipe fundus-classifier --dataset-uri "
-                                 "s3://eyeops/root/datasets/odir --run-name eyeops-fundus-classifier")
+    assert job["entrypoint"] == (
+        "python -m eyeops.train.job --recipe fundus-classifier --dataset-uri "
+        "s3://eyeops/root/datasets/odir --run-name eyeops-fundus-classifier"
+    )
     assert job["shutdownAfterJobFinishes"] is True
 
 
@@ -133,7 +153,9 @@ def test_rayjob_template_for_the_pipeline(rendered):
     cm = one(rendered["defaults"], "ConfigMap", "eyeops-rayjob-template")
     job = yaml.safe_load(cm["data"]["rayjob.yaml"])
     assert job["kind"] == "RayJob"
-    assert "--recipe ${RECIPE} --dataset-uri ${DATASET_URI} --run-name ${RUN_NAME}" in job["spec"]["entrypoint"]
+    assert (
+        "--recipe ${RECIPE} --dataset-uri ${DATASET_URI} --run-name ${RUN_NAME}" in job["spec"]["entrypoint"]
+    )
     worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert env_of(worker)["EYEOPS_MLFLOW_TRACKING_URI"]["value"] == "http://eyeops-mlflow.eyeops.svc:5000"
 
@@ -142,8 +164,14 @@ def test_rayservice_variant(rendered):
     objs = rendered["rayservice"]
     svc = one(objs, "RayService", "eye-llm")
     (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
-    assert app["args"] == {"model": "eyeops-eye-llm@champion", "min_replicas": 1, "max_replicas": 4,
-                           "target_ongoing_requests": 2, "max_batch_size": 8, "num_gpus": 1}
+    assert app["args"] == {
+        "model": "eyeops-eye-llm@champion",
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 2,
+        "max_batch_size": 8,
+        "num_gpus": 1,
+    }
     cluster = svc["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
     (group,) = cluster["workerGroupSpecs"]
@@ -153,8 +181,10 @@ def test_rayservice_variant(rendered):
     assert env_of(gateway)["EYEOPS_UPSTREAM_URL"]["value"] == "http://eye-llm-serve-svc.eyeops.svc:8000"
     test_pod = one(objs, "Pod", "eyeops-test")["spec"]["containers"][0]
     assert "--require-api=ray.io/v1=rayjobs,rayservices" not in test_pod["args"]
-    assert {"--require-api=ray.io/v1=rayservices", "--require-api=serving.kserve.io/v1beta1=inferenceservices"} \
-        <= set(test_pod["args"])
+    assert {
+        "--require-api=ray.io/v1=rayservices",
+        "--require-api=serving.kserve.io/v1beta1=inferenceservices",
+    } <= set(test_pod["args"])
 
 
 def test_gateway_auth_and_helm_test_hook(rendered):
@@ -177,22 +207,34 @@ def test_evaluation_install(rendered, compiled_pipeline):
     pg = one(objs, "StatefulSet", "eyeops-postgres")
     assert pg["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 70
     mlflow = container(one(objs, "Deployment", "eyeops-mlflow")["spec"]["template"]["spec"], "mlflow")
-    assert env_of(mlflow)["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["name"] == "eyeops-postgres"
+    assert (
+        env_of(mlflow)["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["name"] == "eyeops-postgres"
+    )
     cm = one(objs, "ConfigMap", "eyeops-pipelines")
     shipped = list(yaml.safe_load_all(cm["data"]["fundus-classifier.yaml"]))
     assert shipped == list(yaml.safe_load_all(compiled_pipeline.read_text()))
     job = one(objs, "Job", "eyeops-pipeline-upload")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
-    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "eyeops.k8s.kfp_upload"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "python",
+        "-m",
+        "eyeops.k8s.kfp_upload",
+    ]
     assert one(objs, "NetworkPolicy", "eyeops-netpol-postgres")["spec"]["ingress"][0]["ports"] == [
-        {"port": 5432, "protocol": "TCP"}]
+        {"port": 5432, "protocol": "TCP"}
+    ]
 
 
 def test_rbac_is_least_privilege(rendered):
     for objs in rendered.values():
         role = one(objs, "Role", "eyeops-pipeline")
-        grants = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
-                  for v in rule["verbs"]}
+        grants = {
+            (g, r, v)
+            for rule in role["rules"]
+            for g in rule["apiGroups"]
+            for r in rule["resources"]
+            for v in rule["verbs"]
+        }
         assert ("ray.io", "rayjobs", "create") in grants
         assert ("serving.kserve.io", "inferenceservices", "patch") in grants
         assert ("serving.kserve.io", "inferenceservices", "create") not in grants
@@ -200,20 +242,39 @@ def test_rbac_is_least_privilege(rendered):
         assert not any(r in ("secrets", "roles", "rolebindings") for _, r, _ in grants)
         accounts = {o["metadata"]["name"]: o for o in find(objs, "ServiceAccount")}
         assert [n for n, sa in accounts.items() if sa["automountServiceAccountToken"]] == [
-            "eyeops-pipeline", "eyeops-test"]
+            "eyeops-pipeline",
+            "eyeops-test",
+        ]
     binding = one(rendered["external"], "RoleBinding", "eyeops-pipeline")
-    assert {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"} in binding["subjects"]
+    assert {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"} in binding[
+        "subjects"
+    ]
 
 
 def test_network_policies_only_allow_the_documented_paths(rendered):
     objs = rendered["defaults"]
     gateway = one(objs, "NetworkPolicy", "eyeops-netpol-gateway")["spec"]
-    assert gateway["egress"] == [{"to": [{"podSelector": {"matchLabels": {
-        "app.kubernetes.io/name": "eyeops", "app.kubernetes.io/instance": "eyeops",
-        "app.kubernetes.io/component": "model"}}}],
-        "ports": [{"port": 8080, "protocol": "TCP"}, {"port": 8000, "protocol": "TCP"}]}]
+    assert gateway["egress"] == [
+        {
+            "to": [
+                {
+                    "podSelector": {
+                        "matchLabels": {
+                            "app.kubernetes.io/name": "eyeops",
+                            "app.kubernetes.io/instance": "eyeops",
+                            "app.kubernetes.io/component": "model",
+                        }
+                    }
+                }
+            ],
+            "ports": [{"port": 8080, "protocol": "TCP"}, {"port": 8000, "protocol": "TCP"}],
+        }
+    ]
     model = one(objs, "NetworkPolicy", "eyeops-netpol-model")["spec"]
-    assert model["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    assert (
+        model["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        == "gateway"
+    )
     mlflow_in = one(objs, "NetworkPolicy", "eyeops-netpol-mlflow")["spec"]["ingress"][0]["from"]
     assert {"podSelector": {"matchLabels": {"eyeops.io/mlflow-client": "true"}}} in mlflow_in
     # the gateway is not an MLflow or S3 client; endpoints are

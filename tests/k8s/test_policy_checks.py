@@ -6,12 +6,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from eyeops.errors import ClusterError
 from eyeops.k8s import check_no_inline_secrets, check_objects, check_pod_security, helm_template
 from eyeops.k8s.policy import check_network_policies, check_rbac_namespaced
 from eyeops.k8s.validate import strict_schema, validate_core, validate_custom
-
 from k8s_helpers import one
 
 
@@ -23,14 +21,24 @@ def objects():
 def test_pod_security_violations_are_named(objects):
     deploy = copy.deepcopy(one(objects, "Deployment", "eyeops-gateway"))
     c = deploy["spec"]["template"]["spec"]["containers"][0]
-    c["securityContext"].update(readOnlyRootFilesystem=False, allowPrivilegeEscalation=True,
-                                capabilities={"add": ["SYS_ADMIN"]}, runAsUser=0)
+    c["securityContext"].update(
+        readOnlyRootFilesystem=False,
+        allowPrivilegeEscalation=True,
+        capabilities={"add": ["SYS_ADMIN"]},
+        runAsUser=0,
+    )
     del c["resources"]["limits"]
     c["image"] = "ghcr.io/eyeops/eyeops-server:latest"
     problems = "\n".join(check_pod_security(deploy))
-    for expected in ("readOnlyRootFilesystem is not true", "allowPrivilegeEscalation is not false",
-                     "capabilities.drop lacks ALL", "adds capabilities ['SYS_ADMIN']", "runAsUser is 0",
-                     "resources.limits lacks ['cpu', 'memory']", "is not pinned"):
+    for expected in (
+        "readOnlyRootFilesystem is not true",
+        "allowPrivilegeEscalation is not false",
+        "capabilities.drop lacks ALL",
+        "adds capabilities ['SYS_ADMIN']",
+        "runAsUser is 0",
+        "resources.limits lacks ['cpu', 'memory']",
+        "is not pinned",
+    ):
         assert expected in problems
     assert "Deployment/eyeops-gateway" in problems and "container 'gateway'" in problems
 
@@ -39,10 +47,12 @@ def test_pod_security_reaches_ray_and_kserve_pods(objects):
     cluster = copy.deepcopy(one(objects, "RayCluster"))
     del cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["securityContext"]["seccompProfile"]
     del cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["securityContext"][
-        "seccompProfile"]
+        "seccompProfile"
+    ]
     assert check_pod_security(cluster) == [
         "RayCluster/eyeops-training spec.workerGroupSpecs[gpu-a100] container 'ray-worker': "
-        "seccompProfile is None, not RuntimeDefault"]
+        "seccompProfile is None, not RuntimeDefault"
+    ]
     isvc = copy.deepcopy(one(objects, "InferenceService"))
     isvc["spec"]["predictor"]["securityContext"]["runAsNonRoot"] = False
     del isvc["spec"]["predictor"]["containers"][0]["securityContext"]["runAsNonRoot"]
@@ -50,10 +60,26 @@ def test_pod_security_reaches_ray_and_kserve_pods(objects):
 
 
 def test_inline_secrets_are_found():
-    bad = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}, "spec": {"template": {
-        "spec": {"containers": [{"name": "c", "env": [
-            {"name": "POSTGRES_PASSWORD", "value": "hunter2"},
-            {"name": "DB", "value": "postgresql://mlflow:hunter2@db:5432/mlflow"}]}]}}}}
+    bad = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "c",
+                            "env": [
+                                {"name": "POSTGRES_PASSWORD", "value": "hunter2"},
+                                {"name": "DB", "value": "postgresql://mlflow:hunter2@db:5432/mlflow"},
+                            ],
+                        }
+                    ]
+                }
+            }
+        },
+    }
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}}
     problems = check_no_inline_secrets(bad) + check_no_inline_secrets(secret)
     assert len(problems) == 3
@@ -64,14 +90,17 @@ def test_inline_secrets_are_found():
 def test_network_and_rbac_checks(objects):
     without_deny = [o for o in objects if not o["metadata"]["name"].endswith("netpol-default-deny")]
     assert "no default-deny NetworkPolicy" in check_network_policies(without_deny)[0]
-    only_deny = [o for o in objects if o["kind"] != "NetworkPolicy" or
-                 o["metadata"]["name"].endswith("default-deny")]
+    only_deny = [
+        o for o in objects if o["kind"] != "NetworkPolicy" or o["metadata"]["name"].endswith("default-deny")
+    ]
     assert any("selected by no allow NetworkPolicy" in p for p in check_network_policies(only_deny))
     role = copy.deepcopy(one(objects, "Role"))
     role["rules"][0]["verbs"] = ["*"]
     cluster_role = {**role, "kind": "ClusterRole"}
     assert check_rbac_namespaced([role, cluster_role]) == [
-        "Role/eyeops-pipeline rules[0].verbs: wildcard", "ClusterRole/eyeops-pipeline: cluster-wide RBAC"]
+        "Role/eyeops-pipeline rules[0].verbs: wildcard",
+        "ClusterRole/eyeops-pipeline: cluster-wide RBAC",
+    ]
 
 
 def test_core_validation_is_strict(objects):
@@ -100,10 +129,16 @@ def test_custom_resource_typos_fail(objects, crd_schemas):
 
 
 def test_strict_schema_closes_objects_but_keeps_open_ones_open():
-    schema = strict_schema({"type": "object", "properties": {
-        "a": {"type": "string", "nullable": True},
-        "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {}},
-        "map": {"type": "object", "additionalProperties": {"type": "string"}}}})
+    schema = strict_schema(
+        {
+            "type": "object",
+            "properties": {
+                "a": {"type": "string", "nullable": True},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {}},
+                "map": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        }
+    )
     assert schema["additionalProperties"] is False
     assert schema["properties"]["a"]["type"] == ["string", "null"]
     assert "additionalProperties" not in schema["properties"]["free"]

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from eyeops.errors import ConfigError
 from eyeops.k8s import helm_lint, helm_template
 
-MODEL = {"name": "m", "backend": "kserve", "registeredModel": "eyeops-m",
-         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}}
+MODEL = {
+    "name": "m",
+    "backend": "kserve",
+    "registeredModel": "eyeops-m",
+    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+}
 
 
 def _values(tmp_path, data: dict):
@@ -19,21 +22,47 @@ def _values(tmp_path, data: dict):
     return [path]
 
 
-@pytest.mark.parametrize(("values", "expected"), [
-    ({"gateway": {"replicas": "two"}}, "gateway.replicas: Invalid type. Expected: integer, given: string"),
-    ({"mlflow": {"prot": 5000}}, "Additional property prot is not allowed"),
-    ({"telemetry": True}, "Additional property telemetry is not allowed"),
-    ({"gateway": {"replicas": -1}}, "gateway.replicas: Must be greater than or equal to 0"),
-    ({"models": [{**MODEL, "minReplicas": -1}]}, "models.0.minReplicas: Must be greater than or equal to 0"),
-    ({"models": [{**MODEL, "backend": "triton"}]}, "models.0.backend"),
-    ({"models": [{**MODEL, "gpu": 0.5}]}, "models.0.gpu: Invalid type. Expected: integer"),
-    ({"s3": {"storageRoot": "/data"}}, "s3.storageRoot: Does not match pattern"),
-    ({"training": {"workerGroups": [{"name": "GPU_pool", "replicas": 0, "minReplicas": 0, "maxReplicas": 1,
-                                     "gpu": 1, "resources": MODEL["resources"]}]}},
-     "training.workerGroups.0.name: Does not match pattern"),
-    # null deletes a default key in Helm: a container without a memory request is refused
-    ({"mlflow": {"resources": {"requests": {"memory": None}}}}, "mlflow.resources.requests: memory is required"),
-])
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"gateway": {"replicas": "two"}},
+            "gateway.replicas: Invalid type. Expected: integer, given: string",
+        ),
+        ({"mlflow": {"prot": 5000}}, "Additional property prot is not allowed"),
+        ({"telemetry": True}, "Additional property telemetry is not allowed"),
+        ({"gateway": {"replicas": -1}}, "gateway.replicas: Must be greater than or equal to 0"),
+        (
+            {"models": [{**MODEL, "minReplicas": -1}]},
+            "models.0.minReplicas: Must be greater than or equal to 0",
+        ),
+        ({"models": [{**MODEL, "backend": "triton"}]}, "models.0.backend"),
+        ({"models": [{**MODEL, "gpu": 0.5}]}, "models.0.gpu: Invalid type. Expected: integer"),
+        ({"s3": {"storageRoot": "/data"}}, "s3.storageRoot: Does not match pattern"),
+        (
+            {
+                "training": {
+                    "workerGroups": [
+                        {
+                            "name": "GPU_pool",
+                            "replicas": 0,
+                            "minReplicas": 0,
+                            "maxReplicas": 1,
+                            "gpu": 1,
+                            "resources": MODEL["resources"],
+                        }
+                    ]
+                }
+            },
+            "training.workerGroups.0.name: Does not match pattern",
+        ),
+        # null deletes a default key in Helm: a container without a memory request is refused
+        (
+            {"mlflow": {"resources": {"requests": {"memory": None}}}},
+            "mlflow.resources.requests: memory is required",
+        ),
+    ],
+)
 def test_schema_rejects(tmp_path, values, expected):
     files = _values(tmp_path, values)
     with pytest.raises(ConfigError) as err:
@@ -44,16 +73,28 @@ def test_schema_rejects(tmp_path, values, expected):
     assert expected in str(lint_err.value)
 
 
-@pytest.mark.parametrize(("values", "expected"), [
-    ({"models": [{**MODEL, "minReplicas": 3, "maxReplicas": 2}], "gateway": {"model": "m"}},
-     "models[m]: minReplicas 3 > maxReplicas 2"),
-    ({"models": [{**MODEL, "scaleMetric": "rps"}], "gateway": {"model": "m"}},
-     "models[m]: scaleMetric rps needs autoscaler keda"),
-    ({"gateway": {"model": "nope"}}, 'gateway.model "nope" names no entry in models (known: fundus-classifier)'),
-    ({"pipeline": {"upload": {"enabled": True}}}, "pipeline.upload.enabled needs pipeline.compiled"),
-    ({"pipeline": {"compiled": {"fundus-classifier": "just: text"}}},
-     "pipeline.compiled.fundus-classifier: not a compiled KFP pipeline"),
-])
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"models": [{**MODEL, "minReplicas": 3, "maxReplicas": 2}], "gateway": {"model": "m"}},
+            "models[m]: minReplicas 3 > maxReplicas 2",
+        ),
+        (
+            {"models": [{**MODEL, "scaleMetric": "rps"}], "gateway": {"model": "m"}},
+            "models[m]: scaleMetric rps needs autoscaler keda",
+        ),
+        (
+            {"gateway": {"model": "nope"}},
+            'gateway.model "nope" names no entry in models (known: fundus-classifier)',
+        ),
+        ({"pipeline": {"upload": {"enabled": True}}}, "pipeline.upload.enabled needs pipeline.compiled"),
+        (
+            {"pipeline": {"compiled": {"fundus-classifier": "just: text"}}},
+            "pipeline.compiled.fundus-classifier: not a compiled KFP pipeline",
+        ),
+    ],
+)
 def test_chart_rejects_inconsistent_values(tmp_path, values, expected):
     with pytest.raises(ConfigError) as err:
         helm_template(_values(tmp_path, values))

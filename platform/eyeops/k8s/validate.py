@@ -50,8 +50,11 @@ def strict_schema(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {key: strict_schema(value) for key, value in schema.items()}
-    if ("properties" in out and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     if out.pop("nullable", False) and isinstance(out.get("type"), str):
         out["type"] = [out["type"], "null"]
@@ -62,8 +65,12 @@ def _crd_documents(path: Path) -> list[Any]:
     """The documents of one CRD file. The files are megabytes of YAML (seconds to parse even with
     libyaml), so the parsed form is cached as JSON keyed by the file's sha256."""
     raw = path.read_bytes()
-    cache = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eyeops" / "crd-json"
-             / f"{hashlib.sha256(raw).hexdigest()}.json")
+    cache = (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        / "eyeops"
+        / "crd-json"
+        / f"{hashlib.sha256(raw).hexdigest()}.json"
+    )
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -120,8 +127,10 @@ def validate_custom(obj: dict[str, Any], schemas: dict[tuple[str, str], dict[str
     schema = schemas.get(key)
     if schema is None:
         return [f"{object_name(obj)}: no CRD schema for {key[0]} {key[1]}"]
-    problems = [f"{object_name(obj)}: {_error_path(err)}: {err.message}"
-                for err in jsonschema.Draft7Validator(schema).iter_errors(obj)]
+    problems = [
+        f"{object_name(obj)}: {_error_path(err)}: {err.message}"
+        for err in jsonschema.Draft7Validator(schema).iter_errors(obj)
+    ]
     name = (obj.get("metadata") or {}).get("name", "")
     # CRD schemas say nothing about metadata; the API server still enforces DNS names.
     if not name or len(name) > 63 or not _DNS1123_LABEL.match(name):
@@ -163,18 +172,25 @@ def validate_core(obj: dict[str, Any], kube_version: str = DEFAULT_KUBE_VERSION)
     """Problems of one built-in object (strict: unknown fields are errors)."""
     validator = _core_validator(str(obj.get("kind")), str(obj.get("apiVersion")), kube_version)
     if validator is None:
-        return [f"{object_name(obj)}: {obj.get('apiVersion')} {obj.get('kind')} is not a Kubernetes "
-                f"{kube_version} kind"]
-    problems = [f"{object_name(obj)}: {_error_path(err)}: {err.message}"
-                for err in validator.iter_errors(obj)]
+        return [
+            f"{object_name(obj)}: {obj.get('apiVersion')} {obj.get('kind')} is not a Kubernetes "
+            f"{kube_version} kind"
+        ]
+    problems = [
+        f"{object_name(obj)}: {_error_path(err)}: {err.message}" for err in validator.iter_errors(obj)
+    ]
     name = (obj.get("metadata") or {}).get("name", "")
     if len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
         problems.append(f"{object_name(obj)}: metadata.name {name!r} is not a DNS-1123 subdomain")
     return problems
 
 
-def validate_objects(objects: Iterable[dict[str, Any]], *, kube_version: str = DEFAULT_KUBE_VERSION,
-                     crd_dir: str | Path | None = None) -> list[str]:
+def validate_objects(
+    objects: Iterable[dict[str, Any]],
+    *,
+    kube_version: str = DEFAULT_KUBE_VERSION,
+    crd_dir: str | Path | None = None,
+) -> list[str]:
     """Every problem across ``objects``; custom resources are checked only when ``crd_dir`` is given.
 
     Without ``crd_dir`` an unknown kind is reported, so nothing is ever skipped silently.
@@ -187,8 +203,10 @@ def validate_objects(objects: Iterable[dict[str, Any]], *, kube_version: str = D
         elif schemas is not None:
             problems += validate_custom(obj, schemas)
         else:
-            problems.append(f"{object_name(obj)}: {obj.get('apiVersion')} is not a core kind and no "
-                            "CRD directory was given")
+            problems.append(
+                f"{object_name(obj)}: {obj.get('apiVersion')} is not a core kind and no "
+                "CRD directory was given"
+            )
     return problems
 
 
