@@ -6,7 +6,7 @@ import io
 
 import pytest
 from PIL import Image
-from serve_helpers import Registered, _train_save_register
+from serve_helpers import MAX_BODY, MAX_PIXELS, Registered, _train_save_register, start_server
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +42,19 @@ def retina_jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(data.retina()).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def gateway_server(registered, tmp_path_factory):
+    """``eyeops serve --backend local`` as a real process, shared by the gateway and fuzz tests."""
+    proc = start_server(
+        registered,
+        tmp_path_factory,
+        "local",
+        EYEOPS_MAX_BODY_BYTES=str(MAX_BODY),
+        EYEOPS_MAX_IMAGE_PIXELS=str(MAX_PIXELS),
+    )
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()

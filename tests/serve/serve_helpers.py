@@ -25,6 +25,9 @@ CHAT_KEY = "test-key-chat-only-0123456789"
 ADMIN_KEY = "test-key-admin-0123456789abc"
 API_KEYS = f"{API_KEY}:classify;{CHAT_KEY}:chat;{ADMIN_KEY}:admin"
 MODEL_NAME = "eyeops-serve-test"
+# Limits of the shared gateway server: small enough that tests can cross them cheaply.
+MAX_BODY = 3_000_000
+MAX_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -34,17 +37,23 @@ class Registered:
     version: int
     model_dir: Path
     recipe: object
+    version_ref: object  # eyeops.refs.ModelVersionRef returned by register()
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EYEOPS_")}
-        env |= {
-            "EYEOPS_STORAGE_ROOT": str(self.storage_root),
-            "EYEOPS_API_KEYS": API_KEYS,
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-            "OMP_NUM_THREADS": "2",
-        }
-        return env | extra
+        return server_env(self.storage_root, **extra)
+
+
+def server_env(storage_root: Path, **extra: str) -> dict[str, str]:
+    """Environment of a server process: this storage root, the test API keys, offline hubs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EYEOPS_")}
+    env |= {
+        "EYEOPS_STORAGE_ROOT": str(storage_root),
+        "EYEOPS_API_KEYS": API_KEYS,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "2",
+    }
+    return env | extra
 
 
 def _recipe():
@@ -124,7 +133,7 @@ def _train_save_register(root: Path) -> Registered:
         uri=str(report_dir), split="test", num_samples=len(held_out), metrics=flat, primary_metric="macro_f1"
     )
     version = register(recipe, checkpoint, report)
-    return Registered(root, version.name, version.version, model_dir, recipe)
+    return Registered(root, version.name, version.version, model_dir, recipe, version)
 
 
 def b64(data: bytes) -> str:
@@ -168,21 +177,18 @@ class ServerProcess:
                 self.process.wait()
 
 
-def start_server(
-    registered: Registered, tmp_path_factory, backend: str, *extra: str, **env: str
-) -> ServerProcess:
+def free_port_server(args: list[str], env: dict[str, str], tmp_path_factory, name: str) -> ServerProcess:
+    """``python -m eyeops <args> --port <free port>`` with its log in a fresh tmp dir."""
     from eyeops.serve.local import free_port
 
     port = free_port()
-    log_path = tmp_path_factory.mktemp(f"{backend}-server") / "server.log"
-    args = [
-        "serve",
-        "--backend",
-        backend,
-        "--model",
-        f"{registered.model_name}@champion",
-        "--port",
-        str(port),
-        *extra,
-    ]
-    return ServerProcess(args, registered.env(**env), port, log_path)
+    log_path = tmp_path_factory.mktemp(f"{name}-server") / "server.log"
+    return ServerProcess([*args, "--port", str(port)], env, port, log_path)
+
+
+def start_server(
+    registered: Registered, tmp_path_factory, backend: str, *extra: str, **env: str
+) -> ServerProcess:
+    """The registered champion behind ``eyeops serve --backend <backend>``."""
+    args = ["serve", "--backend", backend, "--model", f"{registered.model_name}@champion", *extra]
+    return free_port_server(args, registered.env(**env), tmp_path_factory, backend)

@@ -9,26 +9,14 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serve_helpers import ADMIN_KEY, API_KEY, CHAT_KEY, b64, start_server
+from serve_helpers import ADMIN_KEY, API_KEY, CHAT_KEY, MAX_BODY, b64
 
 pytestmark = pytest.mark.integration
-MAX_BODY = 3_000_000
-MAX_PIXELS = 4_000_000
 
 
 @pytest.fixture(scope="module")
-def server(registered, tmp_path_factory):
-    proc = start_server(
-        registered,
-        tmp_path_factory,
-        "local",
-        EYEOPS_MAX_BODY_BYTES=str(MAX_BODY),
-        EYEOPS_MAX_IMAGE_PIXELS=str(MAX_PIXELS),
-    )
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+def server(gateway_server):
+    return gateway_server
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ def test_v2_infer_bytes_in_fp32_out(server, registered, retina_jpeg, binary):
     async def go():
         client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=60))
         tensor = InferInput(name="image", shape=[1], datatype="BYTES")
-        if binary:
+        if binary:  # the binary extension: raw JPEG bytes after the JSON header
             tensor.set_data_from_numpy(np.array([retina_jpeg], dtype=np.object_), binary_data=True)
         else:  # JSON BYTES elements are strings: base64 of the file
             tensor.data = [b64(retina_jpeg)]
@@ -81,7 +81,8 @@ def test_v2_infer_bytes_in_fp32_out(server, registered, retina_jpeg, binary):
     assert output.name == "probabilities" and output.datatype == "FP32" and output.shape == [1, 8]
     probs = output.as_numpy()
     assert probs.dtype == np.float32 and ((probs >= 0) & (probs <= 1)).all()
-    assert response.model_version == str(registered.version)
+    assert response.parameters["version"] == str(registered.version)
+    assert response.parameters["alias"] == "champion"
 
     # The same image through the gateway route mounted in the same server gives the same numbers.
     gateway = httpx.post(

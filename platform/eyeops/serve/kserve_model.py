@@ -10,16 +10,21 @@ KServe's app is a module-level FastAPI, so the gateway routes (classify, chat, /
 metrics) are installed into the same server; ours are added first and therefore win for
 ``GET /v1/models`` (our body is a superset of KServe's: it keeps the ``models`` name list) and
 ``/metrics`` (same default Prometheus registry). KServe's own routes get API-key checks from
-:class:`KServeAuthMiddleware`.
+:class:`KServeGuard` (which also accepts binary BYTES).
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import struct
 import sys
 from typing import Any
 
 import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.protocol.infer_type import deserialize_bytes_tensor
 
 from eyeops.errors import EyeopsError, InvalidRequest, PayloadTooLarge
 from eyeops.serve import images as imaging
@@ -112,33 +117,96 @@ class EyeopsKServeModel(Model):
             infer_outputs=[output],
             response_id=request.id,
             model_version=str(stamp.version) if stamp.version is not None else None,
-            parameters={"alias": stamp.alias or "", "recipe": stamp.recipe},
+            # KServe's REST encoder drops model_version, so the stamp also travels in parameters.
+            parameters={"alias": stamp.alias or "", "recipe": stamp.recipe, "version": str(stamp.version)},
             use_binary_outputs=request.use_binary_outputs,
         )
 
 
-class KServeAuthMiddleware:
-    """API-key check (scope ``classify``) for KServe's own inference routes."""
+def binary_bytes_to_json(body: bytes, json_length: int) -> tuple[bytes, int | None]:
+    """Rewrite binary-extension BYTES inputs of a v2 REST request as base64 strings in its JSON.
+
+    KServe 0.21's REST decoder turns binary BYTES elements into UTF-8 text and fails (500) on image
+    bytes, so ``InferInput.set_data_from_numpy(..., binary_data=True)`` could not carry images.
+    Returns the new body and the new JSON length (None when no binary input remains).
+    """
+    try:
+        header = json.loads(body[:json_length])
+        offset, rest = json_length, []
+        for tensor in header.get("inputs", []):
+            parameters = tensor.get("parameters") or {}
+            size = parameters.get("binary_data_size")
+            if size is None:
+                continue
+            chunk, offset = body[offset : offset + int(size)], offset + int(size)
+            if tensor.get("datatype") == "BYTES":
+                tensor["data"] = [base64.b64encode(x).decode() for x in deserialize_bytes_tensor(chunk)]
+                del parameters["binary_data_size"]
+            else:
+                rest.append(chunk)
+    except (ValueError, TypeError, AttributeError, struct.error) as exc:
+        raise InvalidRequest(f"body: malformed binary inference request ({exc})") from None
+    head = json.dumps(header).encode()
+    return head + b"".join(rest), (len(head) if rest else None)
+
+
+class KServeGuard:
+    """For KServe's own inference routes: API-key check (scope ``classify``) and binary BYTES input."""
 
     def __init__(self, app, *, auth: ApiKeyAuth) -> None:
         self.app, self.auth = app, auth
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if (
+        if not (
             scope["type"] == "http"
             and scope.get("method") == "POST"
-            and (path.startswith("/v1/models/") or path.startswith("/v2/models/"))
+            and path.startswith(("/v1/models/", "/v2/models/"))
         ):
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-            try:
-                self.auth.check(
-                    presented_key(headers.get("authorization"), headers.get("x-api-key")), "classify"
-                )
-            except EyeopsError as exc:
-                await _send_json(send, exc.http_status, error_body(exc, request_id_of(scope)))
-                return
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            self.auth.check(presented_key(headers.get("authorization"), headers.get("x-api-key")), "classify")
+            json_length = headers.get(INFERENCE_CONTENT_LENGTH_HEADER.lower())
+            if json_length is not None and path.endswith("/infer"):
+                scope, receive = await self._rewrite_binary(scope, receive, json_length)
+        except EyeopsError as exc:
+            await _send_json(send, exc.http_status, error_body(exc, request_id_of(scope)))
+            return
         await self.app(scope, receive, send)
+
+    async def _rewrite_binary(self, scope, receive, json_length: str):
+        if not json_length.isdigit():
+            raise InvalidRequest(
+                f"{INFERENCE_CONTENT_LENGTH_HEADER}: expected a byte count, got {json_length!r}"
+            )
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body, new_length = binary_bytes_to_json(b"".join(chunks), int(json_length))
+        drop = {b"content-length", INFERENCE_CONTENT_LENGTH_HEADER.lower().encode(), b"content-type"}
+        new_headers = [(k, v) for k, v in scope["headers"] if k.lower() not in drop]
+        new_headers.append((b"content-length", str(len(body)).encode()))
+        if new_length is None:
+            new_headers.append((b"content-type", b"application/json"))
+        else:
+            new_headers += [
+                (b"content-type", b"application/octet-stream"),
+                (INFERENCE_CONTENT_LENGTH_HEADER.lower().encode(), str(new_length).encode()),
+            ]
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return {**scope, "headers": new_headers}, replay
 
 
 def serve_kserve(model_ref: str, *, http_port: int, settings: ServeSettings) -> None:
@@ -165,7 +233,7 @@ def serve_kserve(model_ref: str, *, http_port: int, settings: ServeSettings) -> 
     install(kserve_app, backend, settings)
     # Middleware order (outermost last): guard (request id, body limit) wraps the auth check.
     kserve_app.user_middleware = [m for m in kserve_app.user_middleware if m.cls is not GuardMiddleware]
-    kserve_app.add_middleware(KServeAuthMiddleware, auth=kserve_app.state.eyeops_auth)
+    kserve_app.add_middleware(KServeGuard, auth=kserve_app.state.eyeops_auth)
     kserve_app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes)
     kserve.ModelServer(http_port=http_port, enable_grpc=False, workers=1, enable_latency_logging=False).start(
         [model]
