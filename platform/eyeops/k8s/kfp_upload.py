@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from eyeops.errors import ConfigError
+from eyeops.errors import ClusterError, ConfigError, EyeopsError
 
 
 def compiled_pipelines(directory: str | Path) -> dict[str, Path]:
@@ -40,10 +40,20 @@ def compiled_pipelines(directory: str | Path) -> dict[str, Path]:
 def upload_all(host: str, directory: str | Path, version: str) -> list[str]:
     """Upload each compiled pipeline; returns one line per pipeline saying what was done."""
     import kfp  # heavy; only the Job needs it
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
 
-    client = kfp.Client(host=host)
+    pipelines = compiled_pipelines(directory)  # check the files before dialling the API
+    try:
+        client = kfp.Client(host=host)
+        return _upload(client, pipelines, version)
+    except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise ClusterError(f"KFP API at {host}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def _upload(client, pipelines: dict[str, Path], version: str) -> list[str]:
     lines = []
-    for recipe, path in compiled_pipelines(directory).items():
+    for recipe, path in pipelines.items():
         name = f"eyeops-{recipe}"
         pipeline_id = client.get_pipeline_id(name)
         if pipeline_id is None:
@@ -68,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for line in upload_all(args.host, args.dir, args.version):
             print(line)
-    except ConfigError as exc:
+    except EyeopsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
