@@ -66,6 +66,8 @@ class ChatModel:
         self._worker: threading.Thread | None = None
         self._worker_guard = threading.Lock()
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        # Batching counters (for /metrics and tests): decode loops run, requests served, widest batch.
+        self.stats = {"batches": 0, "requests": 0, "largest_batch": 0}
 
     # --- InferenceModel --------------------------------------------------------------------------
     def classify(self, images: Sequence[Image.Image]) -> list[ClassifyResult]:
@@ -138,6 +140,9 @@ class ChatModel:
         longest = max(r.max_new_tokens for r in requests)
         with self._lock, torch.inference_mode():
             output = self.model.generate(**inputs, **self._sampling(requests[0]), max_new_tokens=longest)
+            self.stats["batches"] += 1
+            self.stats["requests"] += len(requests)
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
         eos_ids = self._eos_ids()
         results = []
         for row, request in enumerate(requests):

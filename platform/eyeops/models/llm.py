@@ -187,7 +187,12 @@ class LLMFamily:
             else:
                 skipped[sample.task.value] = skipped.get(sample.task.value, 0) + 1
         if pretrain:
-            docs.setdefault("train", []).extend(corpus_texts(spec))
+            held_out = frozenset(
+                s.meta["disease"]
+                for s in samples
+                if s.split is not None and s.split.value != "train" and "disease" in s.meta
+            )
+            docs.setdefault("train", []).extend(corpus_texts(spec, exclude_diseases=held_out))
         for split, texts in docs.items():
             blocks = D.pack(tokenizer, texts, spec.max_seq_len)
             by_split.setdefault(split, []).extend((b, list(b)) for b in blocks)
@@ -302,19 +307,38 @@ def _in_group(group: str, name: str, param: Any, is_lora: bool, special: dict[st
     return False
 
 
-def corpus_texts(spec: LLMModel) -> list[str]:
+def corpus_texts(spec: LLMModel, *, exclude_diseases: frozenset[str] = frozenset()) -> list[str]:
     """Continued-pretraining documents named by ``model.corpus``."""
     texts: list[str] = []
     for entry in spec.corpus:
-        texts.extend(knowledge_base_texts() if entry == "knowledge_base" else D.read_corpus(entry))
+        if entry == "knowledge_base":
+            texts.extend(knowledge_base_texts(exclude=exclude_diseases))
+        else:
+            texts.extend(D.read_corpus(entry))
     return texts
 
 
-def knowledge_base_texts() -> list[str]:
-    """The packaged ophthalmic knowledge base rendered as plain documents (one per disease)."""
+def knowledge_base_texts(exclude: frozenset[str] = frozenset()) -> list[str]:
+    """The packaged ophthalmic knowledge base as one document per disease.
+
+    ``exclude`` drops diseases whose QA samples sit in the val/test splits, so pretraining never
+    shows the model the very text it is evaluated on.
+    """
     from eyeops.data.engine import knowledge_base
 
-    return [entry.as_text() for entry in knowledge_base()]
+    docs = []
+    for d in knowledge_base().diseases:
+        if d.key in exclude:
+            continue
+        docs.append(
+            f"{d.name[0].upper()}{d.name[1:]}.\n"
+            f"Causes and symptoms: {d.causes_symptoms}\n"
+            f"Diagnosis and examination: {d.diagnosis_examination}\n"
+            f"Treatment and prevention: {d.treatment_prevention}\n"
+            f"Prognosis and lifestyle: {d.prognosis_lifestyle}\n"
+            f"Hallmark: {d.hallmark}. Key test: {d.key_test}. First-line management: {d.first_line}."
+        )
+    return docs
 
 
 FAMILY = LLMFamily()
