@@ -17,9 +17,9 @@ CHATML = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 KB = {
-    "glaucoma": "Glaucoma is damage to the optic nerve, often with raised eye pressure; it narrows the visual field.",
+    "glaucoma": "Glaucoma is damage to the optic nerve, often with raised eye pressure.",
     "cataract": "A cataract is clouding of the lens that blurs vision; surgery replaces the lens.",
-    "amd": "Age-related macular degeneration damages the macula and central vision; drusen are an early sign.",
+    "amd": "Age-related macular degeneration damages the macula and central vision; drusen come early.",
     "dr": "Diabetic retinopathy shows microaneurysms, haemorrhages and exudates in the retina.",
 }
 

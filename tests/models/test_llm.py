@@ -214,7 +214,7 @@ def test_base_references(base, tmp_path):
     assert resolve_base("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     with pytest.raises(ConfigError, match="unknown packaged model"):
         resolve_base("packaged:gpt-9")
-    with pytest.raises(NotFoundError, match="no config.json"):
+    with pytest.raises(NotFoundError, match=r"no config\.json"):
         resolve_base(str(tmp_path))
     with pytest.raises(ConfigError, match="not a packaged name"):
         resolve_base("just-a-name")
