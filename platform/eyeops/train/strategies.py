@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +58,27 @@ def _optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float) -> torch.o
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, plan: StepPlan):
-    from transformers import get_scheduler
+def lr_factor(kind: str, step: int, warmup: int, total: int) -> float:
+    """Multiplier of the base LR after ``step`` optimizer steps: linear warmup, then the schedule.
 
-    return get_scheduler(recipe.train.scheduler, optimizer, num_warmup_steps=plan.warmup_steps,
-                         num_training_steps=plan.total_steps)
+    The curves of ``transformers.get_scheduler`` (cosine / linear / constant with warmup), except
+    that warmup's first step is not at LR 0; written out because importing transformers costs each
+    Ray worker several seconds.
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, plan: StepPlan):
+    kind = recipe.train.scheduler
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(lr_factor, kind, warmup=plan.warmup_steps, total=plan.total_steps))
 
 
 class Engine:
