@@ -5,13 +5,20 @@ from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
 
-def deploy(recipe: str, model: Input[Model], overrides: str, backend: str, image: str,
-           endpoint: Output[Artifact]) -> str:
+def deploy(
+    recipe: str, model: Input[Model], overrides: str, backend: str, image: str, endpoint: Output[Artifact]
+) -> str:
     """Start/refresh the local server or create/patch the InferenceService/RayService; returns the URL."""
     from eyeops.pipeline.steps import deploy_step
 
-    ref = deploy_step(recipe, version_path=model.path, overrides=overrides, backend=backend,
-                      out_path=endpoint.path, image=image)
+    ref = deploy_step(
+        recipe,
+        version_path=model.path,
+        overrides=overrides,
+        backend=backend,
+        out_path=endpoint.path,
+        image=image,
+    )
     endpoint.metadata.update({"url": ref.url, "backend": ref.backend, "version": ref.version})
     return ref.url
 

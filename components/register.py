@@ -5,19 +5,41 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 
-def register(recipe: str, checkpoint: Input[Model], report: Input[Artifact], dataset: Input[Dataset],
-             overrides: str, pipeline_run_id: str, pipeline_run_name: str, model: Output[Model]) -> bool:
+def register(
+    recipe: str,
+    checkpoint: Input[Model],
+    report: Input[Artifact],
+    dataset: Input[Dataset],
+    overrides: str,
+    pipeline_run_id: str,
+    pipeline_run_name: str,
+    model: Output[Model],
+) -> bool:
     """Register the checkpoint with lineage tags; ``model`` holds the ModelVersionRef JSON.
 
     Returns whether the gate passed (the new version is ``@champion``), which guards deploy.
     """
     from eyeops.pipeline.steps import register_step
 
-    version = register_step(recipe, checkpoint_path=checkpoint.path, report_path=report.path,
-                            dataset_path=dataset.path, overrides=overrides, pipeline_run_id=pipeline_run_id,
-                            pipeline_run_name=pipeline_run_name, out_path=model.path)
-    model.metadata.update({"name": version.name, "version": version.version, "alias": version.alias,
-                           "model_uri": version.model_uri, "gate_reason": version.gate_reason})
+    version = register_step(
+        recipe,
+        checkpoint_path=checkpoint.path,
+        report_path=report.path,
+        dataset_path=dataset.path,
+        overrides=overrides,
+        pipeline_run_id=pipeline_run_id,
+        pipeline_run_name=pipeline_run_name,
+        out_path=model.path,
+    )
+    model.metadata.update(
+        {
+            "name": version.name,
+            "version": version.version,
+            "alias": version.alias,
+            "model_uri": version.model_uri,
+            "gate_reason": version.gate_reason,
+        }
+    )
     return version.gate_passed
 
 

@@ -31,49 +31,78 @@ def _secrets_as_env(task: dsl.PipelineTask, secret_env: tuple[SecretEnv, ...]) -
     for item in secret_env:
         by_secret.setdefault(item.secret, {})[item.key] = item.env
     for secret, keys in sorted(by_secret.items()):
-        kfp_k8s.use_secret_as_env(task, secret_name=secret, secret_key_to_env=dict(sorted(keys.items())),
-                                  optional=True)
+        kfp_k8s.use_secret_as_env(
+            task, secret_name=secret, secret_key_to_env=dict(sorted(keys.items())), optional=True
+        )
 
 
 def build_pipeline(cluster: ClusterTarget | None = None, *, train_retries: int = 1):
     """The ``@dsl.pipeline`` function; ``cluster`` adds the Kubernetes specifics (compile only)."""
     image = cluster.image if cluster else DEFAULT_IMAGE
     prepare_op, train_op, evaluate_op, register_op, deploy_op = (
-        module.component(image) for module in (prepare_data, train, evaluate, register, deploy))
+        module.component(image) for module in (prepare_data, train, evaluate, register, deploy)
+    )
     pool_json = cluster.pool.model_dump_json() if cluster else ""
     retries = cluster.train_retries if cluster else train_retries
 
-    @dsl.pipeline(name=PIPELINE_NAME,
-                  description="eyeops fine-tuning: data → Ray Train → evaluation → MLflow gate → serving.")
-    def finetune(recipe: str = "fundus-classifier", data_source: str = "", overrides: str = "{}",
-                 train_target: str = "local", deploy_backend: str = ""):
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="eyeops fine-tuning: data → Ray Train → evaluation → MLflow gate → serving.",
+    )
+    def finetune(
+        recipe: str = "fundus-classifier",
+        data_source: str = "",
+        overrides: str = "{}",
+        train_target: str = "local",
+        deploy_backend: str = "",
+    ):
         run_id, run_name = dsl.PIPELINE_JOB_ID_PLACEHOLDER, dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         prep = prepare_op(recipe=recipe, data_source=data_source, overrides=overrides, pipeline_run_id=run_id)
         dataset = prep.outputs["dataset"]
-        fit = train_op(recipe=recipe, dataset=dataset, overrides=overrides, target=train_target,
-                       run_name=run_name, image=image, gpu_pool=pool_json)
+        fit = train_op(
+            recipe=recipe,
+            dataset=dataset,
+            overrides=overrides,
+            target=train_target,
+            run_name=run_name,
+            image=image,
+            gpu_pool=pool_json,
+        )
         # Ray Train resumes from its last checkpoint inside one attempt; a retry covers a lost pod.
         fit.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
         checkpoint = fit.outputs["checkpoint"]
         score = evaluate_op(recipe=recipe, checkpoint=checkpoint, dataset=dataset, overrides=overrides)
-        gate = register_op(recipe=recipe, checkpoint=checkpoint, report=score.outputs["report"],
-                           dataset=dataset, overrides=overrides, pipeline_run_id=run_id,
-                           pipeline_run_name=run_name)
+        gate = register_op(
+            recipe=recipe,
+            checkpoint=checkpoint,
+            report=score.outputs["report"],
+            dataset=dataset,
+            overrides=overrides,
+            pipeline_run_id=run_id,
+            pipeline_run_name=run_name,
+        )
         # kfp.local resolves only a component's single return value ("Output") in conditions.
         with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition, not Python
-            serve = deploy_op(recipe=recipe, model=gate.outputs["model"], overrides=overrides,
-                              backend=deploy_backend, image=image)
+            serve = deploy_op(
+                recipe=recipe,
+                model=gate.outputs["model"],
+                overrides=overrides,
+                backend=deploy_backend,
+                image=image,
+            )
         for task in (prep, fit, score, gate, serve):
             task.set_caching_options(False)  # every run is a new experiment; never reuse a stale stage
         if cluster is not None:
             fit.set_accelerator_type(cluster.pool.accelerator).set_accelerator_limit(
-                max(1, cluster.pool.gpus_per_worker))
+                max(1, cluster.pool.gpus_per_worker)
+            )
             fit.set_cpu_limit("8").set_memory_limit("32G")
             for key, value in sorted(cluster.pool.node_selector.items()):
                 kfp_k8s.add_node_selector(fit, label_key=key, label_value=value)
             for tol in cluster.pool.tolerations:
-                kfp_k8s.add_toleration(fit, key=tol.key, operator=tol.operator, value=tol.value,
-                                       effect=tol.effect)
+                kfp_k8s.add_toleration(
+                    fit, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect
+                )
             for task in (prep, fit, score, gate, serve):
                 _secrets_as_env(task, cluster.secret_env)
                 task.set_env_variable("EYEOPS_MODE", "cluster")

@@ -10,8 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-_PATH = re.compile(r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/?]+)"
-                   r"(?:/(?P<name>[^/?]+))?")
+_PATH = re.compile(
+    r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/?]+)"
+    r"(?:/(?P<name>[^/?]+))?"
+)
 
 
 def _merge(target: dict, patch: dict) -> dict:
@@ -45,7 +47,11 @@ class FakeKubeApi:
             match = _PATH.match(path)
             if not match:
                 return 404, _status_body(404, f"no route {path}"), {}
-            key = (match["plural"], match["ns"], match["name"] or (body or {}).get("metadata", {}).get("name"))
+            key = (
+                match["plural"],
+                match["ns"],
+                match["name"] or (body or {}).get("metadata", {}).get("name"),
+            )
             live = self.objects.get(key)
             if method == "POST":
                 if live is not None:
@@ -75,8 +81,13 @@ class FakeKubeApi:
 
 
 def _status_body(code: int, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure" if code >= 400 else "Success",
-            "message": message, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure" if code >= 400 else "Success",
+        "message": message,
+        "code": code,
+    }
 
 
 @pytest.fixture

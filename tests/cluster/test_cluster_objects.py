@@ -6,7 +6,6 @@ import json
 import shlex
 
 import pytest
-
 from eyeops.cluster import (
     GpuPool,
     Toleration,
@@ -27,22 +26,48 @@ needs_crds = pytest.mark.skipif(CRDS is None, reason="no ../shared/crds here: CR
 
 
 def _recipe(**train):
-    return parse_recipe({"name": "fundus-classifier", "model": {"family": "classifier"},
-                         "register": {"model_name": "fundus-classifier"},
-                         "train": {"num_workers": 3, "use_gpu": True, **train}, "serve": {"gpu": 1}})
+    return parse_recipe(
+        {
+            "name": "fundus-classifier",
+            "model": {"family": "classifier"},
+            "register": {"model_name": "fundus-classifier"},
+            "train": {"num_workers": 3, "use_gpu": True, **train},
+            "serve": {"gpu": 1},
+        }
+    )
 
 
 DATASET = DatasetRef(uri="s3://bucket/eyeops/datasets/fundus", fingerprint="f" * 64, name="fundus")
-VERSION = ModelVersionRef(name="fundus-classifier", version=7, alias="champion", run_id="abc",
-                          model_uri="models:/fundus-classifier/7", gate_passed=True, gate_reason="beats champion",
-                          metric="macro_auc", value=0.91)
-POOL = GpuPool(accelerator="nvidia.com/gpu", gpus_per_worker=2, node_selector={"pool": "a100"},
-               tolerations=[Toleration(key="dedicated", operator="Equal", value="gpu")])
+VERSION = ModelVersionRef(
+    name="fundus-classifier",
+    version=7,
+    alias="champion",
+    run_id="abc",
+    model_uri="models:/fundus-classifier/7",
+    gate_passed=True,
+    gate_reason="beats champion",
+    metric="macro_auc",
+    value=0.91,
+)
+POOL = GpuPool(
+    accelerator="nvidia.com/gpu",
+    gpus_per_worker=2,
+    node_selector={"pool": "a100"},
+    tolerations=[Toleration(key="dedicated", operator="Equal", value="gpu")],
+)
 
 
 def _rayjob(recipe=None):
-    return build_rayjob(recipe or _recipe(), DATASET, run_name="Fundus_Run 42", storage_path="s3://bucket/runs",
-                        ref_out="s3://bucket/runs/ref.json", namespace="ml", image="img:1", pool=POOL)
+    return build_rayjob(
+        recipe or _recipe(),
+        DATASET,
+        run_name="Fundus_Run 42",
+        storage_path="s3://bucket/runs",
+        ref_out="s3://bucket/runs/ref.json",
+        namespace="ml",
+        image="img:1",
+        pool=POOL,
+    )
 
 
 def test_rayjob_shape_gpu_workers_and_forwarded_pool():
@@ -58,12 +83,17 @@ def test_rayjob_shape_gpu_workers_and_forwarded_pool():
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 3
     pod = group["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "a100"}
-    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]
+    assert pod["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
+    ]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     # credentials only by reference, never as literal values
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
-        "name": "eyeops-s3", "key": "secret-access-key", "optional": True}
+        "name": "eyeops-s3",
+        "key": "secret-access-key",
+        "optional": True,
+    }
     assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
 
 
@@ -84,8 +114,14 @@ def test_entrypoint_round_trips_through_the_job_module():
 
 def test_rayjob_refuses_local_storage():
     with pytest.raises(ClusterError, match="S3"):
-        build_rayjob(_recipe(), DATASET, run_name="r", storage_path="/tmp/runs", ref_out="s3://b/r.json",
-                     namespace="ml")
+        build_rayjob(
+            _recipe(),
+            DATASET,
+            run_name="r",
+            storage_path="/tmp/runs",
+            ref_out="s3://b/r.json",
+            namespace="ml",
+        )
 
 
 def test_inference_service_standard_mode_and_version_pinned():
@@ -106,9 +142,12 @@ def test_rayservice_carries_autoscaling():
 
 @needs_crds
 def test_objects_validate_against_upstream_crds():
-    for obj in (_rayjob(), _rayjob(_recipe(use_gpu=False)),
-                build_inference_service(_recipe(), VERSION, namespace="ml"),
-                build_rayservice(_recipe(), VERSION, namespace="ml")):
+    for obj in (
+        _rayjob(),
+        _rayjob(_recipe(use_gpu=False)),
+        build_inference_service(_recipe(), VERSION, namespace="ml"),
+        build_rayservice(_recipe(), VERSION, namespace="ml"),
+    ):
         assert validate_object(obj, CRDS) is True
 
 

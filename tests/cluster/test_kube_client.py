@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
-
 from eyeops.cluster import KubeClient, describe_rayjob, rayjob_done
 from eyeops.errors import ClusterError
 
-OBJ = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "train-x", "namespace": "ml"},
-       "spec": {"entrypoint": "python -m eyeops.train.job", "shutdownAfterJobFinishes": True}}
+OBJ = {
+    "apiVersion": "ray.io/v1",
+    "kind": "RayJob",
+    "metadata": {"name": "train-x", "namespace": "ml"},
+    "spec": {"entrypoint": "python -m eyeops.train.job", "shutdownAfterJobFinishes": True},
+}
 
 
 def _client(api_client, **kw):
@@ -55,22 +58,33 @@ def test_wait_streams_each_status_change_and_succeeds(fake_api):
     client, _ = _client(api_client)
     client.create(OBJ)
     api.progress["rayjobs"] = [
-        {"jobDeploymentStatus": "Initializing"}, {"jobDeploymentStatus": "Initializing"},
+        {"jobDeploymentStatus": "Initializing"},
+        {"jobDeploymentStatus": "Initializing"},
         {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
-        {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}]
+        {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"},
+    ]
     lines: list[str] = []
     client.wait(OBJ, rayjob_done, describe=describe_rayjob, timeout_s=30, poll_s=0, on_status=lines.append)
-    assert lines == ["RayJob train-x: Initializing", "RayJob train-x: Running · job RUNNING",
-                     "RayJob train-x: Complete · job SUCCEEDED"]
+    assert lines == [
+        "RayJob train-x: Initializing",
+        "RayJob train-x: Running · job RUNNING",
+        "RayJob train-x: Complete · job SUCCEEDED",
+    ]
 
 
 def test_wait_reports_failure_and_timeout(fake_api):
     api, api_client = fake_api
     client, _ = _client(api_client)
     client.create(OBJ)
-    api.progress["rayjobs"] = [{"jobDeploymentStatus": "Failed", "jobStatus": "FAILED",
-                                "reason": "AppFailed", "message": "loss is NaN"}]
-    with pytest.raises(ClusterError, match="RayJob train-x failed.*AppFailed.*loss is NaN"):
+    api.progress["rayjobs"] = [
+        {
+            "jobDeploymentStatus": "Failed",
+            "jobStatus": "FAILED",
+            "reason": "AppFailed",
+            "message": "loss is NaN",
+        }
+    ]
+    with pytest.raises(ClusterError, match=r"RayJob train-x failed.*AppFailed.*loss is NaN"):
         client.wait(OBJ, rayjob_done, describe=describe_rayjob, timeout_s=30, poll_s=0)
     api.progress["rayjobs"] = [{"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}]
     with pytest.raises(ClusterError, match="not done after 0s"):

@@ -17,7 +17,20 @@ from eyeops.cluster.objects import (
 from eyeops.cluster.schema import find_crd_dir, validate_object
 
 __all__ = [
-    "DEFAULT_IMAGE", "DEFAULT_SECRET_ENV", "GpuPool", "KubeClient", "SecretEnv", "Toleration",
-    "build_inference_service", "build_rayjob", "build_rayservice", "deploy_on_cluster", "describe_rayjob",
-    "find_crd_dir", "k8s_name", "rayjob_done", "train_on_cluster", "validate_object",
+    "DEFAULT_IMAGE",
+    "DEFAULT_SECRET_ENV",
+    "GpuPool",
+    "KubeClient",
+    "SecretEnv",
+    "Toleration",
+    "build_inference_service",
+    "build_rayjob",
+    "build_rayservice",
+    "deploy_on_cluster",
+    "describe_rayjob",
+    "find_crd_dir",
+    "k8s_name",
+    "rayjob_done",
+    "train_on_cluster",
+    "validate_object",
 ]

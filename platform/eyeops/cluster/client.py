@@ -23,8 +23,12 @@ from eyeops.errors import ClusterError
 
 log = logging.getLogger(__name__)
 
-PLURALS = {"RayJob": "rayjobs", "RayService": "rayservices", "RayCluster": "rayclusters",
-           "InferenceService": "inferenceservices"}
+PLURALS = {
+    "RayJob": "rayjobs",
+    "RayService": "rayservices",
+    "RayCluster": "rayclusters",
+    "InferenceService": "inferenceservices",
+}
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 StatusCallback = Callable[[str], None]
 
@@ -39,8 +43,15 @@ def _api_message(exc: ApiException) -> str:
 class KubeClient:
     """Create/patch/get/delete/wait for namespaced custom objects, with retries."""
 
-    def __init__(self, api_client: k8s.ApiClient | None = None, *, retries: int = 5, backoff_s: float = 0.5,
-                 max_backoff_s: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        api_client: k8s.ApiClient | None = None,
+        *,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.api = k8s.CustomObjectsApi(api_client or k8s.ApiClient())
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self._sleep = sleep
@@ -55,7 +66,8 @@ class KubeClient:
                 k8s_config.load_kube_config()
             except (k8s_config.ConfigException, OSError) as exc:
                 raise ClusterError(
-                    f"no Kubernetes configuration found (in-cluster or kubeconfig): {exc}") from exc
+                    f"no Kubernetes configuration found (in-cluster or kubeconfig): {exc}"
+                ) from exc
         return cls(k8s.ApiClient(), **kwargs)
 
     # --- transport with retries -----------------------------------------------------------------
@@ -69,15 +81,23 @@ class KubeClient:
                     raise
                 retry_after = (exc.headers or {}).get("Retry-After")
                 wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
-                log.warning("%s: API answered %s, retry %d/%d in %.1fs", what, exc.status, attempt + 1,
-                            self.retries, wait)
+                log.warning(
+                    "%s: API answered %s, retry %d/%d in %.1fs",
+                    what,
+                    exc.status,
+                    attempt + 1,
+                    self.retries,
+                    wait,
+                )
             except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
                 if attempt == self.retries:
-                    raise ClusterError(f"{what}: Kubernetes API unreachable after {self.retries} retries: "
-                                       f"{exc}") from exc
+                    raise ClusterError(
+                        f"{what}: Kubernetes API unreachable after {self.retries} retries: {exc}"
+                    ) from exc
                 wait = delay
-                log.warning("%s: %s, retry %d/%d in %.1fs", what, type(exc).__name__, attempt + 1,
-                            self.retries, wait)
+                log.warning(
+                    "%s: %s, retry %d/%d in %.1fs", what, type(exc).__name__, attempt + 1, self.retries, wait
+                )
             self._sleep(min(wait, self.max_backoff_s))
             delay = min(delay * 2, self.max_backoff_s)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -89,21 +109,30 @@ class KubeClient:
             meta = obj["metadata"]
             return group, version, meta["namespace"], PLURALS[obj["kind"]], meta["name"]
         except KeyError as exc:
-            raise ClusterError(f"object lacks {exc} (kind={obj.get('kind')!r}); known kinds: "
-                               f"{', '.join(PLURALS)}") from None
+            raise ClusterError(
+                f"object lacks {exc} (kind={obj.get('kind')!r}); known kinds: {', '.join(PLURALS)}"
+            ) from None
 
     def _fail(self, verb: str, obj: dict[str, Any], exc: ApiException) -> ClusterError:
         _, _, ns, plural, name = self._coords(obj)
         return ClusterError(
-            f"{verb} {plural}/{name} in namespace {ns}: HTTP {exc.status} {_api_message(exc)}")
+            f"{verb} {plural}/{name} in namespace {ns}: HTTP {exc.status} {_api_message(exc)}"
+        )
 
     # --- verbs ----------------------------------------------------------------------------------
     def get(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """The live object, or None when it does not exist."""
         group, version, ns, plural, name = self._coords(obj)
         try:
-            return self._call(f"get {plural}/{name}", self.api.get_namespaced_custom_object,
-                              group, version, ns, plural, name)
+            return self._call(
+                f"get {plural}/{name}",
+                self.api.get_namespaced_custom_object,
+                group,
+                version,
+                ns,
+                plural,
+                name,
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -112,8 +141,15 @@ class KubeClient:
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         group, version, ns, plural, name = self._coords(obj)
         try:
-            return self._call(f"create {plural}/{name}", self.api.create_namespaced_custom_object,
-                              group, version, ns, plural, obj)
+            return self._call(
+                f"create {plural}/{name}",
+                self.api.create_namespaced_custom_object,
+                group,
+                version,
+                ns,
+                plural,
+                obj,
+            )
         except ApiException as exc:
             raise self._fail("create", obj, exc) from None
 
@@ -123,8 +159,16 @@ class KubeClient:
         meta = obj["metadata"]
         body = {"metadata": {k: meta[k] for k in ("labels", "annotations") if k in meta}, "spec": obj["spec"]}
         try:
-            return self._call(f"patch {plural}/{name}", self.api.patch_namespaced_custom_object,
-                              group, version, ns, plural, name, body)
+            return self._call(
+                f"patch {plural}/{name}",
+                self.api.patch_namespaced_custom_object,
+                group,
+                version,
+                ns,
+                plural,
+                name,
+                body,
+            )
         except ApiException as exc:
             raise self._fail("patch", obj, exc) from None
 
@@ -132,8 +176,15 @@ class KubeClient:
         """Create, or patch when the object already exists (409)."""
         group, version, ns, plural, name = self._coords(obj)
         try:
-            return self._call(f"create {plural}/{name}", self.api.create_namespaced_custom_object,
-                              group, version, ns, plural, obj)
+            return self._call(
+                f"create {plural}/{name}",
+                self.api.create_namespaced_custom_object,
+                group,
+                version,
+                ns,
+                plural,
+                obj,
+            )
         except ApiException as exc:
             if exc.status != 409:
                 raise self._fail("create", obj, exc) from None
@@ -143,8 +194,15 @@ class KubeClient:
         """Delete (absent is fine); with ``wait_s``, also wait until finalizers have let it go."""
         group, version, ns, plural, name = self._coords(obj)
         try:
-            self._call(f"delete {plural}/{name}", self.api.delete_namespaced_custom_object,
-                       group, version, ns, plural, name)
+            self._call(
+                f"delete {plural}/{name}",
+                self.api.delete_namespaced_custom_object,
+                group,
+                version,
+                ns,
+                plural,
+                name,
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise self._fail("delete", obj, exc) from None
@@ -152,12 +210,20 @@ class KubeClient:
         while wait_s and self.get(obj) is not None:
             if time.monotonic() >= deadline:
                 raise ClusterError(
-                    f"{plural}/{name} in namespace {ns} still exists {wait_s:.0f}s after delete")
+                    f"{plural}/{name} in namespace {ns} still exists {wait_s:.0f}s after delete"
+                )
             self._sleep(poll_s)
 
-    def wait(self, obj: dict[str, Any], done: Callable[[dict[str, Any]], bool], *,
-             describe: Callable[[dict[str, Any]], str], timeout_s: float, poll_s: float = 5.0,
-             on_status: StatusCallback | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        obj: dict[str, Any],
+        done: Callable[[dict[str, Any]], bool],
+        *,
+        describe: Callable[[dict[str, Any]], str],
+        timeout_s: float,
+        poll_s: float = 5.0,
+        on_status: StatusCallback | None = None,
+    ) -> dict[str, Any]:
         """Poll until ``done(live)`` is true; report each new ``describe(live)`` line to ``on_status``.
 
         ``done`` may raise :class:`ClusterError` for a terminal failure. Times out with ClusterError.
@@ -176,6 +242,8 @@ class KubeClient:
             if done(live):
                 return live
             if time.monotonic() >= deadline:
-                raise ClusterError(f"{plural}/{name} in namespace {ns}: not done after {timeout_s:.0f}s "
-                                   f"(last status: {line})")
+                raise ClusterError(
+                    f"{plural}/{name} in namespace {ns}: not done after {timeout_s:.0f}s "
+                    f"(last status: {line})"
+                )
             self._sleep(poll_s)

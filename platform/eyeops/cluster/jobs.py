@@ -48,15 +48,26 @@ def rayjob_done(live: dict[str, Any]) -> bool:
     job, deployment = status.get("jobStatus"), status.get("jobDeploymentStatus")
     if job in _JOB_FAILED or deployment in _DEPLOYMENT_FAILED:
         name = live.get("metadata", {}).get("name")
-        raise ClusterError(f"RayJob {name} failed: jobDeploymentStatus={deployment}, jobStatus={job}, "
-                           f"reason={status.get('reason')!r}, message={status.get('message')!r}")
+        raise ClusterError(
+            f"RayJob {name} failed: jobDeploymentStatus={deployment}, jobStatus={job}, "
+            f"reason={status.get('reason')!r}, message={status.get('message')!r}"
+        )
     return job == "SUCCEEDED"
 
 
-def train_on_cluster(recipe: Recipe, dataset: DatasetRef, *, run_name: str, image: str = DEFAULT_IMAGE,
-                     pool: GpuPool | None = None, namespace: str | None = None,
-                     client: KubeClient | None = None, timeout_s: float = 6 * 3600, poll_s: float = 10.0,
-                     on_status: StatusCallback | None = None) -> CheckpointRef:
+def train_on_cluster(
+    recipe: Recipe,
+    dataset: DatasetRef,
+    *,
+    run_name: str,
+    image: str = DEFAULT_IMAGE,
+    pool: GpuPool | None = None,
+    namespace: str | None = None,
+    client: KubeClient | None = None,
+    timeout_s: float = 6 * 3600,
+    poll_s: float = 10.0,
+    on_status: StatusCallback | None = None,
+) -> CheckpointRef:
     """Train on the cluster through a RayJob and return the checkpoint it produced.
 
     Idempotent under KFP retries: an existing RayJob of the same run is re-attached when it is still
@@ -64,12 +75,22 @@ def train_on_cluster(recipe: Recipe, dataset: DatasetRef, *, run_name: str, imag
     """
     settings = get_settings()
     if settings.is_local_storage:
-        raise ClusterError(f"cluster training needs EYEOPS_STORAGE_ROOT on S3 (pods share nothing else); "
-                           f"got {settings.storage_root!r}")
+        raise ClusterError(
+            f"cluster training needs EYEOPS_STORAGE_ROOT on S3 (pods share nothing else); "
+            f"got {settings.storage_root!r}"
+        )
     storage_path = settings.path("runs", run_name)
     ref_out = settings.path("runs", run_name, "checkpoint_ref.json")
-    job = build_rayjob(recipe, dataset, run_name=run_name, storage_path=storage_path, ref_out=ref_out,
-                       namespace=namespace or settings.kube_namespace, image=image, pool=pool)
+    job = build_rayjob(
+        recipe,
+        dataset,
+        run_name=run_name,
+        storage_path=storage_path,
+        ref_out=ref_out,
+        namespace=namespace or settings.kube_namespace,
+        image=image,
+        pool=pool,
+    )
     if not validate_object(job):
         log.info("no CRD directory found: RayJob not validated against the KubeRay schema")
     client = client or KubeClient.from_environment()
@@ -83,8 +104,9 @@ def train_on_cluster(recipe: Recipe, dataset: DatasetRef, *, run_name: str, imag
             existing = None
     if existing is None:
         client.create(job)
-    client.wait(job, rayjob_done, describe=describe_rayjob, timeout_s=timeout_s, poll_s=poll_s,
-                on_status=on_status)
+    client.wait(
+        job, rayjob_done, describe=describe_rayjob, timeout_s=timeout_s, poll_s=poll_s, on_status=on_status
+    )
     return read_ref(ref_out, CheckpointRef)
 
 
@@ -92,10 +114,19 @@ def _conditions_ready(status: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
-def deploy_on_cluster(recipe: Recipe, version: ModelVersionRef, *, backend: Literal["kserve", "ray"],
-                      image: str = DEFAULT_IMAGE, pool: GpuPool | None = None, namespace: str | None = None,
-                      client: KubeClient | None = None, timeout_s: float = 1800, poll_s: float = 5.0,
-                      on_status: StatusCallback | None = None) -> Endpoint:
+def deploy_on_cluster(
+    recipe: Recipe,
+    version: ModelVersionRef,
+    *,
+    backend: Literal["kserve", "ray"],
+    image: str = DEFAULT_IMAGE,
+    pool: GpuPool | None = None,
+    namespace: str | None = None,
+    client: KubeClient | None = None,
+    timeout_s: float = 1800,
+    poll_s: float = 5.0,
+    on_status: StatusCallback | None = None,
+) -> Endpoint:
     """Create or patch the serving object for ``version`` and wait until it is Ready."""
     ns = namespace or get_settings().kube_namespace
     if backend == "kserve":
@@ -124,6 +155,8 @@ def deploy_on_cluster(recipe: Recipe, version: ModelVersionRef, *, backend: Lite
 
     live = client.wait(obj, done, describe=describe, timeout_s=timeout_s, poll_s=poll_s, on_status=on_status)
     url = (live.get("status") or {}).get("url") or (
-        f"http://{name}-serve-svc.{ns}.svc.cluster.local:8000" if backend == "ray"
-        else f"http://{name}-predictor.{ns}.svc.cluster.local")
+        f"http://{name}-serve-svc.{ns}.svc.cluster.local:8000"
+        if backend == "ray"
+        else f"http://{name}-predictor.{ns}.svc.cluster.local"
+    )
     return Endpoint(url=url, backend=backend, model_name=version.name, version=version.version)

@@ -56,7 +56,8 @@ class GpuPool(BaseModel):
     gpus_per_worker: int = Field(1, ge=0)
     node_selector: dict[str, str] = Field(default_factory=lambda: {"eyeops.io/pool": "gpu"})
     tolerations: list[Toleration] = Field(
-        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")])
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    )
 
 
 # The Secrets the Helm chart creates; the pipeline (kfp-kubernetes) and every pod share this list.
@@ -80,19 +81,28 @@ def k8s_name(*parts: str, max_len: int = 63) -> str:
 
 def _env(secret_env: tuple[SecretEnv, ...], plain: dict[str, str] | None = None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted((plain or {}).items())]
-    env += [{"name": s.env, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key,
-                                                           "optional": s.optional}}}
-            for s in secret_env]
+    env += [
+        {
+            "name": s.env,
+            "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key, "optional": s.optional}},
+        }
+        for s in secret_env
+    ]
     return env
 
 
 def _labels(component: str, recipe: Recipe) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "eyeops", "app.kubernetes.io/component": component,
-            "app.kubernetes.io/version": __version__, "eyeops.io/recipe": recipe.name}
+    return {
+        "app.kubernetes.io/name": "eyeops",
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/version": __version__,
+        "eyeops.io/recipe": recipe.name,
+    }
 
 
-def _pod(container: dict[str, Any], *, pool: GpuPool | None = None,
-         service_account: str | None = None) -> dict[str, Any]:
+def _pod(
+    container: dict[str, Any], *, pool: GpuPool | None = None, service_account: str | None = None
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [container], "restartPolicy": "Never"}
     if pool is not None:
         spec["nodeSelector"] = dict(pool.node_selector)
@@ -109,25 +119,46 @@ def _resources(cpu: str, memory: str, gpus: int = 0, accelerator: str = "nvidia.
     return {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}
 
 
-def rayjob_entrypoint(recipe: Recipe, dataset: DatasetRef, *, run_name: str, storage_path: str,
-                      ref_out: str) -> str:
+def rayjob_entrypoint(
+    recipe: Recipe, dataset: DatasetRef, *, run_name: str, storage_path: str, ref_out: str
+) -> str:
     """The shell command the RayJob runs: ``python -m eyeops.train.job`` with the resolved recipe."""
     recipe_json = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return shlex.join([
-        "python", "-m", "eyeops.train.job",
-        "--recipe-json", recipe_json,
-        "--dataset-json", dataset.model_dump_json(),
-        "--run-name", run_name,
-        "--storage-path", storage_path,
-        "--ref-out", ref_out,
-    ])
+    return shlex.join(
+        [
+            "python",
+            "-m",
+            "eyeops.train.job",
+            "--recipe-json",
+            recipe_json,
+            "--dataset-json",
+            dataset.model_dump_json(),
+            "--run-name",
+            run_name,
+            "--storage-path",
+            storage_path,
+            "--ref-out",
+            ref_out,
+        ]
+    )
 
 
-def build_rayjob(recipe: Recipe, dataset: DatasetRef, *, run_name: str, storage_path: str, ref_out: str,
-                 namespace: str, image: str = DEFAULT_IMAGE, pool: GpuPool | None = None,
-                 secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV, ray_version: str | None = None,
-                 ttl_seconds: int = 600, active_deadline_seconds: int | None = None,
-                 service_account: str | None = None) -> dict[str, Any]:
+def build_rayjob(
+    recipe: Recipe,
+    dataset: DatasetRef,
+    *,
+    run_name: str,
+    storage_path: str,
+    ref_out: str,
+    namespace: str,
+    image: str = DEFAULT_IMAGE,
+    pool: GpuPool | None = None,
+    secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV,
+    ray_version: str | None = None,
+    ttl_seconds: int = 600,
+    active_deadline_seconds: int | None = None,
+    service_account: str | None = None,
+) -> dict[str, Any]:
     """A KubeRay RayJob training ``recipe`` on ``dataset``: CPU head, one worker per Ray Train worker.
 
     Workers request ``pool.gpus_per_worker`` GPUs and carry the pool's nodeSelector/tolerations when
@@ -135,24 +166,48 @@ def build_rayjob(recipe: Recipe, dataset: DatasetRef, *, run_name: str, storage_
     (``shutdownAfterJobFinishes``). Checkpoints and the resulting ``CheckpointRef`` go to S3.
     """
     if not storage_path.startswith("s3://") or not ref_out.startswith("s3://"):
-        raise ClusterError(f"RayJob storage must be on S3 so every pod sees it; got storage_path="
-                           f"{storage_path!r}, ref_out={ref_out!r}")
+        raise ClusterError(
+            f"RayJob storage must be on S3 so every pod sees it; got storage_path="
+            f"{storage_path!r}, ref_out={ref_out!r}"
+        )
     import ray
 
     use_gpu = recipe.train.use_gpu
     pool = pool or GpuPool()
     workers = recipe.train.num_workers
-    env = _env(secret_env, {"EYEOPS_MODE": "cluster", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"})
-    head = {"name": "ray-head", "image": image, "env": env, "resources": _resources("1", "4Gi"),
-            "ports": [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
-                      {"containerPort": 10001, "name": "client"}]}
+    # EYEOPS_RAY_ADDRESS=auto: the entrypoint joins the cluster KubeRay made instead of starting one.
+    env = _env(
+        secret_env,
+        {
+            "EYEOPS_MODE": "cluster",
+            "EYEOPS_RAY_ADDRESS": "auto",
+            "HF_HUB_OFFLINE": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        },
+    )
+    head = {
+        "name": "ray-head",
+        "image": image,
+        "env": env,
+        "resources": _resources("1", "4Gi"),
+        "ports": [
+            {"containerPort": 6379, "name": "gcs"},
+            {"containerPort": 8265, "name": "dashboard"},
+            {"containerPort": 10001, "name": "client"},
+        ],
+    }
     cpus = str(max(1, int(recipe.train.resources_per_worker.get("CPU", 1))))
-    worker = {"name": "ray-worker", "image": image, "env": env,
-              "resources": _resources(cpus, "8Gi", pool.gpus_per_worker if use_gpu else 0, pool.accelerator)}
+    worker = {
+        "name": "ray-worker",
+        "image": image,
+        "env": env,
+        "resources": _resources(cpus, "8Gi", pool.gpus_per_worker if use_gpu else 0, pool.accelerator),
+    }
     name = k8s_name("train", run_name)
     spec: dict[str, Any] = {
-        "entrypoint": rayjob_entrypoint(recipe, dataset, run_name=run_name, storage_path=storage_path,
-                                        ref_out=ref_out),
+        "entrypoint": rayjob_entrypoint(
+            recipe, dataset, run_name=run_name, storage_path=storage_path, ref_out=ref_out
+        ),
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": ttl_seconds,
         "submissionMode": "K8sJobMode",
@@ -161,21 +216,30 @@ def build_rayjob(recipe: Recipe, dataset: DatasetRef, *, run_name: str, storage_
         "rayClusterSpec": {
             "rayVersion": ray_version or ray.__version__,
             # num-cpus 0: the head schedules, never trains.
-            "headGroupSpec": {"rayStartParams": {"num-cpus": "0"},
-                              "template": _pod(head, service_account=service_account)},
-            "workerGroupSpecs": [{
-                "groupName": "gpu-workers" if use_gpu else "cpu-workers",
-                "replicas": workers, "minReplicas": workers, "maxReplicas": workers,
-                "rayStartParams": {},
-                "template": _pod(worker, pool=pool if use_gpu else None, service_account=service_account),
-            }],
+            "headGroupSpec": {
+                "rayStartParams": {"num-cpus": "0"},
+                "template": _pod(head, service_account=service_account),
+            },
+            "workerGroupSpecs": [
+                {
+                    "groupName": "gpu-workers" if use_gpu else "cpu-workers",
+                    "replicas": workers,
+                    "minReplicas": workers,
+                    "maxReplicas": workers,
+                    "rayStartParams": {},
+                    "template": _pod(worker, pool=pool if use_gpu else None, service_account=service_account),
+                }
+            ],
         },
     }
     if active_deadline_seconds:
         spec["activeDeadlineSeconds"] = active_deadline_seconds
-    return {"apiVersion": f"{RAY_GROUP}/{RAY_VERSION}", "kind": "RayJob",
-            "metadata": {"name": name, "namespace": namespace, "labels": _labels("train", recipe)},
-            "spec": spec}
+    return {
+        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
+        "kind": "RayJob",
+        "metadata": {"name": name, "namespace": namespace, "labels": _labels("train", recipe)},
+        "spec": spec,
+    }
 
 
 def _serving_labels(recipe: Recipe, version: ModelVersionRef) -> dict[str, str]:
@@ -184,17 +248,28 @@ def _serving_labels(recipe: Recipe, version: ModelVersionRef) -> dict[str, str]:
 
 def _serving_env(version: ModelVersionRef) -> dict[str, str]:
     # Serve the exact registered version the pipeline just gated, not whatever @champion is later.
-    return {"EYEOPS_MODE": "cluster", "EYEOPS_SERVE_MODEL_URI": version.model_uri,
-            "EYEOPS_SERVE_MODEL_NAME": version.name, "HF_HUB_OFFLINE": "1"}
+    return {
+        "EYEOPS_MODE": "cluster",
+        "EYEOPS_SERVE_MODEL_URI": version.model_uri,
+        "EYEOPS_SERVE_MODEL_NAME": version.name,
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
-def build_inference_service(recipe: Recipe, version: ModelVersionRef, *, namespace: str,
-                            image: str = DEFAULT_IMAGE, pool: GpuPool | None = None,
-                            secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV) -> dict[str, Any]:
+def build_inference_service(
+    recipe: Recipe,
+    version: ModelVersionRef,
+    *,
+    namespace: str,
+    image: str = DEFAULT_IMAGE,
+    pool: GpuPool | None = None,
+    secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV,
+) -> dict[str, Any]:
     """A KServe InferenceService (Standard deployment mode, HPA on concurrency) for ``version``."""
     serve = recipe.serve
     container: dict[str, Any] = {
-        "name": "kserve-container", "image": image,
+        "name": "kserve-container",
+        "image": image,
         # The KServe face of `eyeops serve` (kserve.ModelServer: v1 :predict and v2 /infer).
         "command": ["eyeops", "serve"],
         "args": ["--backend", "kserve", "--host", "0.0.0.0", "--port", "8080", "--model", version.model_uri],
@@ -204,8 +279,10 @@ def build_inference_service(recipe: Recipe, version: ModelVersionRef, *, namespa
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8080}},
     }
     predictor: dict[str, Any] = {
-        "minReplicas": serve.min_replicas, "maxReplicas": serve.max_replicas,
-        "scaleMetric": "concurrency", "scaleTarget": max(1, int(serve.target_ongoing_requests)),
+        "minReplicas": serve.min_replicas,
+        "maxReplicas": serve.max_replicas,
+        "scaleMetric": "concurrency",
+        "scaleTarget": max(1, int(serve.target_ongoing_requests)),
         "containers": [container],
     }
     if serve.gpu:
@@ -213,44 +290,80 @@ def build_inference_service(recipe: Recipe, version: ModelVersionRef, *, namespa
         predictor["nodeSelector"] = dict(pool.node_selector)
         predictor["tolerations"] = [t.as_k8s() for t in pool.tolerations]
     return {
-        "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}", "kind": "InferenceService",
-        "metadata": {"name": k8s_name(version.name, max_len=45), "namespace": namespace,
-                     "labels": _serving_labels(recipe, version),
-                     "annotations": {"serving.kserve.io/deploymentMode": "Standard"}},
+        "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": k8s_name(version.name, max_len=45),
+            "namespace": namespace,
+            "labels": _serving_labels(recipe, version),
+            "annotations": {"serving.kserve.io/deploymentMode": "Standard"},
+        },
         "spec": {"predictor": predictor},
     }
 
 
-def build_rayservice(recipe: Recipe, version: ModelVersionRef, *, namespace: str, image: str = DEFAULT_IMAGE,
-                     pool: GpuPool | None = None, secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV,
-                     ray_version: str | None = None) -> dict[str, Any]:
+def build_rayservice(
+    recipe: Recipe,
+    version: ModelVersionRef,
+    *,
+    namespace: str,
+    image: str = DEFAULT_IMAGE,
+    pool: GpuPool | None = None,
+    secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV,
+    ray_version: str | None = None,
+) -> dict[str, Any]:
     """A KubeRay RayService running the eyeops Ray Serve app with the recipe's autoscaling."""
     import ray
 
     serve = recipe.serve
     pool = pool or GpuPool()
-    serve_config = {"applications": [{
-        "name": k8s_name(version.name), "route_prefix": "/",
-        "import_path": "eyeops.serve.ray_app:app_builder",
-        "args": {"model_uri": version.model_uri, "model_name": version.name},
-        "deployments": [{"name": "EyeopsModel", "autoscaling_config": {
-            "min_replicas": serve.min_replicas, "max_replicas": serve.max_replicas,
-            "target_ongoing_requests": serve.target_ongoing_requests},
-            "ray_actor_options": {"num_gpus": serve.gpu}}],
-    }]}
+    serve_config = {
+        "applications": [
+            {
+                "name": k8s_name(version.name),
+                "route_prefix": "/",
+                "import_path": "eyeops.serve.ray_app:app_builder",
+                "args": {"model_uri": version.model_uri, "model_name": version.name},
+                "deployments": [
+                    {
+                        "name": "EyeopsModel",
+                        "autoscaling_config": {
+                            "min_replicas": serve.min_replicas,
+                            "max_replicas": serve.max_replicas,
+                            "target_ongoing_requests": serve.target_ongoing_requests,
+                        },
+                        "ray_actor_options": {"num_gpus": serve.gpu},
+                    }
+                ],
+            }
+        ]
+    }
     env = _env(secret_env, _serving_env(version))
-    head = {"name": "ray-head", "image": image, "env": env, "resources": _resources("1", "4Gi"),
-            "ports": [{"containerPort": 8000, "name": "serve"}, {"containerPort": 8265, "name": "dashboard"}]}
-    worker = {"name": "ray-worker", "image": image, "env": env,
-              "resources": _resources("2", "8Gi", serve.gpu, pool.accelerator)}
+    head = {
+        "name": "ray-head",
+        "image": image,
+        "env": env,
+        "resources": _resources("1", "4Gi"),
+        "ports": [{"containerPort": 8000, "name": "serve"}, {"containerPort": 8265, "name": "dashboard"}],
+    }
+    worker = {
+        "name": "ray-worker",
+        "image": image,
+        "env": env,
+        "resources": _resources("2", "8Gi", serve.gpu, pool.accelerator),
+    }
     template = _pod(worker, pool=pool if serve.gpu else None)
     template["spec"]["restartPolicy"] = "Always"
     head_template = _pod(head)
     head_template["spec"]["restartPolicy"] = "Always"
     return {
-        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}", "kind": "RayService",
-        "metadata": {"name": k8s_name(version.name, max_len=45), "namespace": namespace,
-                     "labels": _serving_labels(recipe, version)},
+        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
+        "kind": "RayService",
+        "metadata": {
+            "name": k8s_name(version.name, max_len=45),
+            "namespace": namespace,
+            "labels": _serving_labels(recipe, version),
+        },
         "spec": {
             # sort_keys: the same version always renders the same string, so patches are no-ops.
             "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=True),
@@ -258,10 +371,16 @@ def build_rayservice(recipe: Recipe, version: ModelVersionRef, *, namespace: str
                 "rayVersion": ray_version or ray.__version__,
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": head_template},
-                "workerGroupSpecs": [{
-                    "groupName": "serve-workers", "replicas": max(1, serve.min_replicas),
-                    "minReplicas": max(1, serve.min_replicas), "maxReplicas": serve.max_replicas,
-                    "rayStartParams": {}, "template": template}],
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "serve-workers",
+                        "replicas": max(1, serve.min_replicas),
+                        "minReplicas": max(1, serve.min_replicas),
+                        "maxReplicas": serve.max_replicas,
+                        "rayStartParams": {},
+                        "template": template,
+                    }
+                ],
             },
         },
     }

@@ -79,5 +79,7 @@ def read_ref(uri: str, cls: type[RefT]) -> RefT:
     try:
         return cls.model_validate_json(text)
     except ValidationError as exc:
-        raise StorageError(f"{uri}: not a valid {cls.__name__}: {exc.errors()[0]['msg']} at "
-                           f"{'.'.join(map(str, exc.errors()[0]['loc']))}") from None
+        raise StorageError(
+            f"{uri}: not a valid {cls.__name__}: {exc.errors()[0]['msg']} at "
+            f"{'.'.join(map(str, exc.errors()[0]['loc']))}"
+        ) from None

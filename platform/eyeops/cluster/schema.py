@@ -28,11 +28,21 @@ def find_crd_dir() -> Path | None:
     return None
 
 
+# libyaml when present: the CRD files are megabytes and the pure-Python loader takes many seconds.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 @lru_cache(maxsize=16)
+def _validator(crd_dir: str, kind: str, api_version: str) -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(_strip_k8s_extensions(_crd_schema(crd_dir, kind, api_version)))
+
+
 def _crd_schema(crd_dir: str, kind: str, api_version: str) -> dict[str, Any]:
     group, _, version = api_version.rpartition("/")
-    for path in sorted(Path(crd_dir).glob(f"{group}_*.yaml")):
-        crd = yaml.safe_load(path.read_text(encoding="utf-8"))
+    # Upstream files are named <group>_<plural>.yaml: try the likely one first, parse others only if needed.
+    paths = sorted(Path(crd_dir).glob(f"{group}_*.yaml"), key=lambda p: (kind.lower() not in p.name, p.name))
+    for path in paths:
+        crd = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
         if crd.get("spec", {}).get("names", {}).get("kind") != kind:
             continue
         for entry in crd["spec"]["versions"]:
@@ -47,8 +57,11 @@ def _strip_k8s_extensions(schema: Any) -> Any:
     # x-kubernetes-int-or-string fields carry anyOf [integer, string]; the other x-* keys are
     # API-server semantics (list maps, preserve-unknown) that plain JSON Schema ignores anyway.
     if isinstance(schema, dict):
-        return {k: _strip_k8s_extensions(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")
-                or k == "x-kubernetes-int-or-string"}
+        return {
+            k: _strip_k8s_extensions(v)
+            for k, v in schema.items()
+            if not k.startswith("x-kubernetes-") or k == "x-kubernetes-int-or-string"
+        }
     if isinstance(schema, list):
         return [_strip_k8s_extensions(v) for v in schema]
     return schema
@@ -65,13 +78,14 @@ def validate_object(obj: dict[str, Any], crd_dir: Path | None = None) -> bool:
     kind, api_version = obj.get("kind"), obj.get("apiVersion")
     if not kind or not api_version:
         raise ClusterError(f"object has no kind/apiVersion: {sorted(obj)}")
-    schema = _strip_k8s_extensions(_crd_schema(str(crd_dir), kind, api_version))
-    validator = jsonschema.Draft7Validator(schema)
+    validator = _validator(str(crd_dir), kind, api_version)
     errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
         where = ".".join(str(p) for p in first.absolute_path) or "<root>"
         name = obj.get("metadata", {}).get("name", "?")
-        raise ClusterError(f"{kind} {name!r} fails the {api_version} CRD schema at {where}: {first.message}"
-                           + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+        raise ClusterError(
+            f"{kind} {name!r} fails the {api_version} CRD schema at {where}: {first.message}"
+            + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+        )
     return True

@@ -38,8 +38,9 @@ def cluster_target(recipe_name: str, image: str | None = None) -> Any:
     return finetune.ClusterTarget(image=image or DEFAULT_IMAGE, pool=GpuPool(gpus_per_worker=max(1, gpus)))
 
 
-def compile_pipeline(recipe_name: str, out_dir: str | Path | None = None, *,
-                     image: str | None = None) -> Path:
+def compile_pipeline(
+    recipe_name: str, out_dir: str | Path | None = None, *, image: str | None = None
+) -> Path:
     """Compile the cluster pipeline with ``recipe_name`` as the default recipe; returns the YAML path."""
     from kfp import compiler
 
@@ -48,10 +49,12 @@ def compile_pipeline(recipe_name: str, out_dir: str | Path | None = None, *,
     out = Path(out_dir) if out_dir else COMPILED_DIR
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{recipe_name}.yaml"
-    compiler.Compiler().compile(finetune.build_pipeline(target), package_path=str(path),
-                                pipeline_name=f"eyeops-finetune-{recipe_name}",
-                                pipeline_parameters={"recipe": recipe_name, "train_target": "local",
-                                                     "deploy_backend": "kserve"})
+    compiler.Compiler().compile(
+        finetune.build_pipeline(target),
+        package_path=str(path),
+        pipeline_name=f"eyeops-finetune-{recipe_name}",
+        pipeline_parameters={"recipe": recipe_name, "train_target": "local", "deploy_backend": "kserve"},
+    )
     return path
 
 

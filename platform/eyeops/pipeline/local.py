@@ -66,8 +66,13 @@ def _failure(records: list[StageRecord], recipe: str, kfp_message: str) -> Eyeop
     return cls(f"pipeline for recipe {recipe!r} failed at stage {last.stage!r}: {last.error}")
 
 
-def run_local(recipe_name: str, *, data_source: str = "", overrides: dict[str, Any] | None = None,
-              train_retries: int = 1) -> PipelineSummary:
+def run_local(
+    recipe_name: str,
+    *,
+    data_source: str = "",
+    overrides: dict[str, Any] | None = None,
+    train_retries: int = 1,
+) -> PipelineSummary:
     """Run prepare → train → evaluate → register → (gate) → deploy locally; return the summary.
 
     Raises the failed stage's :class:`EyeopsError` subclass with its message when a stage fails.
@@ -85,18 +90,33 @@ def run_local(recipe_name: str, *, data_source: str = "", overrides: dict[str, A
     journal_path = runs_dir / f"{stamp}.journal.jsonl"
     before = {p.name for p in runs_dir.iterdir()}
     # Children must agree with this process on where everything lives, whatever set it here.
-    env = {"EYEOPS_STORAGE_ROOT": settings.storage_root, "EYEOPS_MLFLOW_TRACKING_URI": settings.tracking_uri,
-           JOURNAL_ENV: str(journal_path), "EYEOPS_MODE": "embedded"}
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(runs_dir),
-               raise_on_error=True)
+    env = {
+        "EYEOPS_STORAGE_ROOT": settings.storage_root,
+        "EYEOPS_MLFLOW_TRACKING_URI": settings.tracking_uri,
+        JOURNAL_ENV: str(journal_path),
+        "EYEOPS_MODE": "embedded",
+    }
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(runs_dir), raise_on_error=True
+    )
     pipeline = finetune.build_pipeline(train_retries=train_retries)
     start = time.perf_counter()
     with _env(env):
         try:
-            pipeline(recipe=recipe_name, data_source=data_source, overrides=json.dumps(overrides or {}),
-                     train_target="local", deploy_backend="local")
+            pipeline(
+                recipe=recipe_name,
+                data_source=data_source,
+                overrides=json.dumps(overrides or {}),
+                train_target="local",
+                deploy_backend="local",
+            )
         except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE"
             raise _failure(read_journal(journal_path), recipe_name, str(exc)) from None
     new_runs = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in before)
-    return summarise(recipe_name, new_runs[-1] if new_runs else stamp, str(runs_dir),
-                     time.perf_counter() - start, read_journal(journal_path))
+    return summarise(
+        recipe_name,
+        new_runs[-1] if new_runs else stamp,
+        str(runs_dir),
+        time.perf_counter() - start,
+        read_journal(journal_path),
+    )

@@ -55,8 +55,9 @@ def decode(text: str, cls: type[RefT], what: str) -> RefT:
         return cls.model_validate_json(text)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(f"{what}: not a valid {cls.__name__} ({'.'.join(map(str, err['loc']))}: "
-                          f"{err['msg']})") from None
+        raise ConfigError(
+            f"{what}: not a valid {cls.__name__} ({'.'.join(map(str, err['loc']))}: {err['msg']})"
+        ) from None
 
 
 def read_ref_file(path: str, cls: type[RefT], what: str) -> RefT:
@@ -78,8 +79,9 @@ def _run_tag(pipeline_run_id: str) -> str:
 
 
 # --- the five steps -------------------------------------------------------------------------------
-def prepare_step(recipe: str, *, data_source: str, overrides: str, pipeline_run_id: str,
-                 out_path: str) -> DatasetRef:
+def prepare_step(
+    recipe: str, *, data_source: str, overrides: str, pipeline_run_id: str, out_path: str
+) -> DatasetRef:
     """``eyeops.data.prepare`` into ``<storage_root>/datasets/<recipe>-<run>``; ref JSON to ``out_path``."""
     with journal.stage("prepare") as rec:
         from eyeops.data import prepare
@@ -93,24 +95,34 @@ def prepare_step(recipe: str, *, data_source: str, overrides: str, pipeline_run_
         return ref
 
 
-def train_step(recipe: str, *, dataset_path: str, overrides: str, target: str, run_name: str,
-               out_path: str, image: str = "", gpu_pool: str = "") -> CheckpointRef:
+def train_step(
+    recipe: str,
+    *,
+    dataset_path: str,
+    overrides: str,
+    target: str,
+    run_name: str,
+    out_path: str,
+    image: str = "",
+    gpu_pool: str = "",
+) -> CheckpointRef:
     """Train locally (``eyeops.train.train``) or through a KubeRay RayJob (``target='rayjob'``)."""
     with journal.stage("train") as rec:
+        if target not in ("local", "rayjob"):
+            raise ConfigError(f"train target {target!r}: expected 'local' or 'rayjob'")
         resolved = resolve_recipe(recipe, overrides)
         dataset = read_ref_file(dataset_path, DatasetRef, "train.dataset")
         if target == "local":
             from eyeops.train import train
 
             checkpoint = train(resolved, dataset, run_name=run_name)
-        elif target == "rayjob":
+        else:
             from eyeops.cluster import DEFAULT_IMAGE, GpuPool, train_on_cluster
 
             pool = GpuPool.model_validate_json(gpu_pool) if gpu_pool else None
-            checkpoint = train_on_cluster(resolved, dataset, run_name=run_name, image=image or DEFAULT_IMAGE,
-                                          pool=pool, on_status=print)
-        else:
-            raise ConfigError(f"train target {target!r}: expected 'local' or 'rayjob'")
+            checkpoint = train_on_cluster(
+                resolved, dataset, run_name=run_name, image=image or DEFAULT_IMAGE, pool=pool, on_status=print
+            )
         write_ref_file(out_path, checkpoint)
         loss = checkpoint.metrics.get("loss", checkpoint.metrics.get("train_loss"))
         rec.metric, rec.value = ("loss", float(loss)) if loss is not None else ("steps", checkpoint.step)
@@ -118,8 +130,9 @@ def train_step(recipe: str, *, dataset_path: str, overrides: str, target: str, r
         return checkpoint
 
 
-def evaluate_step(recipe: str, *, checkpoint_path: str, dataset_path: str, overrides: str, out_path: str,
-                  markdown_path: str) -> EvalReport:
+def evaluate_step(
+    recipe: str, *, checkpoint_path: str, dataset_path: str, overrides: str, out_path: str, markdown_path: str
+) -> EvalReport:
     """``eyeops.evaluate.evaluate``; the report JSON and a Markdown summary are the step's outputs."""
     with journal.stage("evaluate") as rec:
         from eyeops.evaluate import evaluate
@@ -136,8 +149,17 @@ def evaluate_step(recipe: str, *, checkpoint_path: str, dataset_path: str, overr
         return report
 
 
-def register_step(recipe: str, *, checkpoint_path: str, report_path: str, dataset_path: str, overrides: str,
-                  pipeline_run_id: str, pipeline_run_name: str, out_path: str) -> ModelVersionRef:
+def register_step(
+    recipe: str,
+    *,
+    checkpoint_path: str,
+    report_path: str,
+    dataset_path: str,
+    overrides: str,
+    pipeline_run_id: str,
+    pipeline_run_name: str,
+    out_path: str,
+) -> ModelVersionRef:
     """``eyeops.registry.register`` with the pipeline's lineage; the gate decides the alias."""
     with journal.stage("register") as rec:
         from eyeops.registry import register
@@ -146,9 +168,13 @@ def register_step(recipe: str, *, checkpoint_path: str, report_path: str, datase
         checkpoint = read_ref_file(checkpoint_path, CheckpointRef, "register.checkpoint")
         report = read_ref_file(report_path, EvalReport, "register.report")
         dataset = read_ref_file(dataset_path, DatasetRef, "register.dataset")
-        lineage = {"pipeline": PIPELINE_NAME, "pipeline_run_id": pipeline_run_id,
-                   "pipeline_run_name": pipeline_run_name, "train_run_name": checkpoint.run_name,
-                   "dataset_fingerprint": dataset.fingerprint}
+        lineage = {
+            "pipeline": PIPELINE_NAME,
+            "pipeline_run_id": pipeline_run_id,
+            "pipeline_run_name": pipeline_run_name,
+            "train_run_name": checkpoint.run_name,
+            "dataset_fingerprint": dataset.fingerprint,
+        }
         version = register(resolved, checkpoint, report, dataset=dataset, lineage=lineage)
         write_ref_file(out_path, version)
         rec.metric, rec.value = version.metric, float(version.value)
@@ -156,24 +182,26 @@ def register_step(recipe: str, *, checkpoint_path: str, report_path: str, datase
         return version
 
 
-def deploy_step(recipe: str, *, version_path: str, overrides: str, backend: str, out_path: str,
-                image: str = "") -> Endpoint:
+def deploy_step(
+    recipe: str, *, version_path: str, overrides: str, backend: str, out_path: str, image: str = ""
+) -> Endpoint:
     """Serve the gated version: a local serving process, or a KServe/Ray Serve object on the cluster."""
     with journal.stage("deploy") as rec:
         resolved = resolve_recipe(recipe, overrides)
-        version = read_ref_file(version_path, ModelVersionRef, "deploy.version")
         backend = backend or resolved.serve.backend
+        if backend not in ("local", "kserve", "ray"):
+            raise ConfigError(f"deploy backend {backend!r}: expected 'local', 'kserve' or 'ray'")
+        version = read_ref_file(version_path, ModelVersionRef, "deploy.version")
         if backend == "local":
-            from eyeops.serve import deploy
+            from eyeops.serve.local import deploy
 
             endpoint = deploy(resolved, version, backend="local")
-        elif backend in ("kserve", "ray"):
+        else:
             from eyeops.cluster import DEFAULT_IMAGE, deploy_on_cluster
 
-            endpoint = deploy_on_cluster(resolved, version, backend=backend, image=image or DEFAULT_IMAGE,
-                                         on_status=print)
-        else:
-            raise ConfigError(f"deploy backend {backend!r}: expected 'local', 'kserve' or 'ray'")
+            endpoint = deploy_on_cluster(
+                resolved, version, backend=backend, image=image or DEFAULT_IMAGE, on_status=print
+            )
         write_ref_file(out_path, endpoint)
         rec.artifacts, rec.ref = {"endpoint": endpoint.url}, endpoint.model_dump(mode="json")
         return endpoint
@@ -181,12 +209,26 @@ def deploy_step(recipe: str, *, version_path: str, overrides: str, backend: str,
 
 def report_markdown(report: EvalReport, recipe: Recipe) -> str:
     """A short Markdown view of an evaluation for the KFP UI: headline metric, then every metric."""
-    lines = [f"# {recipe.name}: evaluation on {report.split} ({report.num_samples} samples)", "",
-             f"**{report.primary_metric}: {report.primary_value:.4f}**", "",
-             "| metric | value |", "|---|---|"]
+    lines = [
+        f"# {recipe.name}: evaluation on {report.split} ({report.num_samples} samples)",
+        "",
+        f"**{report.primary_metric}: {report.primary_value:.4f}**",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {value:.4f} |" for name, value in sorted(report.metrics.items())]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["decode", "deploy_step", "evaluate_step", "parse_data_source", "prepare_step",
-           "register_step", "report_markdown", "resolve_recipe", "train_step"]
+__all__ = [
+    "decode",
+    "deploy_step",
+    "evaluate_step",
+    "parse_data_source",
+    "prepare_step",
+    "register_step",
+    "report_markdown",
+    "resolve_recipe",
+    "train_step",
+]

@@ -41,8 +41,9 @@ class PipelineSummary(BaseModel):
         return next(row for row in self.stages if row.stage == name)
 
 
-def summarise(recipe: str, pipeline_run: str, pipeline_root: str, duration_s: float,
-              records: list[StageRecord]) -> PipelineSummary:
+def summarise(
+    recipe: str, pipeline_run: str, pipeline_root: str, duration_s: float, records: list[StageRecord]
+) -> PipelineSummary:
     """Fold journal records (one per attempt) into one row per stage; the last attempt wins."""
     rows, refs = [], {}
     for name in STAGES:
@@ -51,14 +52,25 @@ def summarise(recipe: str, pipeline_run: str, pipeline_root: str, duration_s: fl
             rows.append(StageRow(stage=name, status="skipped"))
             continue
         last = attempts[-1]
-        rows.append(StageRow(stage=name, status=last.status, attempts=len(attempts), metric=last.metric,
-                             value=last.value, artifacts=last.artifacts,
-                             duration_s=round(sum(r.duration_s for r in attempts), 2)))
-        if last.status == "succeeded":
+        rows.append(
+            StageRow(
+                stage=name,
+                status=last.status,
+                attempts=len(attempts),
+                metric=last.metric,
+                value=last.value,
+                artifacts=last.artifacts,
+                duration_s=round(sum(r.duration_s for r in attempts), 2),
+            )
+        )
+        if last.status == "succeeded" and last.ref:
             refs[name] = last.ref
     return PipelineSummary(
-        recipe=recipe, pipeline_run=pipeline_run, pipeline_root=pipeline_root,
-        duration_s=round(duration_s, 1), stages=rows,
+        recipe=recipe,
+        pipeline_run=pipeline_run,
+        pipeline_root=pipeline_root,
+        duration_s=round(duration_s, 1),
+        stages=rows,
         dataset=DatasetRef.model_validate(refs["prepare"]) if "prepare" in refs else None,
         checkpoint=CheckpointRef.model_validate(refs["train"]) if "train" in refs else None,
         report=EvalReport.model_validate(refs["evaluate"]) if "evaluate" in refs else None,
@@ -77,9 +89,13 @@ def summary_table(summary: PipelineSummary) -> Table:
     for row in summary.stages:
         metric = f"{row.metric} = {row.value:.4g}" if row.metric and row.value is not None else ""
         retries = f" ({row.attempts} attempts)" if row.attempts > 1 else ""
-        table.add_row(row.stage, f"[{colours.get(row.status, 'white')}]{row.status}[/]{retries}",
-                      f"{row.duration_s:.1f}s" if row.attempts else "", metric,
-                      "\n".join(f"{k}: {v}" for k, v in row.artifacts.items()))
+        table.add_row(
+            row.stage,
+            f"[{colours.get(row.status, 'white')}]{row.status}[/]{retries}",
+            f"{row.duration_s:.1f}s" if row.attempts else "",
+            metric,
+            "\n".join(f"{k}: {v}" for k, v in row.artifacts.items()),
+        )
     notes = []
     if summary.version:
         v = summary.version

@@ -11,8 +11,9 @@ import argparse
 import json
 import sys
 
-from eyeops.errors import DataError, EyeopsError, RecipeError
 from pydantic import ValidationError
+
+from eyeops.errors import DataError, EyeopsError, RecipeError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,8 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset-json", required=True, help="DatasetRef JSON.")
     parser.add_argument("--run-name", default=None)
     parser.add_argument("--storage-path", default=None, help="Ray Train storage (s3://… on a cluster).")
-    parser.add_argument("--overrides", default="{}",
-                        help='Recipe overrides as JSON, e.g. {"train.max_steps": 5}.')
+    parser.add_argument(
+        "--overrides", default="{}", help='Recipe overrides as JSON, e.g. {"train.max_steps": 5}.'
+    )
     parser.add_argument("--ref-out", required=True, help="Where to write the CheckpointRef JSON.")
     return parser
 
@@ -39,16 +41,24 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             overrides = json.loads(args.overrides)
-            recipe = (parse_recipe(json.loads(args.recipe_json), origin="--recipe-json") if args.recipe_json
-                      else load_recipe(args.recipe))
+            recipe = (
+                parse_recipe(json.loads(args.recipe_json), origin="--recipe-json")
+                if args.recipe_json
+                else load_recipe(args.recipe)
+            )
         except json.JSONDecodeError as exc:
             raise RecipeError(f"--recipe-json/--overrides is not valid JSON: {exc}") from None
         try:
             dataset = DatasetRef.model_validate_json(args.dataset_json)
         except ValidationError as exc:
             raise DataError(f"--dataset-json is not a DatasetRef: {exc.errors()[0]['msg']}") from None
-        checkpoint = train(recipe, dataset, run_name=args.run_name, storage_path=args.storage_path,
-                           overrides=overrides or None)
+        checkpoint = train(
+            recipe,
+            dataset,
+            run_name=args.run_name,
+            storage_path=args.storage_path,
+            overrides=overrides or None,
+        )
         write_ref(args.ref_out, checkpoint)
     except EyeopsError as exc:
         print(f"error: {exc}", file=sys.stderr)
