@@ -1,0 +1,110 @@
+"""ChatModel: left-padded batched generation, the concurrent-request batcher, streaming, errors."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from _llm_tiny import save_tiny_llm
+from eyeops.data.schema import Message
+from eyeops.errors import InvalidRequest
+from eyeops.inference import GenerationRequest, InferenceModel
+from eyeops.models._hf import load_causal_lm, load_tokenizer
+from eyeops.models.generation import ChatModel
+from PIL import Image
+
+PROMPTS = ["What is glaucoma?", "Describe the lens and cataract surgery in a few words please.", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def chat(tmp_path_factory):
+    base = str(save_tiny_llm(tmp_path_factory.mktemp("tiny-llm")))
+    torch.manual_seed(0)
+    model = ChatModel(load_causal_lm(base), load_tokenizer(base), system_prompt="Be brief.", batch_wait_s=0.2)
+    yield model
+    model.close()
+
+
+def _req(text: str, n: int = 12, **kw) -> GenerationRequest:
+    return GenerationRequest(messages=[Message(role="user", content=text)], max_new_tokens=n, **kw)
+
+
+def test_is_an_inference_model(chat):
+    assert isinstance(chat, InferenceModel) and chat.capabilities == frozenset({"chat"})
+    with pytest.raises(InvalidRequest, match="cannot classify"):
+        chat.classify([Image.new("RGB", (8, 8))])
+
+
+def test_padded_batch_equals_single_requests(chat):
+    singles = [chat.generate_batch([_req(p)])[0] for p in PROMPTS]
+    batch = chat.generate_batch([_req(p) for p in PROMPTS])
+    assert [r.text for r in batch] == [r.text for r in singles]
+    assert [r.prompt_tokens for r in batch] == [r.prompt_tokens for r in singles]
+    assert len({r.prompt_tokens for r in batch}) == 3  # really different lengths, so padding was exercised
+    for r in batch:
+        assert 1 <= r.completion_tokens <= 12
+        assert r.finish_reason in ("stop", "length")
+
+
+def test_each_request_keeps_its_own_length_limit(chat):
+    short, long = chat.generate_batch([_req(PROMPTS[0], 2), _req(PROMPTS[0], 10)])
+    assert short.completion_tokens <= 2 and long.completion_tokens <= 10
+    full = chat.generate_batch([_req(PROMPTS[0], 10)])[0]
+    if full.completion_tokens > 2:  # no early stop: the short answer is the long one's prefix
+        assert short.finish_reason == "length" and long.text.startswith(short.text)
+
+
+def test_concurrent_calls_share_batches(chat):
+    expected = {p: chat.generate_batch([_req(p)])[0].text for p in PROMPTS}
+    before = dict(chat.stats)
+    results: dict[int, str] = {}
+    barrier = threading.Barrier(8)
+
+    def call(i: int) -> None:
+        barrier.wait()
+        results[i] = chat.generate([_req(PROMPTS[i % 3])])[0].text
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results[i] == expected[PROMPTS[i % 3]] for i in range(8))
+    assert chat.stats["requests"] - before["requests"] == 8
+    assert chat.stats["batches"] - before["batches"] < 8  # grouped, not one decode loop per caller
+    assert chat.stats["largest_batch"] > 1
+
+
+def test_stream_yields_the_same_text_and_can_stop_early(chat):
+    request = _req(PROMPTS[0], 10)
+    pieces = list(chat.stream(request))
+    assert "".join(pieces).strip() == chat.generate([request])[0].text
+    stream = chat.stream(_req(PROMPTS[1], 200))
+    next(stream, None)
+    stream.close()  # client disconnects: decoding stops and the lock is released
+    assert chat.generate([_req("Hi", 2)])[0].completion_tokens <= 2
+
+
+def test_sampling_with_temperature(chat):
+    torch.manual_seed(3)
+    out = chat.generate([_req(PROMPTS[0], 6, temperature=0.9, top_p=0.9)])[0]
+    assert out.completion_tokens >= 1
+
+
+def test_bad_requests_fail_alone(chat):
+    with pytest.raises(InvalidRequest, match="does not accept images"):
+        chat.generate([_req("<image> what is this?")])
+    with pytest.raises(InvalidRequest, match="does not accept images"):
+        chat.generate(
+            [
+                GenerationRequest(
+                    messages=[Message(role="user", content="x")], images=[Image.new("RGB", (4, 4))]
+                )
+            ]
+        )
+    with pytest.raises(InvalidRequest, match="exceeds the model's context of 512"):
+        chat.generate([_req("eye " * 600, 8)])
+    with pytest.raises(InvalidRequest, match="empty"):
+        chat.generate([GenerationRequest(messages=[])])
+    assert chat.generate([_req("Hi", 2)])[0].completion_tokens <= 2  # the batcher is still alive
