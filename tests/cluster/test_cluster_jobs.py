@@ -1,0 +1,168 @@
+"""train_on_cluster / deploy_on_cluster against the fake Kubernetes transport and a real S3 server (moto)."""
+
+from __future__ import annotations
+
+import pytest
+from eyeops.cluster import KubeClient, deploy_on_cluster, train_on_cluster
+from eyeops.cluster.refio import write_ref
+from eyeops.config import get_settings
+from eyeops.errors import ClusterError
+from eyeops.recipes import parse_recipe
+from eyeops.refs import CheckpointRef, DatasetRef, ModelVersionRef
+
+RECIPE = parse_recipe(
+    {
+        "name": "fundus-classifier",
+        "model": {"family": "classifier"},
+        "register": {"model_name": "fundus-classifier"},
+        "train": {"use_gpu": True},
+    }
+)
+DATASET = DatasetRef(uri="s3://eyeops-test/root/datasets/d1", fingerprint="d" * 64, name="d1")
+CHECKPOINT = CheckpointRef(
+    uri="s3://eyeops-test/root/runs/run-1/model",
+    fingerprint="c" * 64,
+    recipe_name="fundus-classifier",
+    family="classifier",
+    run_name="run-1",
+    step=40,
+    dataset_fingerprint="d" * 64,
+)
+VERSION = ModelVersionRef(
+    name="fundus-classifier",
+    version=3,
+    alias="champion",
+    run_id="r3",
+    model_uri="models:/fundus-classifier/3",
+    gate_passed=True,
+    gate_reason="ok",
+    metric="macro_auc",
+    value=0.9,
+)
+DONE = [
+    {"jobDeploymentStatus": "Initializing"},
+    {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
+    {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"},
+]
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    """A real S3-compatible server (moto) on 127.0.0.1, started once for this module."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{server._server.server_port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_url, monkeypatch):
+    import boto3
+
+    monkeypatch.setenv("EYEOPS_STORAGE_ROOT", "s3://eyeops-test/root")
+    monkeypatch.setenv("EYEOPS_S3_ENDPOINT_URL", moto_url)
+    monkeypatch.setenv("EYEOPS_MLFLOW_TRACKING_URI", "http://mlflow.invalid")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    get_settings.cache_clear()
+    s3 = boto3.client("s3", **get_settings().s3_client_kwargs())
+    s3.create_bucket(Bucket="eyeops-test")
+    yield moto_url
+    for item in s3.list_objects_v2(Bucket="eyeops-test").get("Contents", []):
+        s3.delete_object(Bucket="eyeops-test", Key=item["Key"])
+
+
+def _client(api_client):
+    return KubeClient(api_client, sleep=lambda s: None)
+
+
+def test_train_submits_a_rayjob_waits_and_reads_the_checkpoint_back(fake_api, s3):
+    api, api_client = fake_api
+    write_ref("s3://eyeops-test/root/runs/run-1/checkpoint_ref.json", CHECKPOINT)  # what the job writes
+    api.progress["rayjobs"] = list(DONE)
+    lines: list[str] = []
+    ref = train_on_cluster(
+        RECIPE,
+        DATASET,
+        run_name="run-1",
+        namespace="ml",
+        client=_client(api_client),
+        poll_s=0,
+        on_status=lines.append,
+    )
+    assert ref == CHECKPOINT
+    assert lines == [
+        "RayJob train-run-1: Initializing",
+        "RayJob train-run-1: Running · job RUNNING",
+        "RayJob train-run-1: Complete · job SUCCEEDED",
+    ]
+    job = api.objects[("rayjobs", "ml", "train-run-1")]
+    assert "--ref-out s3://eyeops-test/root/runs/run-1/checkpoint_ref.json" in job["spec"]["entrypoint"]
+    assert "--storage-path s3://eyeops-test/root/runs/run-1" in job["spec"]["entrypoint"]
+
+
+def test_a_retry_replaces_a_failed_job_and_reattaches_to_a_good_one(fake_api, s3):
+    api, api_client = fake_api
+    write_ref("s3://eyeops-test/root/runs/run-1/checkpoint_ref.json", CHECKPOINT)
+    client = _client(api_client)
+    api.objects[("rayjobs", "ml", "train-run-1")] = {"metadata": {"name": "train-run-1", "generation": 1}}
+    api.progress["rayjobs"] = [{"jobDeploymentStatus": "Failed", "jobStatus": "FAILED"}, *DONE]
+    assert (
+        train_on_cluster(RECIPE, DATASET, run_name="run-1", namespace="ml", client=client, poll_s=0)
+        == CHECKPOINT
+    )
+    assert api.verbs()[:3] == ["GET", "DELETE", "GET"] and "POST" in api.verbs()
+    # A retried KFP task whose job already succeeded attaches to it instead of training again.
+    api.requests.clear()
+    api.progress["rayjobs"] = [{"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}]
+    assert (
+        train_on_cluster(RECIPE, DATASET, run_name="run-1", namespace="ml", client=client, poll_s=0)
+        == CHECKPOINT
+    )
+    assert "POST" not in api.verbs() and "DELETE" not in api.verbs()
+
+
+def test_missing_checkpoint_ref_and_local_storage_are_clear_errors(fake_api, s3, monkeypatch):
+    from eyeops.errors import NotFoundError
+
+    api, api_client = fake_api
+    api.progress["rayjobs"] = list(DONE)
+    with pytest.raises(NotFoundError, match=r"checkpoint_ref\.json does not exist"):
+        train_on_cluster(
+            RECIPE, DATASET, run_name="run-2", namespace="ml", client=_client(api_client), poll_s=0
+        )
+    monkeypatch.setenv("EYEOPS_STORAGE_ROOT", "/tmp/local-root")
+    get_settings.cache_clear()
+    with pytest.raises(ClusterError, match="S3"):
+        train_on_cluster(RECIPE, DATASET, run_name="run-3", client=_client(api_client))
+
+
+def test_deploy_creates_then_patches_and_waits_for_ready(fake_api):
+    api, api_client = fake_api
+    client = _client(api_client)
+    api.progress["inferenceservices"] = [
+        {"conditions": [{"type": "Ready", "status": "False"}]},
+        {"conditions": [{"type": "Ready", "status": "True"}], "url": "http://fundus.ml.example.com"},
+    ]
+    lines: list[str] = []
+    endpoint = deploy_on_cluster(
+        RECIPE, VERSION, backend="kserve", namespace="ml", client=client, poll_s=0, on_status=lines.append
+    )
+    assert (
+        endpoint.url == "http://fundus.ml.example.com"
+        and endpoint.backend == "kserve"
+        and endpoint.version == 3
+    )
+    assert lines[-1] == "InferenceService fundus-classifier: Ready · http://fundus.ml.example.com"
+    newer = VERSION.model_copy(update={"version": 4, "model_uri": "models:/fundus-classifier/4"})
+    api.progress["inferenceservices"] = [
+        {"conditions": [{"type": "Ready", "status": "True"}], "url": "http://fundus.ml.example.com"}
+    ]
+    deploy_on_cluster(RECIPE, newer, backend="kserve", namespace="ml", client=client, poll_s=0)
+    live = api.objects[("inferenceservices", "ml", "fundus-classifier")]
+    env = {e["name"]: e.get("value") for e in live["spec"]["predictor"]["containers"][0]["env"]}
+    assert env["EYEOPS_SERVE_MODEL_URI"] == "models:/fundus-classifier/4" and "PATCH" in api.verbs()
+    with pytest.raises(ClusterError, match="backend 'sagemaker'"):
+        deploy_on_cluster(RECIPE, VERSION, backend="sagemaker", client=client)
