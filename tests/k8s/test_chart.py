@@ -3,6 +3,9 @@ must produce."""
 
 from __future__ import annotations
 
+import json
+import shlex
+
 import pytest
 import yaml
 from conftest import SCENARIOS
@@ -142,10 +145,24 @@ def test_gpu_node_pools(rendered):
         shm = next(v for v in pod["volumes"] if v["name"] == "shm")
         assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
     job = one(objs, "RayJob")["spec"]
-    assert job["entrypoint"] == (
-        "python -m eyeops.train.job --recipe fundus-classifier --dataset-uri "
-        "s3://eyeops/root/datasets/odir --run-name eyeops-fundus-classifier"
-    )
+    fingerprint = "9f2c4e1a7b3d5f6e8a0c2e4f6a8b0d2f4a6c8e0b2d4f6a8c0e2a4c6e8f0b2d4c"
+    assert shlex.split(job["entrypoint"]) == [
+        "python",
+        "-m",
+        "eyeops.train.job",
+        "--recipe",
+        "fundus-classifier",
+        "--dataset-json",
+        json.dumps(
+            {"fingerprint": fingerprint, "uri": "s3://eyeops/root/datasets/odir"}, separators=(",", ":")
+        ),
+        "--run-name",
+        "eyeops-fundus-classifier",
+        "--storage-path",
+        "s3://eyeops/root/ray",
+        "--ref-out",
+        "s3://eyeops/root/runs/eyeops-fundus-classifier/checkpoint_ref.json",
+    ]
     assert job["shutdownAfterJobFinishes"] is True
 
 
@@ -153,8 +170,19 @@ def test_rayjob_template_for_the_pipeline(rendered):
     cm = one(rendered["defaults"], "ConfigMap", "eyeops-rayjob-template")
     job = yaml.safe_load(cm["data"]["rayjob.yaml"])
     assert job["kind"] == "RayJob"
+    assert shlex.split(job["spec"]["entrypoint"])[3:9] == [
+        "--recipe",
+        "${RECIPE}",
+        "--dataset-json",
+        "${DATASET_JSON}",
+        "--run-name",
+        "${RUN_NAME}",
+    ]
     assert (
-        "--recipe ${RECIPE} --dataset-uri ${DATASET_URI} --run-name ${RUN_NAME}" in job["spec"]["entrypoint"]
+        env_of(job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0])[
+            "EYEOPS_RAY_ADDRESS"
+        ]["value"]
+        == "auto"
     )
     worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert env_of(worker)["EYEOPS_MLFLOW_TRACKING_URI"]["value"] == "http://eyeops-mlflow.eyeops.svc:5000"
@@ -177,8 +205,14 @@ def test_rayservice_variant(rendered):
     (group,) = cluster["workerGroupSpecs"]
     assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     gateway = container(one(objs, "Deployment", "eyeops-gateway")["spec"]["template"]["spec"], "gateway")
-    assert "--backend=ray" in gateway["args"] and "--model=eyeops-eye-llm@champion" in gateway["args"]
-    assert env_of(gateway)["EYEOPS_UPSTREAM_URL"]["value"] == "http://eye-llm-serve-svc.eyeops.svc:8000"
+    assert gateway["args"] == [
+        "serve",
+        "--backend=local",
+        "--model=eyeops-eye-llm@champion",
+        "--host=0.0.0.0",
+        "--port=8080",
+    ]
+    assert app["import_path"] == "eyeops.k8s.ray_service:app_builder"
     test_pod = one(objs, "Pod", "eyeops-test")["spec"]["containers"][0]
     assert "--require-api=ray.io/v1=rayjobs,rayservices" not in test_pod["args"]
     assert {
@@ -277,8 +311,10 @@ def test_network_policies_only_allow_the_documented_paths(rendered):
     )
     mlflow_in = one(objs, "NetworkPolicy", "eyeops-netpol-mlflow")["spec"]["ingress"][0]["from"]
     assert {"podSelector": {"matchLabels": {"eyeops.io/mlflow-client": "true"}}} in mlflow_in
-    # the gateway is not an MLflow or S3 client; endpoints are
+    # the gateway and the endpoints load models: MLflow and S3 clients; MLflow itself is not
     gw_labels = one(objs, "Deployment", "eyeops-gateway")["spec"]["template"]["metadata"]["labels"]
-    assert "eyeops.io/mlflow-client" not in gw_labels and "eyeops.io/s3-client" not in gw_labels
+    assert gw_labels["eyeops.io/mlflow-client"] == "true" and gw_labels["eyeops.io/s3-client"] == "true"
+    ml_labels = one(objs, "Deployment", "eyeops-mlflow")["spec"]["template"]["metadata"]["labels"]
+    assert "eyeops.io/mlflow-client" not in ml_labels
     isvc_labels = one(objs, "InferenceService")["spec"]["predictor"]["labels"]
     assert isvc_labels["eyeops.io/mlflow-client"] == "true" and isvc_labels["eyeops.io/s3-client"] == "true"

@@ -89,6 +89,7 @@ def test_schema_rejects(tmp_path, values, expected):
             'gateway.model "nope" names no entry in models (known: fundus-classifier)',
         ),
         ({"pipeline": {"upload": {"enabled": True}}}, "pipeline.upload.enabled needs pipeline.compiled"),
+        ({"training": {"job": {"enabled": True}}}, "training.job.dataset.fingerprint is required"),
         (
             {"pipeline": {"compiled": {"fundus-classifier": "just: text"}}},
             "pipeline.compiled.fundus-classifier: not a compiled KFP pipeline",

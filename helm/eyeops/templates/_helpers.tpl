@@ -180,13 +180,10 @@ imagePullSecrets:
 {{- toJson $found -}}
 {{- end -}}
 
-{{/* In-cluster URL of a model endpoint (call with dict "root" . "model" $m). */}}
-{{- define "eyeops.modelURL" -}}
-{{- if eq .model.backend "kserve" -}}
-{{- printf "http://%s-predictor.%s.svc" .model.name .root.Release.Namespace -}}
-{{- else -}}
-{{- printf "http://%s-serve-svc.%s.svc:8000" .model.name .root.Release.Namespace -}}
-{{- end -}}
+{{/* One `models` entry with its defaults filled in (list entries get no defaults from values.yaml). */}}
+{{- define "eyeops.model" -}}
+{{- $defaults := dict "alias" "champion" "storageUri" "" "minReplicas" 1 "maxReplicas" 2 "autoscaler" "hpa" "scaleMetric" "cpu" "scaleTarget" 70 "targetOngoingRequests" 4 "maxBatchSize" 16 "gpu" 0 "nodeSelector" dict "tolerations" list -}}
+{{- toJson (merge (deepCopy .) $defaults) -}}
 {{- end -}}
 
 {{/* Name and labels of one NetworkPolicy (call with dict "root" . "suffix" "x"). */}}
@@ -196,10 +193,4 @@ metadata:
   namespace: {{ .root.Release.Namespace }}
   labels:
     {{- include "eyeops.labels" (dict "root" .root "component" "network") | nindent 4 }}
-{{- end -}}
-
-{{/* One `models` entry with its defaults filled in (list entries get no defaults from values.yaml). */}}
-{{- define "eyeops.model" -}}
-{{- $defaults := dict "alias" "champion" "storageUri" "" "minReplicas" 1 "maxReplicas" 2 "autoscaler" "hpa" "scaleMetric" "cpu" "scaleTarget" 70 "targetOngoingRequests" 4 "maxBatchSize" 16 "gpu" 0 "nodeSelector" dict "tolerations" list -}}
-{{- toJson (merge (deepCopy .) $defaults) -}}
 {{- end -}}

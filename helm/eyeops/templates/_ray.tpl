@@ -35,6 +35,9 @@ spec:
         {{- include "eyeops.commonEnv" $root | nindent 8 }}
         - name: RAY_USAGE_STATS_ENABLED
           value: "0"
+        # Join the cluster KubeRay started instead of starting a local Ray.
+        - name: EYEOPS_RAY_ADDRESS
+          value: auto
       {{- if eq .ray "head" }}
       ports:
         - {name: gcs, containerPort: 6379, protocol: TCP}
@@ -104,7 +107,9 @@ workerGroupSpecs:
   {{- end }}
 {{- end -}}
 
-{{/* A training RayJob (call with dict "root" . "name" n "recipe" r "datasetUri" u "runName" rn). */}}
+{{/* A training RayJob (call with dict "root" . "name" n "recipe" r "datasetJson" j "runName" rn). The
+entrypoint is the pipeline room's `python -m eyeops.train.job`; checkpoints and the resulting
+CheckpointRef go under the S3 storage root, where every pod and the waiting pipeline step see them. */}}
 {{- define "eyeops.trainingRayJob" -}}
 {{- $root := .root -}}
 apiVersion: ray.io/v1
@@ -116,7 +121,10 @@ metadata:
     {{- include "eyeops.labels" (dict "root" $root "component" "training") | nindent 4 }}
 spec:
   # The pipeline room's entry point: argument parsing around eyeops.train.train.
-  entrypoint: {{ printf "python -m eyeops.train.job --recipe %s --dataset-uri %s --run-name %s" .recipe .datasetUri .runName | quote }}
+  {{- $root := .root }}
+  {{- $storage := printf "%s/ray" (trimSuffix "/" $root.Values.s3.storageRoot) }}
+  {{- $refOut := printf "%s/runs/%s/checkpoint_ref.json" (trimSuffix "/" $root.Values.s3.storageRoot) .runName }}
+  entrypoint: {{ printf "python -m eyeops.train.job --recipe %s --dataset-json %s --run-name %s --storage-path %s --ref-out %s" .recipe (squote .datasetJson) .runName $storage $refOut | quote }}
   shutdownAfterJobFinishes: true
   ttlSecondsAfterFinished: {{ $root.Values.training.job.ttlSecondsAfterFinished }}
   backoffLimit: {{ $root.Values.training.job.backoffLimit }}
