@@ -3,7 +3,7 @@
 MCQ samples → accuracy (letters parsed from free text, matched to gold by sample id); essay-style
 samples (text_qa, open_qa, report, dialogue) → ROUGE-L, BLEU, METEOR, SemScore. Both overall and
 per dataset (``source/<name>/…``) and per topic (``topic/<name>/…``); every generation is kept in
-the ``generations`` table that the registry logs to MLflow.
+the ``mcq_generations`` / ``essay_generations`` tables that the registry logs to MLflow.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def evaluate_text(ctx: EvalContext) -> EvalOutput:
             field="task",
         )
     metrics: dict[str, float] = {}
-    rows: list[dict[str, str | float | int]] = []
+    tables: dict[str, list[dict[str, str | float | int]]] = {}
     notes: list[str] = []
     if mcq:
         answers = _generate(ctx, mcq, min(spec.eval_max_new_tokens, 32))
@@ -89,7 +89,7 @@ def evaluate_text(ctx: EvalContext) -> EvalOutput:
         judged = {r["id"]: r for r in tm.mcq_judgements(gold, predictions, options)}
         for s in mcq:
             j = judged[s.id]
-            rows.append(
+            tables.setdefault("mcq_generations", []).append(
                 {
                     "id": s.id,
                     "task": s.task.value,
@@ -112,7 +112,7 @@ def evaluate_text(ctx: EvalContext) -> EvalOutput:
             metrics.update(_regroup(tm.essay_scores(refs, preds, groups=groups), prefix, "essay"))
         items = tm.essay_item_scores(refs, preds)
         for s, ref, pred, item in zip(essay, refs, preds, items, strict=True):
-            rows.append(
+            tables.setdefault("essay_generations", []).append(
                 {
                     "id": s.id,
                     "task": s.task.value,
@@ -126,6 +126,4 @@ def evaluate_text(ctx: EvalContext) -> EvalOutput:
             )
         if not tm.meteor_uses_wordnet():
             notes.append("METEOR computed without WordNet synonyms (Debian wordnet-base not installed)")
-    return EvalOutput(
-        num_samples=len(mcq) + len(essay), metrics=metrics, tables={"generations": rows}, notes=notes
-    )
+    return EvalOutput(num_samples=len(mcq) + len(essay), metrics=metrics, tables=tables, notes=notes)
