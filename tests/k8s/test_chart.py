@@ -122,6 +122,7 @@ def test_kserve_endpoint_defaults(rendered):
         "--port=8080",
     ]
     assert "nvidia.com/gpu" not in kserve["resources"]["limits"]
+    assert env_of(kserve)["EYEOPS_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "eyeops-api-keys"
 
 
 def test_gpu_node_pools(rendered):
@@ -204,6 +205,7 @@ def test_rayservice_variant(rendered):
     assert cluster["enableInTreeAutoscaling"] is True
     (group,) = cluster["workerGroupSpecs"]
     assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "EYEOPS_API_KEYS" in env_of(group["template"]["spec"]["containers"][0])
     gateway = container(one(objs, "Deployment", "eyeops-gateway")["spec"]["template"]["spec"], "gateway")
     assert gateway["args"] == [
         "serve",

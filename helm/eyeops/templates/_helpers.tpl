@@ -194,3 +194,12 @@ metadata:
   labels:
     {{- include "eyeops.labels" (dict "root" .root "component" "network") | nindent 4 }}
 {{- end -}}
+
+{{/* API keys for every process serving the gateway routes (gateway, KServe predictor, Ray Serve). */}}
+{{- define "eyeops.apiKeysEnv" -}}
+- name: EYEOPS_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.gateway.apiKeys.existingSecret }}
+      key: {{ .Values.gateway.apiKeys.key }}
+{{- end -}}

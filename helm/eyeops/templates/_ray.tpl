@@ -38,6 +38,9 @@ spec:
         # Join the cluster KubeRay started instead of starting a local Ray.
         - name: EYEOPS_RAY_ADDRESS
           value: auto
+        {{- if .serve }}
+        {{- include "eyeops.apiKeysEnv" $root | nindent 8 }}
+        {{- end }}
       {{- if eq .ray "head" }}
       ports:
         - {name: gcs, containerPort: 6379, protocol: TCP}
