@@ -36,7 +36,6 @@ from eyeops.models.vlm_processing import (
     VLMDataset,
     VLMProcessor,
     collate,
-    read_samples,
 )
 from eyeops.recipes import Recipe, StageSpec, VLMModel, parse_recipe
 
@@ -288,7 +287,9 @@ class VLMFamily:
         processor = self.processor(recipe, tokenizer)
         tasks = {str(t) for t in (stage.data_tasks if stage and stage.data_tasks else DEFAULT_TASKS)}
         by_split: dict[str, list] = {}
-        for sample in read_samples(data_dir):
+        from eyeops.data.store import load_samples
+
+        for sample in load_samples(data_dir):
             if str(sample.task) in tasks and sample.answer and sample.split is not None:
                 by_split.setdefault(str(sample.split), []).append(sample)
         if not by_split.get("train"):
@@ -319,7 +320,10 @@ class VLMFamily:
         groups = {g for s in stages for g in s.trainable}
         if spec.llm_config is not None:  # a randomly initialised LM is not reproducible from a name
             groups.add("llm")
-        if spec.vision.kind != "timm" and spec.vision.config is not None:
+        random_tower = (
+            spec.vision.config is not None if spec.vision.kind != "timm" else spec.vision.weights == "none"
+        )
+        if random_tower:
             groups.add("vision")
         keys = _state_keys(vlm, groups)
         state = {k: v.detach().contiguous().cpu() for k, v in vlm.state_dict().items() if k in keys}

@@ -14,19 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from eyeops.data.schema import IMAGE_TOKEN, Message, Sample
-from eyeops.errors import DataError, InvalidRequest, NotFoundError
+from eyeops.errors import DataError, InvalidRequest
 from eyeops.models.anyres import GLOBAL_ONLY, ViewPlan, make_views, select_grid, to_tensor
 from eyeops.models.classifier import crop_fundus_border
 
 IMAGE_TOKEN_ID = -200  # never a vocabulary id: marks image-feature slots (LLaVA's convention)
 IGNORE_INDEX = -100
-SAMPLES_FILE = "samples.parquet"
 
 
 @dataclass(frozen=True)
@@ -128,7 +126,12 @@ class VLMProcessor:
         return self._ids(self._render(turns, add_generation_prompt=True), plans)
 
     def encode(
-        self, messages: Sequence[Message], answer: str, images: Sequence[Image.Image], *, where: str = ""
+        self,
+        messages: Sequence[Message],
+        answer: str,
+        images: Sequence[Image.Image],
+        *,
+        where: str = "conversation",
     ) -> Encoded:
         """A training example: loss only on ``answer`` and the template's end-of-turn tokens."""
         pixel_values, plans = self.pixels(images)
@@ -167,21 +170,6 @@ def open_image(path: Path, *, where: str) -> Image.Image:
         ) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{where}: cannot decode image: {exc}", file=str(path), field="images") from None
-
-
-def read_samples(data_dir: Path) -> list[Sample]:
-    """Every row of a prepared dataset's ``samples.parquet`` as a validated :class:`Sample`."""
-    path = Path(data_dir) / SAMPLES_FILE
-    if not path.is_file():
-        raise NotFoundError(f"{data_dir}: no {SAMPLES_FILE} (is this a prepared dataset directory?)")
-    rows = pq.read_table(path).to_pylist()
-    samples = []
-    for row, record in enumerate(rows):
-        try:
-            samples.append(Sample.model_validate({k: v for k, v in record.items() if v is not None}))
-        except ValueError as exc:
-            raise DataError(f"invalid sample: {exc}", file=str(path), row=row) from None
-    return samples
 
 
 class VLMDataset(Dataset):
