@@ -8,14 +8,13 @@ import json
 import pytest
 import torch
 from _vlm_helpers import save_tiny_llm, tiny_recipe
-from PIL import Image
-
 from eyeops.data.schema import Manifest, Message, Sample
 from eyeops.errors import ConfigError, DataError, InvalidRequest
 from eyeops.inference import GenerationRequest, InferenceModel
 from eyeops.models.vlm import FAMILY, group_parameter_names
 from eyeops.models.vlm_processing import IGNORE_INDEX, IMAGE_TOKEN_ID, collate
 from eyeops.recipes import StageSpec, parse_recipe
+from PIL import Image
 
 Q = Message(role="user", content="<image>\nIs there glaucoma? Answer yes or no.")
 
@@ -30,7 +29,7 @@ def _image(w=48, h=40, colour=(180, 60, 30)):
 
 
 def _batch(recipe, images_per_sample=(1, 1)):
-    tok = FAMILY_TOKENIZER(recipe)
+    tok = _tok(recipe)
     proc = FAMILY.processor(recipe, tok)
     encoded = []
     for n in images_per_sample:
@@ -43,7 +42,7 @@ def _batch(recipe, images_per_sample=(1, 1)):
     return encoded, collate(encoded, tok.pad_token_id), tok
 
 
-def FAMILY_TOKENIZER(recipe):  # noqa: N802 - reads like the family's own tokenizer
+def _tok(recipe):
     from eyeops.models.vlm import _tokenizer
 
     return _tokenizer(recipe.model)
@@ -107,7 +106,7 @@ def test_unknown_group_and_missing_lora(llm_dir):
 
 def test_placeholder_mismatch_and_oversize_are_clear_errors(llm_dir):
     recipe = parse_recipe(tiny_recipe(llm_dir, max_seq_len=70))
-    proc = FAMILY.processor(recipe, FAMILY_TOKENIZER(recipe))
+    proc = FAMILY.processor(recipe, _tok(recipe))
     with pytest.raises(InvalidRequest, match="2 <image> placeholders but 1 images"):
         proc.encode([Message(role="user", content="<image><image> compare")], "no", [_image()])
     # No placeholder: the images are put before the question.
