@@ -337,11 +337,11 @@ class VLMFamily:
     def load(self, model_dir: Path, device: str = "cpu") -> VLMPredictor:
         return VLMPredictor.from_dir(Path(model_dir), device=device)
 
-    def evaluate(self, recipe: Recipe, model_dir: Path, dataset_dir: Path, split: str) -> tuple[dict, dict]:
-        """Eyecare-Bench style metrics and one table per task x modality (see ``vlm_eval``)."""
+    def evaluate(self, ctx: Any) -> Any:
+        """The evaluation runner's hook: Eyecare-Bench style metrics and tables (see ``vlm_eval``)."""
         from eyeops.models.vlm_eval import evaluate_vlm
 
-        return evaluate_vlm(self.load(model_dir), recipe, Path(dataset_dir), split)
+        return evaluate_vlm(ctx)
 
 
 def load_model_dir(model_dir: Path) -> tuple[Recipe, EyeVLM, Any]:
