@@ -6,7 +6,14 @@ kfp-kubernetes — GPU accelerator and limit, GPU node-pool selector and tolerat
 task, Secrets as env on every task. Components never carry Kubernetes settings themselves.
 """
 
-from eyeops.cluster.objects import DEFAULT_IMAGE, DEFAULT_SECRET_ENV, GpuPool, SecretEnv
+from eyeops.cluster.objects import (
+    DEFAULT_CONFIG_ENV,
+    DEFAULT_IMAGE,
+    DEFAULT_SECRET_ENV,
+    ConfigEnv,
+    GpuPool,
+    SecretEnv,
+)
 from kfp import dsl
 from kfp import kubernetes as kfp_k8s
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,16 +30,25 @@ class ClusterTarget(BaseModel):
     image: str = Field(DEFAULT_IMAGE, description="The eyeops image every task (and RayJob pod) runs.")
     pool: GpuPool = Field(default_factory=GpuPool)
     secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV
+    config_env: tuple[ConfigEnv, ...] = DEFAULT_CONFIG_ENV
     train_retries: int = Field(2, ge=0)
 
 
-def _secrets_as_env(task: dsl.PipelineTask, secret_env: tuple[SecretEnv, ...]) -> None:
-    by_secret: dict[str, dict[str, str]] = {}
-    for item in secret_env:
-        by_secret.setdefault(item.secret, {})[item.key] = item.env
-    for secret, keys in sorted(by_secret.items()):
+def _settings_as_env(task: dsl.PipelineTask, cluster: ClusterTarget) -> None:
+    """Secrets (credentials) and the ConfigMap (storage root, MLflow URL) as the task's env."""
+    secrets: dict[str, dict[str, str]] = {}
+    for item in cluster.secret_env:
+        secrets.setdefault(item.secret, {})[item.key] = item.env
+    for name, keys in sorted(secrets.items()):
         kfp_k8s.use_secret_as_env(
-            task, secret_name=secret, secret_key_to_env=dict(sorted(keys.items())), optional=True
+            task, secret_name=name, secret_key_to_env=dict(sorted(keys.items())), optional=True
+        )
+    maps: dict[str, dict[str, str]] = {}
+    for item in cluster.config_env:
+        maps.setdefault(item.config_map, {})[item.key] = item.env
+    for name, keys in sorted(maps.items()):
+        kfp_k8s.use_config_map_as_env(
+            task, config_map_name=name, config_map_key_to_env=dict(sorted(keys.items())), optional=True
         )
 
 
@@ -104,7 +120,7 @@ def build_pipeline(cluster: ClusterTarget | None = None, *, train_retries: int =
                     fit, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect
                 )
             for task in (prep, fit, score, gate, serve):
-                _secrets_as_env(task, cluster.secret_env)
+                _settings_as_env(task, cluster)
                 task.set_env_variable("EYEOPS_MODE", "cluster")
 
     return finetune

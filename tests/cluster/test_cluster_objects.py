@@ -88,13 +88,15 @@ def test_rayjob_shape_gpu_workers_and_forwarded_pool():
     ]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
-    # credentials only by reference, never as literal values
+    # credentials only by reference (the chart's Secret), settings from the ConfigMap, never literals
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
         "name": "eyeops-s3",
-        "key": "secret-access-key",
+        "key": "AWS_SECRET_ACCESS_KEY",
         "optional": True,
     }
     assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+    assert env["EYEOPS_STORAGE_ROOT"]["valueFrom"]["configMapKeyRef"]["name"] == "eyeops-config"
+    assert env["EYEOPS_RAY_ADDRESS"]["value"] == "auto"  # join the KubeRay cluster, never start one
 
 
 def test_cpu_recipe_gets_no_gpu_or_pool():

@@ -27,8 +27,11 @@ def test_compile_is_deterministic_and_carries_cluster_settings(tmp_path):
         secrets = {
             s["secretName"]: {k["envVar"] for k in s["keyToEnv"]} for s in k8s[executor]["secretAsEnv"]
         }
-        assert "AWS_SECRET_ACCESS_KEY" in secrets["eyeops-s3"]
-        assert secrets["eyeops-mlflow"] == {"EYEOPS_MLFLOW_TRACKING_URI"}
+        assert secrets == {"eyeops-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}}
+        maps = {
+            m["configMapName"]: {k["envVar"] for k in m["keyToEnv"]} for m in k8s[executor]["configMapAsEnv"]
+        }
+        assert {"EYEOPS_STORAGE_ROOT", "EYEOPS_MLFLOW_TRACKING_URI"} <= maps["eyeops-config"]
     assert "nodeSelector" not in k8s["exec-evaluate"]  # only train lands on the GPU pool
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2

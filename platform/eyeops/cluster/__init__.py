@@ -4,8 +4,11 @@ Kubernetes API client, and the train/deploy stages that run through them."""
 from eyeops.cluster.client import KubeClient
 from eyeops.cluster.jobs import deploy_on_cluster, describe_rayjob, rayjob_done, train_on_cluster
 from eyeops.cluster.objects import (
+    CONFIG_MAP,
+    DEFAULT_CONFIG_ENV,
     DEFAULT_IMAGE,
     DEFAULT_SECRET_ENV,
+    ConfigEnv,
     GpuPool,
     SecretEnv,
     Toleration,
@@ -17,8 +20,11 @@ from eyeops.cluster.objects import (
 from eyeops.cluster.schema import find_crd_dir, validate_object
 
 __all__ = [
+    "CONFIG_MAP",
+    "DEFAULT_CONFIG_ENV",
     "DEFAULT_IMAGE",
     "DEFAULT_SECRET_ENV",
+    "ConfigEnv",
     "GpuPool",
     "KubeClient",
     "SecretEnv",

@@ -48,6 +48,16 @@ class SecretEnv(BaseModel):
     optional: bool = True
 
 
+class ConfigEnv(BaseModel):
+    """One env var filled from a ConfigMap key (``configMapKeyRef``): non-secret cluster settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    env: str
+    config_map: str
+    key: str
+    optional: bool = True
+
+
 class GpuPool(BaseModel):
     """Where GPU work runs: the resource name, how many per pod, and how to land on the GPU nodes."""
 
@@ -60,13 +70,16 @@ class GpuPool(BaseModel):
     )
 
 
-# The Secrets the Helm chart creates; the pipeline (kfp-kubernetes) and every pod share this list.
+# The Secret the Helm chart names (values s3.existingSecret, keys s3.accessKeyIdKey/secretAccessKeyKey).
 DEFAULT_SECRET_ENV: tuple[SecretEnv, ...] = (
-    SecretEnv(env="EYEOPS_MLFLOW_TRACKING_URI", secret="eyeops-mlflow", key="tracking-uri"),
-    SecretEnv(env="AWS_ACCESS_KEY_ID", secret="eyeops-s3", key="access-key-id"),
-    SecretEnv(env="AWS_SECRET_ACCESS_KEY", secret="eyeops-s3", key="secret-access-key"),
-    SecretEnv(env="EYEOPS_S3_ENDPOINT_URL", secret="eyeops-s3", key="endpoint-url"),
-    SecretEnv(env="EYEOPS_STORAGE_ROOT", secret="eyeops-s3", key="storage-root"),
+    SecretEnv(env="AWS_ACCESS_KEY_ID", secret="eyeops-s3", key="AWS_ACCESS_KEY_ID"),
+    SecretEnv(env="AWS_SECRET_ACCESS_KEY", secret="eyeops-s3", key="AWS_SECRET_ACCESS_KEY"),
+)
+# Where the cluster keeps data and tracks runs: plain settings, one ConfigMap keyed by env name.
+CONFIG_MAP = "eyeops-config"
+DEFAULT_CONFIG_ENV: tuple[ConfigEnv, ...] = tuple(
+    ConfigEnv(env=name, config_map=CONFIG_MAP, key=name)
+    for name in ("EYEOPS_STORAGE_ROOT", "EYEOPS_MLFLOW_TRACKING_URI", "EYEOPS_S3_ENDPOINT_URL")
 )
 
 
@@ -79,7 +92,11 @@ def k8s_name(*parts: str, max_len: int = 63) -> str:
     return name
 
 
-def _env(secret_env: tuple[SecretEnv, ...], plain: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def _env(
+    secret_env: tuple[SecretEnv, ...],
+    plain: dict[str, str] | None = None,
+    config_env: tuple[ConfigEnv, ...] = DEFAULT_CONFIG_ENV,
+) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted((plain or {}).items())]
     env += [
         {
@@ -87,6 +104,13 @@ def _env(secret_env: tuple[SecretEnv, ...], plain: dict[str, str] | None = None)
             "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key, "optional": s.optional}},
         }
         for s in secret_env
+    ]
+    env += [
+        {
+            "name": c.env,
+            "valueFrom": {"configMapKeyRef": {"name": c.config_map, "key": c.key, "optional": c.optional}},
+        }
+        for c in config_env
     ]
     return env
 
