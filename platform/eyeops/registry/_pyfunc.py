@@ -3,7 +3,11 @@
 The logged model carries the family's saved directory (weights, recipe, transforms) as the
 artifact ``model_dir`` and the family name in ``model_config``; loading it goes through
 ``eyeops.families.get_family(family).load`` like every other consumer, so MLflow serving, our
-servers and the evaluator all run the same inference code.
+servers and the evaluator all run the same inference code. Two interfaces, chosen by the
+recipe's typed model spec (a label set means a classifier):
+
+- ``classify``: column ``image`` (base64) → one probability column per label;
+- ``chat``: column ``prompt`` (+ optional base64 ``image``) → column ``text``.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from eyeops.data.schema import IMAGE_TOKEN, Message
 from eyeops.errors import InvalidRequest
+from eyeops.inference import GenerationRequest
 
 IMAGE_COLUMN = "image"
+PROMPT_COLUMN = "prompt"
+TEXT_COLUMN = "text"
 
 
 # What the pyfunc imports at load time. Listed explicitly because MLflow's default inference
@@ -62,6 +70,19 @@ def classify_signature(labels: list[str]) -> ModelSignature:
     )
 
 
+def chat_signature() -> ModelSignature:
+    """Input: a ``prompt`` and an optional base64 ``image``; output: the generated ``text``."""
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", PROMPT_COLUMN), ColSpec("string", IMAGE_COLUMN, required=False)]),
+        outputs=Schema([ColSpec("string", TEXT_COLUMN)]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", 128)]),
+    )
+
+
+def chat_example_input() -> pd.DataFrame:
+    return pd.DataFrame({PROMPT_COLUMN: ["What is glaucoma?"]})
+
+
 def example_input() -> pd.DataFrame:
     """A drawn fundus-like disc — never a dataset image, so no patient pixels reach the registry."""
     image = Image.new("RGB", (64, 64), "black")
@@ -90,16 +111,19 @@ def decode_image(value: object, row: int) -> Image.Image:
 
 
 class EyeopsPyfunc(mlflow.pyfunc.PythonModel):
-    """Loads the family model dir; ``predict`` maps base64 images to per-label probabilities."""
+    """Loads the family model dir; ``predict`` classifies images or answers prompts (see module doc)."""
 
     def load_context(self, context) -> None:
         from eyeops.families import get_family
 
         config = context.model_config or {}
         self.model_dir = Path(context.artifacts["model_dir"])
+        self.task = config.get("task", "classify")
         self.model = get_family(config["family"]).load(self.model_dir)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if self.task == "chat":
+            return self._chat(model_input, params or {})
         if "classify" not in self.model.capabilities:
             raise InvalidRequest(
                 f"model capabilities {sorted(self.model.capabilities)} do not include classify"
@@ -112,3 +136,27 @@ class EyeopsPyfunc(mlflow.pyfunc.PythonModel):
             [{label: float(r.probabilities[label]) for label in self.model.labels} for r in results],
             columns=list(self.model.labels),
         )
+
+    def _chat(self, model_input: pd.DataFrame, params: dict) -> pd.DataFrame:
+        if not isinstance(model_input, pd.DataFrame) or PROMPT_COLUMN not in model_input.columns:
+            raise InvalidRequest(f"expected a DataFrame with a {PROMPT_COLUMN!r} column")
+        has_image = IMAGE_COLUMN in model_input.columns
+        requests = []
+        for i, row in enumerate(model_input.to_dict("records")):
+            prompt = row[PROMPT_COLUMN]
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InvalidRequest(f"row {i}, column {PROMPT_COLUMN!r}: expected non-empty text")
+            images = []
+            if has_image and isinstance(row[IMAGE_COLUMN], str | bytes):
+                images = [decode_image(row[IMAGE_COLUMN], i)]
+                if IMAGE_TOKEN not in prompt:  # one image, placed before the question
+                    prompt = f"{IMAGE_TOKEN}\n{prompt}"
+            requests.append(
+                GenerationRequest(
+                    messages=[Message(role="user", content=prompt)],
+                    images=images,
+                    max_new_tokens=int(params.get("max_new_tokens", 128)),
+                )
+            )
+        results = self.model.generate(requests)
+        return pd.DataFrame({TEXT_COLUMN: [r.text for r in results]})

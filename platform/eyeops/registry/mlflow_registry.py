@@ -164,14 +164,14 @@ def register(
             mlflow.log_dict(report.model_dump(mode="json"), "lineage/eval_report.json")
             if dataset is not None:
                 mlflow.log_dict(dataset.model_dump(mode="json"), "lineage/dataset.json")
-            labels = _labels_of(recipe)
+            task, labels = _task_of(recipe)
             info = mlflow.pyfunc.log_model(
                 name=_MODEL_NAME,
                 python_model=_pyfunc.EyeopsPyfunc(),
                 artifacts={"model_dir": str(local_model_dir(checkpoint.uri))},
-                model_config={"family": recipe.family, "labels": labels},
-                signature=_pyfunc.classify_signature(labels),
-                input_example=_pyfunc.example_input(),
+                model_config={"family": recipe.family, "task": task, "labels": labels},
+                signature=_pyfunc.classify_signature(labels) if labels else _pyfunc.chat_signature(),
+                input_example=_pyfunc.example_input() if labels else _pyfunc.chat_example_input(),
                 registered_model_name=name,
                 tags=tags,
                 pip_requirements=_pyfunc.pip_requirements(),
@@ -195,14 +195,10 @@ def register(
     )
 
 
-def _labels_of(recipe: Recipe) -> list[str]:
+def _task_of(recipe: Recipe) -> tuple[str, list[str]]:
+    """The pyfunc interface from the typed model spec: a label set means a classifier, else chat."""
     labels = getattr(recipe.model, "labels", None)
-    if not labels:
-        raise RegistryError(
-            f"family {recipe.family!r}: only classify-capable families can be logged as "
-            "pyfunc models for now (no label set in the recipe)"
-        )
-    return list(labels)
+    return ("classify", list(labels)) if labels else ("chat", [])
 
 
 def _alias_version(c: MlflowClient, name: str, alias: str) -> ModelVersion | None:
