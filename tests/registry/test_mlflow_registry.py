@@ -122,3 +122,10 @@ def test_cli_show_promote_rollback(use_sqlite, reg_recipe, make_run):
     assert rolled.exit_code == 0 and "v1 is @champion again" in rolled.output
     failed = runner.invoke(app, ["registry", "rollback", "cli-model"])
     assert isinstance(failed.exception, RegistryError)
+
+
+def test_report_dir_holding_the_artifact_store_is_refused(use_sqlite, reg_recipe, make_run):
+    checkpoint, report = make_run("nested", 0.9)
+    nested = report.model_copy(update={"uri": str(use_sqlite)})  # the store's artifacts live inside
+    with pytest.raises(RegistryError, match="contains the MLflow artifact root"):
+        register(reg_recipe, checkpoint, nested)

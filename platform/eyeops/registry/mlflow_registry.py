@@ -140,6 +140,7 @@ def register(
         raise RegistryError(
             f"checkpoint family {checkpoint.family!r} differs from recipe family {recipe.family!r}"
         )
+    _check_report_dir(report)
     name = recipe.register.model_name
     c = client()
     tags = lineage_tags(recipe, checkpoint, dataset, lineage)
@@ -193,6 +194,18 @@ def register(
         value=decision.value if decision.value is not None else float("nan"),
         champion_value=decision.champion_value,
     )
+
+
+def _check_report_dir(report: EvalReport) -> None:
+    """Copying a report dir that contains the artifact store would copy the store into itself."""
+    root = get_settings().artifact_root.removeprefix("file://")
+    if "://" in root or not Path(report.uri).is_dir():
+        return
+    if Path(root).resolve().is_relative_to(Path(report.uri).resolve()):
+        raise RegistryError(
+            f"report directory {report.uri} contains the MLflow artifact root {root}; "
+            "write evaluation reports elsewhere"
+        )
 
 
 def _task_of(recipe: Recipe) -> tuple[str, list[str]]:
