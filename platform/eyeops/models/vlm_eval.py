@@ -155,7 +155,11 @@ def evaluate_vlm(ctx: EvalContext) -> EvalOutput:
     from eyeops.evaluate.runner import EvalOutput
 
     frame = ctx.samples
-    rows = [r for r in frame.to_dict("records") if r.get("task") in TASKS and r.get("answer")]
+    # pandas holds list columns as numpy arrays: back to plain lists before any truth test.
+    records = [
+        {k: v.tolist() if hasattr(v, "tolist") else v for k, v in r.items()} for r in frame.to_dict("records")
+    ]
+    rows = [r for r in records if r.get("task") in TASKS and r.get("answer")]
     if not rows:
         raise DataError(
             f"no {'/'.join(TASKS)} samples with an answer in split {ctx.recipe.evaluate.split!r}",
