@@ -25,15 +25,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
 
-    import torch
-    from PIL import Image
-    from skimage import data
-
     import eyeops.data  # noqa: F401 - import order: the data package before recipes
+    import torch
     from eyeops.data.schema import Message
     from eyeops.inference import GenerationRequest
     from eyeops.models.vlm import FAMILY
     from eyeops.recipes import load_recipe
+    from PIL import Image
+    from skimage import data
 
     torch.manual_seed(0)
     recipe = load_recipe(args.recipe)
@@ -68,9 +67,8 @@ def main() -> None:
     for batch in (1, args.batch):
         a, b = ours(batch), plain(batch)
         print(f"batch {batch}: InferenceModel {a:.1f} tok/s, plain generate {b:.1f} tok/s, ratio {a / b:.2f}")
-    print(
-        f"RESULT vlm_generate recipe={args.recipe} batch={args.batch} ratio={ours(args.batch) / plain(args.batch):.2f}"
-    )
+    ratio = ours(args.batch) / plain(args.batch)
+    print(f"RESULT vlm_generate recipe={args.recipe} batch={args.batch} ratio={ratio:.2f}")
 
 
 if __name__ == "__main__":
