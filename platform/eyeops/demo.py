@@ -105,7 +105,8 @@ def run_demo(
     api_key = ensure_api_key() or os.environ.get("EYEOPS_API_KEY")
     console.rule("[bold]eyeops demo[/bold]: fundus-classifier, everything on this machine")
     console.print(f"storage root: {settings.storage_root}")
-    summary = run_local(DEMO_RECIPE, overrides={"data.n": n} if n else None)
+    with console.status("pipeline: prepare → train (Ray) → evaluate → register (MLflow) → deploy …"):
+        summary = run_local(DEMO_RECIPE, overrides={"data.n": n} if n else None, quiet=True)
     console.print(summary_table(summary))
     endpoint, _ = _champion_endpoint(summary)
     try:
@@ -117,6 +118,7 @@ def run_demo(
             f"endpoint:     {endpoint.url}  (POST /v1/classify, /v1/chat/completions; GET /v1/models)"
         )
         console.print(f"pipeline run: {summary.pipeline_root}/{summary.pipeline_run}")
+        console.print(f"task logs:    {summary.log}")
         if summary.version:
             v = summary.version
             console.print(f"registry:     {v.name} v{v.version} @{v.alias}: {v.gate_reason}")

@@ -52,7 +52,7 @@ def stack(tmp_path_factory):
     stack = _Stack(tmp_path_factory.mktemp("e2e") / "eyeops", secrets.token_urlsafe(24))
     with stack:
         stack.tracking_uri = get_settings().tracking_uri
-        stack.summary = run_local(RECIPE, data_source="synthetic", overrides=TINY)
+        stack.summary = run_local(RECIPE, data_source="synthetic", overrides=TINY, quiet=True)
     yield stack
     from eyeops.serve.local import stop
 
@@ -86,6 +86,10 @@ def test_every_stage_ran_and_left_its_artefacts(stack):
         report["metrics"]["macro_auc"]
     )
     assert summary.stage("evaluate").value == pytest.approx(report["metrics"]["macro_auc"])
+    # quiet run: kfp.local's streamed task logs went to a file, not the terminal
+    assert "Executing task 'train'" in Path(summary.log).read_text().replace("\x1b[96m", "").replace(
+        "\x1b[0m", ""
+    )
 
 
 def test_registry_holds_the_champion_with_lineage(stack):
@@ -121,9 +125,10 @@ def test_bad_data_source_fails_clearly_and_leaves_the_registry_untouched(stack):
     name = stack.summary.version.name
     before = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     with stack, pytest.raises(EyeopsError) as info:
-        run_local(RECIPE, data_source="odir:/nonexistent/odir.csv", overrides=TINY)
+        run_local(RECIPE, data_source="odir:/nonexistent/odir.csv", overrides=TINY, quiet=True)
     message = str(info.value)
     assert "stage 'prepare'" in message and "/nonexistent/odir.csv" in message
+    assert "task logs:" in message and "Traceback" not in message
     after = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     assert after == before
     assert int(client.get_model_version_by_alias(name, "champion").version) == stack.summary.version.version

@@ -21,6 +21,7 @@ def run(
         "", "--data-source", "-d", help="'synthetic', 'synthetic:N' or SOURCE:PATH (odir:/data/odir.csv)."
     ),
     set_: list[str] = typer.Option([], "--set", help="Override KEY=JSON, e.g. --set train.max_steps=5."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream every task's log here."),
 ) -> None:
     """Run prepare → train → evaluate → register → (gate) → deploy and print a summary table."""
     from eyeops.cli import console
@@ -32,8 +33,15 @@ def run(
             "cluster runs: `eyeops pipeline compile`, then upload "
             "pipelines/compiled/<recipe>.yaml to Kubeflow Pipelines"
         )
-    summary = run_local(recipe, data_source=data_source, overrides=parse_sets(set_))
+    overrides = parse_sets(set_)
+    if verbose:
+        summary = run_local(recipe, data_source=data_source, overrides=overrides)
+    else:
+        with console.status(f"running the {recipe} pipeline with kfp.local…"):
+            summary = run_local(recipe, data_source=data_source, overrides=overrides, quiet=True)
     console.print(summary_table(summary))
+    if summary.log:
+        console.print(f"task logs: {summary.log}")
 
 
 def parse_sets(items: list[str]) -> dict:

@@ -12,8 +12,9 @@ import json
 import os
 import secrets
 import time
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,12 @@ def run_local(
     data_source: str = "",
     overrides: dict[str, Any] | None = None,
     train_retries: int = 1,
+    quiet: bool = False,
 ) -> PipelineSummary:
     """Run prepare → train → evaluate → register → (gate) → deploy locally; return the summary.
 
     Raises the failed stage's :class:`EyeopsError` subclass with its message when a stage fails.
+    ``quiet`` sends kfp.local's streamed task logs to ``<run>.log`` next to the journal.
     """
     from kfp import local
 
@@ -88,6 +91,7 @@ def run_local(
     runs_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     journal_path = runs_dir / f"{stamp}.journal.jsonl"
+    log_path = runs_dir / f"{stamp}.log"
     before = {p.name for p in runs_dir.iterdir()}
     # Children must agree with this process on where everything lives, whatever set it here.
     env = {
@@ -101,7 +105,13 @@ def run_local(
     )
     pipeline = finetune.build_pipeline(train_retries=train_retries)
     start = time.perf_counter()
-    with _env(env):
+    with ExitStack() as stack:
+        stack.enter_context(_env(env))
+        stack.enter_context(warnings.catch_warnings())
+        # kfp.local warns that the (cluster) image is not a python image: here the venv runs the steps.
+        warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
+        if quiet:  # kfp.local prints task logs and its own log lines to sys.stdout
+            stack.enter_context(redirect_stdout(stack.enter_context(open(log_path, "a", encoding="utf-8"))))
         try:
             pipeline(
                 recipe=recipe_name,
@@ -111,7 +121,10 @@ def run_local(
                 deploy_backend="local",
             )
         except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE"
-            raise _failure(read_journal(journal_path), recipe_name, str(exc)) from None
+            error = _failure(read_journal(journal_path), recipe_name, str(exc))
+            if quiet:
+                error.args = (f"{error.args[0]} (task logs: {log_path})",)
+            raise error from None
     new_runs = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in before)
     return summarise(
         recipe_name,
@@ -119,4 +132,5 @@ def run_local(
         str(runs_dir),
         time.perf_counter() - start,
         read_journal(journal_path),
+        log=str(log_path) if quiet else None,
     )

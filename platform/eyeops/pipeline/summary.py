@@ -36,13 +36,19 @@ class PipelineSummary(BaseModel):
     report: EvalReport | None = None
     version: ModelVersionRef | None = None
     endpoint: Endpoint | None = None
+    log: str | None = Field(None, description="Task logs of a quiet run.")
 
     def stage(self, name: str) -> StageRow:
         return next(row for row in self.stages if row.stage == name)
 
 
 def summarise(
-    recipe: str, pipeline_run: str, pipeline_root: str, duration_s: float, records: list[StageRecord]
+    recipe: str,
+    pipeline_run: str,
+    pipeline_root: str,
+    duration_s: float,
+    records: list[StageRecord],
+    log: str | None = None,
 ) -> PipelineSummary:
     """Fold journal records (one per attempt) into one row per stage; the last attempt wins."""
     rows, refs = [], {}
@@ -76,6 +82,7 @@ def summarise(
         report=EvalReport.model_validate(refs["evaluate"]) if "evaluate" in refs else None,
         version=ModelVersionRef.model_validate(refs["register"]) if "register" in refs else None,
         endpoint=Endpoint.model_validate(refs["deploy"]) if "deploy" in refs else None,
+        log=log,
     )
 
 
