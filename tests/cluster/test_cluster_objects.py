@@ -176,3 +176,15 @@ def test_k8s_names():
     assert len(k8s_name("x" * 100)) == 63
     with pytest.raises(ClusterError):
         k8s_name("___")
+
+
+def test_job_entrypoint_reports_bad_input_in_one_line(capsys, tmp_path):
+    from eyeops.train.job import main
+
+    rc = main(
+        ["--recipe", "fundus-classifier", "--dataset-json", '{"uri": "/d"}', "--ref-out", str(tmp_path / "r")]
+    )
+    assert rc == 2 and "--dataset-json is not a DatasetRef" in capsys.readouterr().err
+    rc = main(["--recipe-json", "{not json", "--dataset-json", DATASET.model_dump_json(), "--ref-out", "x"])
+    assert rc == 2 and "not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
         from eyeops.cluster.refio import write_ref
         from eyeops.recipes import load_recipe, parse_recipe
         from eyeops.refs import DatasetRef
-        from eyeops.train import train
 
         try:
             overrides = json.loads(args.overrides)
@@ -52,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             dataset = DatasetRef.model_validate_json(args.dataset_json)
         except ValidationError as exc:
             raise DataError(f"--dataset-json is not a DatasetRef: {exc.errors()[0]['msg']}") from None
+        from eyeops.train import train  # torch + Ray: only once the inputs are known to be good
+
         checkpoint = train(
             recipe,
             dataset,
