@@ -137,7 +137,10 @@ def run_demo(
 def _print_answer(console: Console, answer: dict[str, Any]) -> None:
     stamp, result = answer["model"], answer["results"][0]
     console.rule("skimage.data.retina() → /v1/classify")
-    console.print(f"model {stamp['name']} v{stamp.get('version')} (@{stamp.get('alias')})")
+    alias = f" @{stamp['alias']}" if stamp.get("alias") else ""
+    console.print(
+        f"answered by {stamp['name']} v{stamp.get('version')}{alias} (recipe {stamp.get('recipe')})"
+    )
     for item in result["top"]:
         name = ODIR_LABEL_NAMES.get(item["label"], item["label"])
         console.print(f"  {item['label']} {name:<34} {item['probability']:.3f}")
