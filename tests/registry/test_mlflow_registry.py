@@ -70,7 +70,9 @@ def test_pyfunc_model_resolve_and_load(use_sqlite, reg_recipe, reg_model_dir, ma
     from eyeops.families import get_family
 
     recipe = reg_recipe.with_overrides({"register.model_name": "served"})
-    register(recipe, *make_run("served-1", 0.9))
+    # A breakdown key with characters MLflow rejects in metric names is logged, sanitised.
+    version = register(recipe, *make_run("served-1", 0.9, **{"topic/dry eye (DED)/accuracy": 0.5}))
+    assert _client().get_run(version.run_id).data.metrics["eval/topic/dry eye _DED_/accuracy"] == 0.5
 
     pyfunc = mlflow.pyfunc.load_model("models:/served@champion")
     assert [c.name for c in pyfunc.metadata.get_output_schema().inputs] == list("NDGCAHMO")
@@ -113,9 +115,7 @@ def test_cli_show_promote_rollback(use_sqlite, reg_recipe, make_run):
     shown = runner.invoke(app, ["registry", "show", "cli-model"])
     assert shown.exit_code == 0, shown.output
     assert (
-        "@champion=v1" in shown.output
-        and "@challenger=v2" in shown.output
-        and "improvement" in shown.output
+        "@champion=v1" in shown.output and "@challenger=v2" in shown.output and "improvement" in shown.output
     )
     assert runner.invoke(app, ["registry", "promote", "cli-model", "2"]).exit_code == 0
     rolled = runner.invoke(app, ["registry", "rollback", "cli-model"])

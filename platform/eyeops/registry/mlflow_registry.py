@@ -158,7 +158,7 @@ def register(
             if not runs:
                 mlflow.log_params(_flat_params(recipe.model_dump(mode="json")))
             mlflow.log_metrics({f"train/{k}": v for k, v in checkpoint.metrics.items()}, step=checkpoint.step)
-            mlflow.log_metrics({f"eval/{k}": v for k, v in report.metrics.items()}, step=checkpoint.step)
+            mlflow.log_metrics({_eval_key(k): v for k, v in report.metrics.items()}, step=checkpoint.step)
             if Path(report.uri).is_dir():
                 mlflow.log_artifacts(report.uri, artifact_path="evaluation")
             mlflow.log_dict(checkpoint.model_dump(mode="json"), "lineage/checkpoint.json")
@@ -194,6 +194,11 @@ def register(
         value=decision.value if decision.value is not None else float("nan"),
         champion_value=decision.champion_value,
     )
+
+
+def _eval_key(name: str) -> str:
+    """MLflow metric key for an eval metric; breakdown groups (topics, sources) may hold any text."""
+    return "eval/" + re.sub(r"[^\w\-. :/]", "_", name)
 
 
 def _check_report_dir(report: EvalReport) -> None:
@@ -232,7 +237,7 @@ def _gate(
     if champion is not None and int(champion.version) != version:
         champion_version = int(champion.version)
         run_metrics = c.get_run(champion.run_id).data.metrics
-        if f"eval/{metric}" not in run_metrics:
+        if _eval_key(metric) not in run_metrics:
             return GateDecision(
                 passed=False,
                 metric=metric,
@@ -241,7 +246,7 @@ def _gate(
                 reason=f"champion v{champion_version} has no {metric!r} to compare with; "
                 "promote manually if intended",
             )
-        champion_value = run_metrics[f"eval/{metric}"]
+        champion_value = run_metrics[_eval_key(metric)]
     return decide(
         recipe.register.gate,
         metric,
