@@ -25,14 +25,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
 
-    import eyeops.data  # noqa: F401 - import order: the data package before recipes
     import torch
+    from PIL import Image
+    from skimage import data
+
+    import eyeops.data  # noqa: F401 - import order: the data package before recipes
     from eyeops.data.schema import Message
     from eyeops.inference import GenerationRequest
     from eyeops.models.vlm import FAMILY
     from eyeops.recipes import load_recipe
-    from PIL import Image
-    from skimage import data
 
     torch.manual_seed(0)
     recipe = load_recipe(args.recipe)

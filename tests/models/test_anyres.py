@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
+
 from eyeops.errors import ConfigError
 from eyeops.models.anyres import GLOBAL_ONLY, AnyResMerger, ViewPlan, make_views, select_grid, to_tensor
-from PIL import Image
 
 GRIDS = [(1, 1), (1, 2), (2, 1), (2, 2), (1, 3), (3, 1)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from eyeops.errors import ConfigError
 from eyeops.models.connectors import build_connector, tokens_per_view
 from eyeops.models.towers import build_tower, tower_geometry

@@ -8,13 +8,14 @@ import json
 import pytest
 import torch
 from _vlm_helpers import save_tiny_llm, tiny_recipe
+from PIL import Image
+
 from eyeops.data.schema import Manifest, Message, Sample
 from eyeops.errors import ConfigError, DataError, InvalidRequest
 from eyeops.inference import GenerationRequest, InferenceModel
 from eyeops.models.vlm import FAMILY, group_parameter_names
 from eyeops.models.vlm_processing import IGNORE_INDEX, IMAGE_TOKEN_ID, collate
 from eyeops.recipes import StageSpec, parse_recipe
-from PIL import Image
 
 Q = Message(role="user", content="<image>\nIs there glaucoma? Answer yes or no.")
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from _vlm_helpers import save_tiny_llm, tiny_recipe
+from test_vlm import _write_dataset
+
 from eyeops.evaluate.runner import checkpoint_ref, dataset_ref, evaluate
 from eyeops.models.vlm import FAMILY
 from eyeops.models.vlm_eval import disease_keywords, parse_yes_no, report_check
 from eyeops.recipes import parse_recipe
-from test_vlm import _write_dataset
 
 
 def test_parsers():

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+
 from eyeops.evaluate.runner import EvalContext, read_split
 from eyeops.models.vlm import FAMILY
 from eyeops.recipes import DataSpec, load_recipe
