@@ -21,6 +21,7 @@ from eyeops.refs import CheckpointRef, DatasetRef, Endpoint, EvalReport, ModelVe
 
 RefT = TypeVar("RefT", bound=BaseModel)
 PIPELINE_NAME = "eyeops-finetune"
+_TRAIN_HEADLINES = ("loss", "train_loss", "train_samples_per_s")
 
 
 def parse_data_source(data_source: str) -> dict[str, Any]:
@@ -124,8 +125,9 @@ def train_step(
                 resolved, dataset, run_name=run_name, image=image or DEFAULT_IMAGE, pool=pool, on_status=print
             )
         write_ref_file(out_path, checkpoint)
-        loss = checkpoint.metrics.get("loss", checkpoint.metrics.get("train_loss"))
-        rec.metric, rec.value = ("loss", float(loss)) if loss is not None else ("steps", checkpoint.step)
+        # The headline the trainer reported, best first; the step count when it reported none.
+        key = next((k for k in _TRAIN_HEADLINES if k in checkpoint.metrics), None)
+        rec.metric, rec.value = (key, float(checkpoint.metrics[key])) if key else ("steps", checkpoint.step)
         rec.artifacts, rec.ref = {"checkpoint": checkpoint.uri}, checkpoint.model_dump(mode="json")
         return checkpoint
 
