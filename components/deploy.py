@@ -1,8 +1,9 @@
 """deploy: serve the new champion (``eyeops.pipeline.steps.deploy_step``)."""
 
-from eyeops.cluster.objects import DEFAULT_IMAGE
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
+
+from eyeops.cluster.objects import DEFAULT_IMAGE
 
 
 def deploy(

@@ -1,8 +1,9 @@
 """evaluate: score the checkpoint on the held-out split (``eyeops.pipeline.steps.evaluate_step``)."""
 
-from eyeops.cluster.objects import DEFAULT_IMAGE
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from eyeops.cluster.objects import DEFAULT_IMAGE
 
 
 def evaluate(

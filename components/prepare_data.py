@@ -1,8 +1,9 @@
 """prepare_data: materialise the recipe's dataset (``eyeops.pipeline.steps.prepare_step``)."""
 
-from eyeops.cluster.objects import DEFAULT_IMAGE
 from kfp import dsl
 from kfp.dsl import Dataset, Output
+
+from eyeops.cluster.objects import DEFAULT_IMAGE
 
 
 def prepare_data(

@@ -1,8 +1,9 @@
 """register: log, register in MLflow, gate against the champion (``steps.register_step``)."""
 
-from eyeops.cluster.objects import DEFAULT_IMAGE
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from eyeops.cluster.objects import DEFAULT_IMAGE
 
 
 def register(

@@ -1,8 +1,9 @@
 """train: fine-tune on Ray, here or through a KubeRay RayJob (``eyeops.pipeline.steps.train_step``)."""
 
-from eyeops.cluster.objects import DEFAULT_IMAGE
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
+
+from eyeops.cluster.objects import DEFAULT_IMAGE
 
 
 def train(

@@ -6,6 +6,11 @@ kfp-kubernetes — GPU accelerator and limit, GPU node-pool selector and tolerat
 task, Secrets as env on every task. Components never carry Kubernetes settings themselves.
 """
 
+from kfp import dsl
+from kfp import kubernetes as kfp_k8s
+from pydantic import BaseModel, ConfigDict, Field
+
+from components import deploy, evaluate, prepare_data, register, train
 from eyeops.cluster.objects import (
     DEFAULT_CONFIG_ENV,
     DEFAULT_IMAGE,
@@ -14,11 +19,6 @@ from eyeops.cluster.objects import (
     GpuPool,
     SecretEnv,
 )
-from kfp import dsl
-from kfp import kubernetes as kfp_k8s
-from pydantic import BaseModel, ConfigDict, Field
-
-from components import deploy, evaluate, prepare_data, register, train
 
 PIPELINE_NAME = "eyeops-finetune"
 

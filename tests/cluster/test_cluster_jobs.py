@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from eyeops.cluster import KubeClient, deploy_on_cluster, train_on_cluster
 from eyeops.cluster.refio import write_ref
 from eyeops.config import get_settings

@@ -6,6 +6,7 @@ import json
 import shlex
 
 import pytest
+
 from eyeops.cluster import (
     GpuPool,
     Toleration,

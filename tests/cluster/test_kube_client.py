@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from eyeops.cluster import KubeClient, describe_rayjob, rayjob_done
 from eyeops.errors import ClusterError
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from eyeops.config import get_settings
 from eyeops.errors import EyeopsError
 from eyeops.pipeline import run_local

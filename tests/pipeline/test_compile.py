@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import yaml
+
 from eyeops.pipeline import compile_pipeline
 from eyeops.pipeline.compile import COMPILED_DIR
 from eyeops.recipes import list_recipes

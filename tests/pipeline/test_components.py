@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from kfp import dsl
+
 from eyeops.errors import ConfigError
 from eyeops.pipeline.compile import REPO_ROOT
-from kfp import dsl
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))

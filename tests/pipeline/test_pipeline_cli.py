@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from eyeops.cli import app
 from eyeops.cli.pipeline import parse_sets
 from eyeops.errors import ConfigError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from eyeops.errors import ConfigError, DataError, EyeopsError, RecipeError
 from eyeops.pipeline import journal
 from eyeops.pipeline.local import _failure, ensure_api_key
