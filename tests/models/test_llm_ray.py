@@ -33,13 +33,22 @@ def test_two_ddp_workers_pretrain_then_lora_and_evaluate(ray_session, tmp_path):
     spec = tiny_recipe(base)
     spec["train"].update(num_workers=2, batch_size=2, checkpoint_every_steps=100, log_every_steps=1)
     recipe = parse_recipe(spec)
-    checkpoint = train(recipe, DatasetRef(uri=str(data), fingerprint="tiny"), run_name="tiny-llm-ddp",
-                       storage_path=str(tmp_path / "runs"))
+    checkpoint = train(
+        recipe,
+        DatasetRef(uri=str(data), fingerprint="tiny"),
+        run_name="tiny-llm-ddp",
+        storage_path=str(tmp_path / "runs"),
+    )
     assert checkpoint.family == "llm" and checkpoint.step == 4  # 2 pretrain + 2 sft steps
     model_dir = Path(checkpoint.uri)
     assert json.loads((model_dir / "llm.json").read_text())["format"] == "base+adapter"
     chat = get_family("llm").load(model_dir)
     assert chat.capabilities == frozenset({"chat"})
-    report = evaluate(recipe, checkpoint, DatasetRef(uri=str(data), fingerprint="tiny"),
-                      out_dir=str(tmp_path / "eval"), batch_size=8)
+    report = evaluate(
+        recipe,
+        checkpoint,
+        DatasetRef(uri=str(data), fingerprint="tiny"),
+        out_dir=str(tmp_path / "eval"),
+        batch_size=8,
+    )
     assert "mcq/accuracy" in report.metrics and "essay/rougeL" in report.metrics

@@ -56,14 +56,24 @@ def test_lora_sft_lowers_the_loss_and_changes_a_held_out_answer(model_cache, tmp
 
     get_settings.cache_clear()
     ref = prepare(DataSpec(source="knowledge", tasks=[Task.TEXT_QA], seed=0), str(tmp_path / "kb"), name="kb")
-    recipe = parse_recipe({
-        "name": "eye-llm-smoke",
-        "model": {"family": "llm", "base": BASE, "max_seq_len": 192, "corpus": [],
-                  "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
-        "train": {"batch_size": 4, "stages": [{"name": "sft", "trainable": ["lora"], "data_tasks": ["text_qa"]}]},
-        "evaluate": {"primary_metric": "essay/rougeL"},
-        "register": {"model_name": "eye-llm-smoke"},
-    })
+    recipe = parse_recipe(
+        {
+            "name": "eye-llm-smoke",
+            "model": {
+                "family": "llm",
+                "base": BASE,
+                "max_seq_len": 192,
+                "corpus": [],
+                "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+            },
+            "train": {
+                "batch_size": 4,
+                "stages": [{"name": "sft", "trainable": ["lora"], "data_tasks": ["text_qa"]}],
+            },
+            "evaluate": {"primary_metric": "essay/rougeL"},
+            "register": {"model_name": "eye-llm-smoke"},
+        }
+    )
     torch.manual_seed(0)
     model = FAMILY.build_model(recipe)
     stage = recipe.train.stages[0]

@@ -1,0 +1,149 @@
+"""Generation throughput: the eyeops ChatModel path vs plain ``model.generate`` on the same model.
+
+Same model, same prompts, same greedy settings, same run:
+- single: one request at a time (the batcher's overhead);
+- concurrent: 8 requests arriving together — 8 threads calling ``ChatModel.generate`` (the
+  batcher merges them into one left-padded decode loop) vs a plain loop of 8 ``model.generate``.
+``--endpoint URL`` adds the served model (``POST /v1/chat/completions``) with 8 concurrent clients.
+
+    python benchmarks/generate.py [--base packaged:smollm2-135m-instruct] [--tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch
+
+from eyeops.data.schema import Message
+from eyeops.inference import GenerationRequest
+from eyeops.models._hf import load_causal_lm, load_tokenizer
+from eyeops.models.generation import ChatModel, render_chat
+
+PROMPTS = [
+    "What is glaucoma?",
+    "How is diabetic retinopathy screened?",
+    "What are the symptoms of a cataract?",
+    "What is the first-line treatment of wet macular degeneration?",
+    "Why does high myopia raise the risk of retinal detachment?",
+    "What does a cherry-red spot at the macula suggest?",
+    "How is intraocular pressure measured?",
+    "What lifestyle advice helps people with dry eye?",
+]
+
+
+def plain_generate(model, tokenizer, prompt: str, tokens: int) -> int:
+    """One request through bare ``model.generate``; returns new tokens up to EOS."""
+    text = render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+    eos = tokenizer.eos_token_id
+    return new.index(eos) + 1 if eos in new else len(new)
+
+
+def _request(prompt: str, tokens: int) -> GenerationRequest:
+    return GenerationRequest(messages=[Message(role="user", content=prompt)], max_new_tokens=tokens)
+
+
+def concurrent(fn, n: int) -> tuple[int, float]:
+    """Run ``fn(i)`` in n threads released together; (sum of returned tokens, wall seconds)."""
+    counts = [0] * n
+    barrier = threading.Barrier(n + 1)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        counts[i] = fn(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return sum(counts), time.perf_counter() - start
+
+
+def endpoint_tokens(url: str, prompt: str, tokens: int, model: str) -> int:
+    import httpx
+
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "temperature": 0,
+    }
+    key = os.environ.get("EYEOPS_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    resp = httpx.post(f"{url.rstrip('/')}/v1/chat/completions", json=body, headers=headers, timeout=600)
+    resp.raise_for_status()
+    return int(resp.json()["usage"]["completion_tokens"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="packaged:smollm2-135m-instruct")
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--endpoint", default=None, help="gateway base URL serving the same model")
+    parser.add_argument("--model-name", default="eyeops-eye-llm")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    model, tokenizer = load_causal_lm(args.base).eval(), load_tokenizer(args.base)
+    chat = ChatModel(model, tokenizer, max_batch_size=8, batch_wait_s=0.02)
+    n, tok = len(PROMPTS), args.tokens
+    plain_generate(model, tokenizer, PROMPTS[0], 4)  # warm-up (allocator, kernels)
+    chat.generate([_request(PROMPTS[0], 4)])
+
+    start = time.perf_counter()
+    plain_single = sum(plain_generate(model, tokenizer, p, tok) for p in PROMPTS[:3])
+    plain_single_s = time.perf_counter() - start
+    start = time.perf_counter()
+    ours_single = sum(chat.generate([_request(p, tok)])[0].completion_tokens for p in PROMPTS[:3])
+    ours_single_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    plain_conc = sum(plain_generate(model, tokenizer, p, tok) for p in PROMPTS)  # a naive server: one by one
+    plain_conc_s = time.perf_counter() - start
+    ours_conc, ours_conc_s = concurrent(
+        lambda i: chat.generate([_request(PROMPTS[i], tok)])[0].completion_tokens, n
+    )
+
+    rows = [
+        ("single", plain_single / plain_single_s, ours_single / ours_single_s),
+        (f"{n} concurrent", plain_conc / plain_conc_s, ours_conc / ours_conc_s),
+    ]
+    print(f"model {args.base}, greedy, max_new_tokens={tok}, torch threads={torch.get_num_threads()}")
+    print(f"{'case':<14} {'plain tok/s':>12} {'eyeops tok/s':>13} {'ratio':>7}")
+    for name, plain, ours in rows:
+        print(f"{name:<14} {plain:12.1f} {ours:13.1f} {ours / plain:7.2f}x")
+    if args.endpoint:
+        got, secs = concurrent(lambda i: endpoint_tokens(args.endpoint, PROMPTS[i], tok, args.model_name), n)
+        served = got / secs
+        print(f"{'endpoint ' + str(n):<14} {rows[1][1]:12.1f} {served:13.1f} {served / rows[1][1]:7.2f}x")
+    print(
+        f"RESULTS.md: generate ({args.base}, {tok} tokens): single {rows[0][2] / rows[0][1]:.2f}x, "
+        f"{n} concurrent {rows[1][2] / rows[1][1]:.2f}x tokens/s vs plain model.generate "
+        f"(batches run: {chat.stats['batches']}, widest {chat.stats['largest_batch']})"
+    )
+    chat.close()
+
+
+if __name__ == "__main__":
+    main()
