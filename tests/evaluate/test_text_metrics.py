@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from eyeops.errors import DataError
 from eyeops.evaluate import text_metrics as tm
 

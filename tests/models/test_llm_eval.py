@@ -6,6 +6,7 @@ import json
 
 import pytest
 from _llm_tiny import save_tiny_llm, text_samples, tiny_recipe, write_dataset
+
 from eyeops.data.schema import Split, Task
 from eyeops.errors import DataError
 from eyeops.evaluate import evaluate

@@ -7,12 +7,13 @@ import threading
 import pytest
 import torch
 from _llm_tiny import save_tiny_llm
+from PIL import Image
+
 from eyeops.data.schema import Message
 from eyeops.errors import InvalidRequest
 from eyeops.inference import GenerationRequest, InferenceModel
 from eyeops.models._hf import load_causal_lm, load_tokenizer
 from eyeops.models.generation import ChatModel
-from PIL import Image
 
 PROMPTS = ["What is glaucoma?", "Describe the lens and cataract surgery in a few words please.", "Hi"]
 
