@@ -100,6 +100,7 @@ def test_steps_reject_bad_inputs_before_any_work(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning")
 def test_prepare_data_under_kfp_local(tmp_path):
     from kfp import local
 
