@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -255,6 +256,11 @@ class ServeSpec(_Strict):
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"serve.min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         return self
+
+
+# pydantic's metaclass derives from ABCMeta, whose ``register`` the ``register`` section shadows on
+# the class (instances read the field as intended); the key name is the recipe format's, so keep it.
+warnings.filterwarnings("ignore", message='Field name "register" in "Recipe" shadows', category=UserWarning)
 
 
 class Recipe(_Strict):

@@ -6,6 +6,7 @@ import json
 import shlex
 
 import pytest
+import yaml
 
 from eyeops.cluster import (
     GpuPool,
@@ -189,3 +190,17 @@ def test_job_entrypoint_reports_bad_input_in_one_line(capsys, tmp_path):
     rc = main(["--recipe-json", "{not json", "--dataset-json", DATASET.model_dump_json(), "--ref-out", "x"])
     assert rc == 2 and "not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_rayservice_import_path_and_args_are_accepted_by_the_app_builder():
+    """The serveConfigV2 entry must name a real builder that accepts the args we generate."""
+    import importlib
+
+    from eyeops.k8s.ray_service import parse_args
+
+    app = build_rayservice(_recipe(), VERSION, namespace="ml", image="img:1")["spec"]["serveConfigV2"]
+    application = yaml.safe_load(app)["applications"][0] if isinstance(app, str) else app["applications"][0]
+    module_name, attr = application["import_path"].split(":")
+    assert callable(getattr(importlib.import_module(module_name), attr))
+    model, _spec, _cpus = parse_args(application["args"])
+    assert model == VERSION.model_uri

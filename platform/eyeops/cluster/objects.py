@@ -346,7 +346,7 @@ def build_rayservice(
             {
                 "name": k8s_name(version.name),
                 "route_prefix": "/",
-                "import_path": "eyeops.serve.ray_app:app_builder",
+                "import_path": "eyeops.k8s.ray_service:app_builder",
                 "args": {"model_uri": version.model_uri, "model_name": version.name},
                 "deployments": [
                     {
