@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
+
 from eyeops.data import prepare
 from eyeops.errors import ConfigError, DataError, InvalidRequest
 from eyeops.inference import GenerationRequest, InferenceModel
@@ -17,7 +19,6 @@ from eyeops.models.classifier import (
     load_packaged_weights,
 )
 from eyeops.recipes import ClassifierModel, DataSpec, StageSpec, load_recipe
-from PIL import Image, ImageDraw
 
 
 @pytest.fixture(scope="module")

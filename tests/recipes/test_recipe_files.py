@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from eyeops.families import _FAMILY_MODULES
 from eyeops.recipes import RECIPES_DIR, list_recipes, load_recipe, parse_recipe
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from eyeops.data import prepare
 from eyeops.recipes import DataSpec
 from eyeops.refs import DatasetRef

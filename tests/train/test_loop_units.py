@@ -7,6 +7,7 @@ import itertools
 import pytest
 import ray
 import torch
+
 from eyeops.errors import ConfigError, RecipeError
 from eyeops.models.classifier import FAMILY, FundusTransform
 from eyeops.recipes import load_recipe

@@ -49,7 +49,7 @@ def resolve_precision(recipe: Recipe, device: torch.device) -> str:
     return {"no": "fp32"}.get(wanted, wanted)
 
 
-def _optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float) -> torch.optim.Optimizer:
     # No weight decay on biases and norm scales (1-D tensors): the usual AdamW practice.
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
@@ -75,7 +75,7 @@ def lr_factor(kind: str, step: int, warmup: int, total: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, plan: StepPlan):
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, plan: StepPlan):
     kind = recipe.train.scheduler
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(lr_factor, kind, warmup=plan.warmup_steps, total=plan.total_steps))
@@ -117,8 +117,8 @@ class DDPEngine(Engine):
         self.clip, self.accum = recipe.train.grad_clip_norm, recipe.train.grad_accum_steps
         self.model = prepare_model(module, move_to_device=device)
         params = [p for p in module.parameters() if p.requires_grad]
-        self.optimizer = _optimizer(params, recipe, plan.lr)
-        self.scheduler = _scheduler(self.optimizer, recipe, plan)
+        self.optimizer = build_optimizer(params, recipe, plan.lr)
+        self.scheduler = build_scheduler(self.optimizer, recipe, plan)
         self.scaler = torch.amp.GradScaler("cuda", enabled=plan.precision == "fp16")
         self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
 
@@ -182,8 +182,8 @@ class DeepSpeedEngine(Engine):
         config = deepspeed_config(recipe, plan)
         params = [p for p in module.parameters() if p.requires_grad]
         # A client AdamW keeps CPU runs working (DeepSpeed's fused Adam needs CUDA).
-        optimizer = _optimizer(params, recipe, plan.lr)
-        scheduler = _scheduler(optimizer, recipe, plan)
+        optimizer = build_optimizer(params, recipe, plan.lr)
+        scheduler = build_scheduler(optimizer, recipe, plan)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=config,
             dist_init_required=False)
