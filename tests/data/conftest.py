@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from eyeops.data.schema import Eye
 from eyeops.data.synthetic import render_fundus
-from PIL import Image
 
 RAW_PATIENT = "PT-ALPHA-77"  # contains non-hex letters: cannot appear by chance inside a hash
 

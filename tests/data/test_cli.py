@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from typer.testing import CliRunner
+
 from eyeops.cli import app
 from eyeops.data import read_manifest
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+
 from eyeops.data import load_samples, prepare, read_manifest
 from eyeops.data.engine import (
     LETTERS,

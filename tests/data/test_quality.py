@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import RAW_PATIENT, write_fundus
+from PIL import Image
+
 from eyeops.data import load_samples, prepare, read_manifest
 from eyeops.data.quality import (
     check_patient_split,
@@ -21,7 +23,6 @@ from eyeops.data.records import ImageInput
 from eyeops.data.schema import Split
 from eyeops.errors import DataError
 from eyeops.recipes import DataSpec
-from PIL import Image
 
 
 def _llava_over(tmp_path: Path, names: list[str], patients: list[str] | None = None) -> Path:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from eyeops.config import get_settings
 from eyeops.data import load_dataset, load_samples, prepare, read_manifest
 from eyeops.data.schema import Message, Sample, Task

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from eyeops.data.schema import ODIR_LABELS, Eye
-from eyeops.data.synthetic import COMORBID_PAIRS, generate, render_fundus
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
+
+from eyeops.data.schema import ODIR_LABELS, Eye
+from eyeops.data.synthetic import COMORBID_PAIRS, generate, render_fundus
 
 
 def test_reproducible_patients_both_eyes_and_multi_hot():

@@ -161,7 +161,8 @@ def prepare(
     staging = Path(tempfile.mkdtemp(prefix="eyeops-prepare-")) if remote else _local_target(out)
     try:
         inputs = [im for r in records for im in r.images]
-        advance = progress("decoding and storing images", len({im.key for im in inputs}))
+        distinct = len({im.key for im in inputs})
+        advance = progress("decoding and storing images", distinct) if distinct else (lambda n=1: None)
         results = ingest_images(
             inputs,
             out_dir=staging,
