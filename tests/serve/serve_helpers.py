@@ -82,6 +82,7 @@ def _recipe():
 
 def _train_save_register(root: Path) -> Registered:
     import torch
+
     from eyeops.data.synthetic import generate
     from eyeops.evaluate.metrics import classification_metrics
     from eyeops.families import get_family

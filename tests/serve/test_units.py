@@ -6,6 +6,8 @@ import base64
 import io
 
 import pytest
+from PIL import Image
+
 from eyeops.errors import (
     ConfigError,
     Forbidden,
@@ -17,7 +19,6 @@ from eyeops.errors import (
 from eyeops.serve import images
 from eyeops.serve.auth import ApiKeyAuth, parse_keys
 from eyeops.serve.settings import ServeSettings, load_serve_settings
-from PIL import Image
 
 
 def _encoded(image: Image.Image, fmt: str) -> bytes:
