@@ -21,7 +21,20 @@ from eyeops.data.schema import (
 from eyeops.data.store import load_dataset, load_samples, local_dataset_dir, read_manifest
 
 __all__ = [
-    "IMAGE_TOKEN", "ODIR_LABELS", "ODIR_LABEL_NAMES", "DatasetRef", "Eye", "Manifest", "Message",
-    "Modality", "Sample", "Split", "Task", "load_dataset", "load_samples", "local_dataset_dir", "prepare",
+    "IMAGE_TOKEN",
+    "ODIR_LABELS",
+    "ODIR_LABEL_NAMES",
+    "DatasetRef",
+    "Eye",
+    "Manifest",
+    "Message",
+    "Modality",
+    "Sample",
+    "Split",
+    "Task",
+    "load_dataset",
+    "load_samples",
+    "local_dataset_dir",
+    "prepare",
     "read_manifest",
 ]

@@ -106,8 +106,9 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return xx, yy, r, edge
 
 
-def _gauss_spot(img: np.ndarray, xx: np.ndarray, yy: np.ndarray, centre: tuple[float, float], sigma: float,
-                amount: float) -> None:
+def _gauss_spot(
+    img: np.ndarray, xx: np.ndarray, yy: np.ndarray, centre: tuple[float, float], sigma: float, amount: float
+) -> None:
     """Multiply (amount<0 darkens) or add a Gaussian spot, computed only within 3 sigma."""
     h, w = img.shape[:2]
     x0, x1 = max(int(centre[0] - 3 * sigma), 0), min(int(centre[0] + 3 * sigma) + 1, w)
