@@ -167,7 +167,102 @@ class VLMModel(_Strict):
     eval_max_new_tokens: int = Field(96, ge=1, le=4096)
 
 
-ModelSpec = Annotated[ClassifierModel | LLMModel | VLMModel, Field(discriminator="family")]
+class HLoRASpec(_Strict):
+    """H-LoRA (HealthGPT): LoRA of rank r split into num_experts experts mixed per token by a router."""
+
+    r: int = Field(16, ge=1, le=1024, description="Total adapter rank (k experts of rank r/k).")
+    alpha: float = Field(32, gt=0, description="Scaling: the update is scaled by alpha / r * num_experts.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the rank-space activations A x.")
+    num_experts: int = Field(4, ge=1, le=64, description="k: router outputs; 1 makes H-LoRA plain LoRA.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"], min_length=1,
+        description="LLM Linear layers to adapt; ['all-linear']: every Linear but lm_head.")
+
+    @model_validator(mode="after")
+    def _experts(self) -> HLoRASpec:
+        if self.r % self.num_experts:
+            raise ValueError(f"hlora.r {self.r} must be a multiple of hlora.num_experts {self.num_experts}")
+        return self
+
+
+class VQSpec(_Strict):
+    """The VQ image tokenizer of HealthGPT's generation task (a small VQ-VAE trained here)."""
+
+    image_size: int = Field(64, ge=16, le=1024, description="Side of the images it encodes/decodes.")
+    downsample: int = Field(3, ge=1, le=6, description="Encoder halvings: tokens = (image_size / 2^n)^2.")
+    hidden: int = Field(64, ge=8, le=1024, description="Conv channels of encoder and decoder.")
+    codebook_size: int = Field(256, ge=2, le=65_536, description="Number of VQ codes (image tokens).")
+    embed_dim: int = Field(32, ge=2, le=1024, description="Code vector width.")
+    beta: float = Field(0.25, ge=0, description="Commitment loss weight.")
+    ema: bool = Field(True, description="Codebook updated by exponential moving averages (else by loss).")
+    train_steps: int = Field(300, ge=0, description="Steps to train the tokenizer on the dataset's images.")
+    checkpoint: str | None = Field(
+        None, description="Local state dict (.ckpt/.pt/.safetensors; taming-transformers layout) "
+        "loaded instead of training.")
+
+    @model_validator(mode="after")
+    def _grid(self) -> VQSpec:
+        if self.image_size % (2**self.downsample):
+            raise ValueError(f"vq.image_size {self.image_size} is not divisible by 2^{self.downsample}")
+        return self
+
+
+class HealthGPTModel(_Strict):
+    """HealthGPT: an LVLM with H-LoRA task adapters and image generation through VQ tokens."""
+
+    family: Literal["healthgpt"] = "healthgpt"
+    llm: str = Field("packaged:smollm2-135m-instruct", description="As VLMModel.llm.")
+    llm_config: dict[str, Any] | None = Field(None, description="As VLMModel.llm_config (tiny tests).")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    vision: VisionTowerSpec = Field(default_factory=VisionTowerSpec)
+    connector: ConnectorSpec = Field(
+        default_factory=lambda: ConnectorSpec(type="mlp2x_gelu", grid=4),
+        description="mlp2x_gelu; select_layer is replaced per task by feature_layers.")
+    feature_layers: dict[Literal["comprehension", "generation"], int] = Field(
+        default_factory=lambda: {"comprehension": -2, "generation": 2},
+        description="Vision layer per task: comprehension the penultimate, generation a shallow one.")
+    hlora: HLoRASpec = Field(default_factory=HLoRASpec)
+    vq: VQSpec = Field(default_factory=VQSpec)
+    crop_fundus_border: bool = True
+    max_seq_len: int = Field(512, ge=32, le=131_072)
+    system_prompt: str | None = None
+    eval_max_new_tokens: int = Field(64, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _tasks(self) -> HealthGPTModel:
+        if set(self.feature_layers) != {"comprehension", "generation"}:
+            raise ValueError("feature_layers needs exactly the tasks 'comprehension' and 'generation'")
+        if self.connector.type != "mlp2x_gelu":
+            raise ValueError("healthgpt uses connector type 'mlp2x_gelu' (one layer per task)")
+        return self
+
+
+class OphGLMModel(_Strict):
+    """OphGLM: fundus-classifier image embedding + BERT [CLS] -> fusion MLP -> LLM prefix tokens."""
+
+    family: Literal["ophglm"] = "ophglm"
+    image_encoder: ClassifierModel = Field(
+        default_factory=ClassifierModel, description="Backbone of step 1 (the fundus-classifier recipe).")
+    image_checkpoint: str | None = Field(
+        None, description="A trained fundus-classifier: 'models:/<name>@<alias>' or a saved model "
+        "directory; None: the image_encoder's own weights (packaged ImageNet by default).")
+    text_encoder: str = Field(
+        "packaged:all-minilm-l6-v2", description="BERT encoder for the [CLS] embedding: "
+        "'packaged:all-minilm-l6-v2' or a local save_pretrained directory.")
+    llm: str = Field("packaged:smollm2-135m-instruct", description="As VLMModel.llm.")
+    llm_config: dict[str, Any] | None = Field(None, description="As VLMModel.llm_config (tiny tests).")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    prefix_tokens: int = Field(4, ge=1, le=64, description="LLM prefix tokens the fusion MLP produces.")
+    fusion_hidden: int = Field(512, ge=8, le=16_384)
+    lora: LoRASpec = Field(default_factory=LoRASpec)
+    max_seq_len: int = Field(384, ge=32, le=131_072)
+    system_prompt: str | None = None
+    eval_max_new_tokens: int = Field(64, ge=1, le=4096)
+
+
+ModelSpec = Annotated[
+    ClassifierModel | LLMModel | VLMModel | OphGLMModel | HealthGPTModel, Field(discriminator="family")
+]
 
 
 # --- training ------------------------------------------------------------------------------------

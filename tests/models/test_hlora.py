@@ -1,0 +1,146 @@
+"""H-LoRA as a peft custom LoRA layer: the math against a direct computation, what trains,
+k=1 against peft's own LoRA, task switching (exact restore), mixed-task batches, merge refusal."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from eyeops.errors import ConfigError, InvalidRequest
+from eyeops.models.hlora import HLoraConfig, HLoraLinear, apply_hlora, refuse_merge, set_task
+from eyeops.recipes import HLoRASpec, parse_recipe
+
+IN, OUT = 6, 5
+
+
+class Tiny(nn.Module):
+    """Two Linears and a head: enough to check targeting, gradients and switching."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(IN, IN)
+        self.mlp = nn.Linear(IN, OUT)
+        self.lm_head = nn.Linear(OUT, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(torch.relu(self.mlp(torch.relu(self.proj(x)))))
+
+
+def _randomise(model: nn.Module, seed: int = 0) -> None:
+    """peft initialises B to zero; give every adapter tensor values so the update is visible."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+
+def _wrap(k: int, r: int = 4, alpha: float = 8.0, targets=("proj", "mlp")):
+    torch.manual_seed(0)
+    config = HLoraConfig(r=r, lora_alpha=alpha, num_experts=k, lora_dropout=0.0, target_modules=list(targets))
+    model = get_peft_model(Tiny(), config)
+    _randomise(model)
+    return model
+
+
+def test_math_matches_direct_computation():
+    model = _wrap(k=2, r=4, alpha=8.0, targets=("mlp",))
+    layer = model.base_model.model.mlp
+    assert isinstance(layer, HLoraLinear)
+    x = torch.randn(3, 7, IN)
+    W, b = layer.base_layer.weight, layer.base_layer.bias
+    A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    R = layer.lora_router["default"].weight
+    gate = torch.softmax(x @ R.T, dim=-1)  # [3, 7, k]
+    gate_r = torch.cat([gate[..., :1].expand(-1, -1, 2), gate[..., 1:].expand(-1, -1, 2)], dim=-1)
+    s = 8.0 / 4 * 2
+    expected = x @ W.T + b + ((x @ A.T) * gate_r) @ B.T * s
+    torch.testing.assert_close(layer(x), expected)
+    assert layer.scaling["default"] == pytest.approx(s)
+
+
+def test_only_adapter_and_router_get_gradients():
+    model = _wrap(k=2)
+    model(torch.randn(4, IN)).sum().backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert with_grad == trainable
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("lora_router" in n for n in with_grad)
+    assert not any("lm_head" in n for n in trainable)  # the head is never adapted
+    assert not isinstance(model.base_model.model.lm_head, HLoraLinear)
+
+
+def test_k1_equals_peft_lora():
+    hl = _wrap(k=1, r=4, alpha=8.0)
+    torch.manual_seed(0)
+    plain = get_peft_model(Tiny(), LoraConfig(r=4, lora_alpha=8.0, lora_dropout=0.0, target_modules=["proj", "mlp"]))
+    state = {k: v for k, v in hl.state_dict().items() if "lora_router" not in k}
+    plain.load_state_dict(state, strict=True)
+    x = torch.randn(5, IN)
+    torch.testing.assert_close(hl(x), plain(x))
+    # k = 1 can be merged, and the merged model computes the same function.
+    merged = copy.deepcopy(hl).merge_and_unload()
+    torch.testing.assert_close(merged(x), plain(x))
+
+
+def test_merge_refused_with_routed_experts():
+    model = _wrap(k=2)
+    with pytest.raises(ConfigError, match="routed experts"):
+        model.merge_and_unload()
+    with pytest.raises(ConfigError, match="merged-weight export is impossible"):
+        refuse_merge(model)
+    refuse_merge(_wrap(k=1))  # nothing to refuse
+
+
+def test_task_switching_changes_and_restores_outputs_exactly():
+    spec = HLoRASpec(r=4, alpha=8, dropout=0.0, num_experts=2, target_modules=["proj", "mlp"])
+    torch.manual_seed(0)
+    model = apply_hlora(Tiny(), spec, ["comprehension", "generation"], task_type=None)
+    _randomise(model, seed=1)
+    model.eval()
+    x = torch.randn(4, IN)
+    base_before = {n: p.clone() for n, p in model.named_parameters() if "lora_" not in n}
+    with torch.no_grad():
+        comp = model(x)
+        set_task(model, "generation")
+        gen = model(x)
+        set_task(model, "comprehension")
+        comp_again = model(x)
+        # One batch mixing both tasks row by row matches each task run alone.
+        mixed = model(x, adapter_names=["comprehension", "generation", "comprehension", "generation"])
+    assert not torch.allclose(comp, gen)
+    assert torch.equal(comp, comp_again)
+    torch.testing.assert_close(mixed[0::2], comp[0::2])
+    torch.testing.assert_close(mixed[1::2], gen[1::2])
+    for n, p in model.named_parameters():
+        if "lora_" not in n:
+            assert torch.equal(p, base_before[n])
+    with pytest.raises(InvalidRequest, match="unknown task 'segmentation'"):
+        set_task(model, "segmentation")
+
+
+def test_training_one_task_leaves_the_other_untouched():
+    spec = HLoRASpec(r=4, alpha=8, dropout=0.0, num_experts=2, target_modules=["proj", "mlp"])
+    model = apply_hlora(Tiny(), spec, ["comprehension", "generation"], task_type=None)
+    _randomise(model)
+    set_task(model, "generation")
+    model(torch.randn(3, IN)).sum().backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and all(".generation" in n for n in grads)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="multiple of num_experts"):
+        HLoraConfig(r=6, num_experts=4, target_modules=["proj"])
+    recipe = {
+        "name": "x",
+        "model": {"family": "healthgpt", "hlora": {"r": 6, "num_experts": 4}},
+        "register": {"model_name": "x"},
+    }
+    with pytest.raises(ConfigError, match=r"model\.healthgpt\.hlora.*multiple"):
+        parse_recipe(recipe)
