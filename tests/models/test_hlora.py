@@ -78,7 +78,9 @@ def test_only_adapter_and_router_get_gradients():
 def test_k1_equals_peft_lora():
     hl = _wrap(k=1, r=4, alpha=8.0)
     torch.manual_seed(0)
-    plain = get_peft_model(Tiny(), LoraConfig(r=4, lora_alpha=8.0, lora_dropout=0.0, target_modules=["proj", "mlp"]))
+    plain = get_peft_model(
+        Tiny(), LoraConfig(r=4, lora_alpha=8.0, lora_dropout=0.0, target_modules=["proj", "mlp"])
+    )
     state = {k: v for k, v in hl.state_dict().items() if "lora_router" not in k}
     plain.load_state_dict(state, strict=True)
     x = torch.randn(5, IN)

@@ -58,7 +58,9 @@ class HLoraLinear(LoraLinear):
     adapter_layer_names = (*LoraLinear.adapter_layer_names, ROUTER)
     other_param_names = (*LoraLinear.other_param_names, "num_experts")
 
-    def update_layer(self, adapter_name: str, r: int, lora_alpha: int, config: LoraConfig, **kwargs: Any) -> None:
+    def update_layer(
+        self, adapter_name: str, r: int, lora_alpha: int, config: LoraConfig, **kwargs: Any
+    ) -> None:
         if not isinstance(config, HLoraConfig):
             raise ConfigError(f"HLoraLinear needs an HLoraConfig, got {type(config).__name__}")
         if not hasattr(self, ROUTER):  # first adapter: nn.Module is initialised by now
@@ -178,7 +180,9 @@ def tasks_of(model: PeftModel) -> list[str]:
 def set_task(model: PeftModel, task: str) -> None:
     """Make ``task``'s adapter the active one (base weights untouched, nothing reloaded)."""
     if task not in model.peft_config:
-        raise InvalidRequest(f"unknown task {task!r} (this model has adapters for {', '.join(model.peft_config)})")
+        raise InvalidRequest(
+            f"unknown task {task!r} (this model has adapters for {', '.join(model.peft_config)})"
+        )
     if model.active_adapter != task:
         model.set_adapter(task)
 
