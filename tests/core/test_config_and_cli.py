@@ -31,17 +31,28 @@ def test_settings_reject_unknown_scheme():
 def test_s3_credentials_are_resolved_by_reference(monkeypatch):
     monkeypatch.setenv("MY_KEY", "AKIA-TEST-KEY-123")
     monkeypatch.setenv("MY_SECRET", "s3cr3t-value")
-    settings = PlatformSettings(s3_access_key_id_env="MY_KEY", s3_secret_access_key_env="MY_SECRET",
-                                s3_endpoint_url="http://127.0.0.1:9")
+    settings = PlatformSettings(
+        s3_access_key_id_env="MY_KEY",
+        s3_secret_access_key_env="MY_SECRET",
+        s3_endpoint_url="http://127.0.0.1:9",
+    )
     kwargs = settings.s3_client_kwargs()
-    assert kwargs["aws_access_key_id"] == "AKIA-TEST-KEY-123" and kwargs["endpoint_url"] == "http://127.0.0.1:9"
+    assert (
+        kwargs["aws_access_key_id"] == "AKIA-TEST-KEY-123" and kwargs["endpoint_url"] == "http://127.0.0.1:9"
+    )
     assert "s3cr3t-value" not in repr(settings) and "AKIA-TEST-KEY-123" not in repr(settings)
 
 
 def test_recipe_errors_name_the_key():
     with pytest.raises(RecipeError) as info:
-        parse_recipe({"name": "x", "model": {"family": "classifier", "bogus": 1},
-                      "register": {"model_name": "m"}, "train": {"lr": -1}})
+        parse_recipe(
+            {
+                "name": "x",
+                "model": {"family": "classifier", "bogus": 1},
+                "register": {"model_name": "m"},
+                "train": {"lr": -1},
+            }
+        )
     message = str(info.value)
     assert "model.classifier.bogus" in message and "train.lr" in message
 
