@@ -50,6 +50,7 @@ from eyeops.serve.schemas import (
     Usage,
 )
 from eyeops.serve.settings import ServeSettings
+from eyeops.serve.ui import mount_ui
 
 log = logging.getLogger("eyeops.serve")
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
@@ -383,6 +384,7 @@ def install(app: FastAPI, backend: InferenceBackend | None, settings: ServeSetti
     app.state.eyeops_auth = ApiKeyAuth.from_settings(settings)
     app.state.eyeops_backend = backend
     app.include_router(build_router())
+    mount_ui(app)  # the chat page at /ui: static files calling the routes above, same auth
     app.add_exception_handler(EyeopsError, _eyeops_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
