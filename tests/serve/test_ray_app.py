@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LOAD_SCRIPT = textwrap.dedent("""
     import json, sys, threading, time, pathlib, httpx
-    url, key, image_b64, stop_file = sys.argv[1:5]
+    url, key, image_file, stop_file = sys.argv[1:5]
+    image_b64 = pathlib.Path(image_file).read_text()
     max_s = float(sys.argv[5])
     codes, lock, deadline = {}, threading.Lock(), time.monotonic() + max_s
     def worker():
@@ -96,8 +97,10 @@ def test_autoscaled_batched_app_scales_up_and_down(ray_serve, in_registry, retin
     )
 
     stop_file = tmp_path / "stop"
+    image_file = tmp_path / "retina.b64"
+    image_file.write_text(b64(retina_jpeg))
     load = subprocess.Popen(
-        [sys.executable, "-c", LOAD_SCRIPT, url, API_KEY, b64(retina_jpeg), str(stop_file), "120"],
+        [sys.executable, "-c", LOAD_SCRIPT, url, API_KEY, str(image_file), str(stop_file), "120"],
         stdout=subprocess.PIPE,
         text=True,
     )
