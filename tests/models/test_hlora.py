@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from eyeops.errors import ConfigError, InvalidRequest
-from eyeops.models.hlora import HLoraConfig, HLoraLinear, apply_hlora, refuse_merge, set_task
+from eyeops.models.hlora import HLoraConfig, HLoraLinear, apply_hlora, refuse_merge, route_tasks, set_task
 from eyeops.recipes import HLoRASpec, parse_recipe
 
 IN, OUT = 6, 5
@@ -146,3 +146,26 @@ def test_config_errors():
     }
     with pytest.raises(ConfigError, match=r"model\.healthgpt\.hlora.*multiple"):
         parse_recipe(recipe)
+
+
+def test_route_tasks_matches_switching_in_eval_and_reaches_every_adapter_in_training():
+    spec = HLoRASpec(r=4, alpha=8, dropout=0.0, num_experts=2, target_modules=["proj", "mlp"])
+    model = apply_hlora(Tiny(), spec, ["comprehension", "generation"], task_type=None)
+    _randomise(model, seed=2)
+    x = torch.randn(3, IN)
+    model.eval()
+    with torch.no_grad():
+        set_task(model, "generation")
+        gen = model(x)
+        with route_tasks(model, ["generation"] * 3):
+            routed = model(x)
+    torch.testing.assert_close(routed, gen)
+    model.train()
+    for n, p in model.named_parameters():
+        p.requires_grad_("lora_" in n)
+    with route_tasks(model, ["generation"] * 3):
+        model(x).sum().backward()
+    untouched = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
+    assert not untouched  # the comprehension adapter is in the graph (zero gradient), as DDP requires
+    comp_grads = [p.grad for n, p in model.named_parameters() if ".comprehension" in n]
+    assert all(g.abs().sum() == 0 for g in comp_grads)

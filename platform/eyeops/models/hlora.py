@@ -18,7 +18,8 @@ Merging is refused when ``k > 1``: the per-token router cannot be folded into a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +116,14 @@ class HLoraLinear(LoraLinear):
             raise InvalidRequest(f"{len(adapter_names)} adapter names for a batch of {x.shape[0]}")
         result = self.base_layer(x, *args, **kwargs)
         dtype = result.dtype
+        if self.training:
+            # Every adapter runs on the whole batch and is masked per row: each trainable tensor takes
+            # part in the graph (DDP needs that) even when a micro-batch holds one task only.
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            for adapter in self.lora_A:
+                mask = torch.tensor([n == adapter for n in adapter_names], dtype=dtype, device=x.device)
+                result = result + self.hlora_delta(x, adapter).to(dtype) * mask.view(shape)
+            return result
         for adapter in set(adapter_names):
             if adapter == "__base__" or adapter not in self.lora_A:
                 continue
@@ -185,6 +194,30 @@ def set_task(model: PeftModel, task: str) -> None:
         )
     if model.active_adapter != task:
         model.set_adapter(task)
+
+
+@contextmanager
+def route_tasks(model: nn.Module, tasks: Sequence[str]) -> Iterator[None]:
+    """Inside the block, batch row ``i`` of every forward goes through adapter ``tasks[i]``.
+
+    Unlike peft's ``adapter_names=`` argument this also works while training and needs no global
+    switch, so concurrent requests for different tasks can share a replica (and a batch).
+    """
+    names = list(tasks)
+
+    def inject(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, {**kwargs, "adapter_names": names}
+
+    handles = [
+        m.register_forward_pre_hook(inject, with_kwargs=True)
+        for m in model.modules()
+        if isinstance(m, HLoraLinear)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def router_and_adapter_names(model: nn.Module) -> set[str]:
