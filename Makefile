@@ -44,6 +44,11 @@ $(STAMP): pyproject.toml
 	@# METEOR's synonym matching reads WordNet from Debian's wordnet-base (NLTK cannot download it offline).
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && [ ! -f /usr/share/wordnet/data.noun ]; then \
 	  { apt-get update -q >/dev/null; apt-get install -y -q --no-install-recommends wordnet-base; } || echo "wordnet-base not installed: METEOR without synonyms"; fi
+	@# The /ui page test drives Debian's chromium with npm playwright-core (no browser download).
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && [ ! -x /usr/bin/chromium ]; then \
+	  { apt-get update -q >/dev/null; apt-get install -y -q --no-install-recommends chromium; } || echo "chromium not installed: the /ui browser test will skip"; fi
+	@if command -v npm >/dev/null; then \
+	  npm ci --prefix tests/ui --no-audit --no-fund --loglevel=error || echo "playwright-core not installed: the /ui browser test will skip"; fi
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv with everything (CPU torch on CPU-only machines)

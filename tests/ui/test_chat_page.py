@@ -239,8 +239,9 @@ def test_question_streams_and_keeps_the_conversation(page_run):
     roles = [m["role"] for m in request["messages"]]
     assert roles[-1] == "user" and request["messages"][-1]["content"] == QUESTION
     # The classifier's answer is part of the history; images are not sent to a text-only model.
-    assert roles[0] == "assistant"
-    assert request["messages"][0]["content"].startswith("Classifier eyeops-serve-test")
+    assert roles[:2] == ["user", "assistant"]
+    assert request["messages"][0]["content"] == "Classify the attached image(s)."
+    assert request["messages"][1]["content"].startswith("Classifier eyeops-serve-test on retina.jpg: ")
     assert all(isinstance(m["content"], str) for m in request["messages"])
 
     assert result["chatStatus"] == 200 and result["chatContentType"].startswith("text/event-stream")

@@ -14,8 +14,13 @@ const TASKS = {
   report: { label: 'Write a report', needs: 'report' },
   generate: { label: 'Generate or reconstruct an image', needs: 'generate_image' },
 };
-const REPORT_PROMPT = 'Write a concise ophthalmology report for the attached image(s): findings, '
-  + 'impression and recommendation.';
+// What a turn without typed text asked for, in the history sent to chat models (a classify turn
+// stays a user turn, so the classifier's answer that follows reads as its reply).
+const DEFAULT_PROMPTS = {
+  classify: 'Classify the attached image(s).',
+  report: 'Write a concise ophthalmology report for the attached image(s): findings, impression and '
+    + 'recommendation.',
+};
 const MAX_TOKENS = 256;
 
 const $ = (id) => document.getElementById(id);
@@ -186,7 +191,7 @@ async function chatMessages(card) {
       if (turn.text) messages.push({ role: 'assistant', content: turn.text });
       continue;
     }
-    const text = turn.text || (turn.task === 'report' ? REPORT_PROMPT : '');
+    const text = turn.text || DEFAULT_PROMPTS[turn.task] || '';
     if (!withImages || !turn.images.length) {
       if (text) messages.push({ role: 'user', content: text });
       continue;

@@ -33,7 +33,10 @@ export function probabilityChart(item, { title, name }) {
   const figure = document.createElement('figure');
   figure.className = 'chart';
 
-  const row = 30, labelW = 250, barW = 330, valueW = 70, top = 8, axis = 22;
+  // The label column fits the longest name (≈9.4 px a bold character at the 15 px chart font).
+  const longest = Math.max(...entries.map(([label]) => name(label).length), 4);
+  const row = 30, labelW = Math.min(380, Math.round(longest * 9.4) + 16), barW = 330, valueW = 90;
+  const top = 8, axis = 22;
   const width = labelW + barW + valueW, height = top + entries.length * row + axis;
   const titleId = `chart-${++charts}`;
   const svg = el('svg', {
