@@ -1,0 +1,172 @@
+"""HealthGPT on tiny configs: image tokens with mean-initialised embeddings, H-LoRA on the LLM only,
+per-task feature layers, the three stages' freezing, save/load, mixed-task generation with a PNG."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from _vlm_helpers import TINY_SIGLIP, save_tiny_llm
+from PIL import Image
+
+from eyeops.data.schema import Manifest, Message, Sample
+from eyeops.errors import ConfigError, InvalidRequest
+from eyeops.inference import GenerationRequest, InferenceModel
+from eyeops.models.healthgpt import FAMILY, START, group_parameter_names, index_token
+from eyeops.models.hlora import HLoraLinear
+from eyeops.recipes import parse_recipe
+
+Q = Message(role="user", content="<image>\nIs there glaucoma? Answer yes or no.")
+STAGES = [
+    {"name": "align", "trainable": ["connector", "hlora"], "max_steps": 1},
+    {"name": "plugin", "trainable": ["hlora", "embeddings", "lm_head"], "max_steps": 1},
+    {"name": "instruct", "trainable": ["hlora", "connector"], "max_steps": 1},
+]
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    llm_dir = save_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
+    return parse_recipe(
+        {
+            "name": "tiny-healthgpt",
+            "model": {
+                "family": "healthgpt",
+                "llm": str(llm_dir),
+                "vision": {"kind": "siglip", "name": "tiny", "config": TINY_SIGLIP, "image_size": 32},
+                "connector": {"type": "mlp2x_gelu", "grid": 2},
+                "feature_layers": {"comprehension": -2, "generation": 1},
+                "hlora": {"r": 4, "alpha": 8, "dropout": 0.0, "num_experts": 2},
+                "vq": {
+                    "image_size": 32,
+                    "downsample": 2,
+                    "hidden": 8,
+                    "codebook_size": 16,
+                    "embed_dim": 8,
+                    "train_steps": 5,
+                },
+                "crop_fundus_border": False,
+            },
+            "train": {"num_workers": 1, "batch_size": 2, "stages": STAGES},
+            "evaluate": {"primary_metric": "closed_qa/accuracy"},
+            "register": {"model_name": "tiny-healthgpt"},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def model(recipe):
+    torch.manual_seed(0)
+    return FAMILY.build_model(recipe)
+
+
+def _image(colour=(180, 60, 30)):
+    return Image.new("RGB", (40, 40), colour)
+
+
+def _write_dataset(root):
+    from eyeops.data.store import write_samples
+
+    (root / "images").mkdir(parents=True)
+    samples = []
+    for i in range(4):
+        _image((200, 40, 40) if i % 2 else (40, 40, 200)).save(root / "images" / f"{i}.png")
+        samples.append(
+            Sample(
+                id=f"s{i}",
+                patient_id=f"p{i}",
+                modality="fundus",
+                images=[f"images/{i}.png"],
+                task="closed_qa",
+                messages=[Q],
+                answer="yes" if i % 2 else "no",
+                options=["yes", "no"],
+                split="train" if i < 3 else "test",
+            )
+        )
+    write_samples(samples, root)
+    (root / "manifest.json").write_text(Manifest(name="tiny").model_dump_json())
+    return root
+
+
+def test_image_tokens_mean_initialised_and_hlora_on_llm_only(recipe, model):
+    from eyeops.models.healthgpt import _tokenizer
+
+    tok = _tokenizer(recipe.model)
+    start, idx0 = tok.convert_tokens_to_ids([START, index_token(0)])
+    emb = model.lm.get_input_embeddings().weight
+    old = len(tok) - 16 - 2
+    assert emb.shape[0] == len(tok)
+    torch.testing.assert_close(emb[start], emb[:old].mean(0))
+    torch.testing.assert_close(emb[idx0], emb[:old].mean(0))
+    adapted = [n for n, m in model.named_modules() if isinstance(m, HLoraLinear)]
+    assert adapted and all(n.startswith("lm.") and "lm_head" not in n for n in adapted)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in adapted} >= {"q_proj", "down_proj"}
+    # per-task vision layers: comprehension reads layer 3 (of 0..4), generation layer 1
+    assert model.connectors["comprehension"].layers == [3] and model.connectors["generation"].layers == [1]
+
+
+def test_three_stages_freeze_what_they_must(recipe, model, tmp_path):
+    data = _write_dataset(tmp_path / "data")
+    sets = FAMILY.datasets(recipe, data)
+    tasks = sorted(t for t, _ in (sets["train"][i] for i in range(len(sets["train"]))))
+    assert tasks == ["comprehension"] * 3 + ["generation"] * 3
+    gen_item = next(
+        sets["train"][i] for i in range(len(sets["train"])) if sets["train"][i][0] == "generation"
+    )
+    assert sum(label >= 0 for label in gen_item[1].labels) >= 16 + 2  # the image's code tokens are the answer
+    batch = FAMILY.collate_fn(recipe)([sets["train"][i] for i in (0, 3)])
+    assert sorted(batch["tasks"]) == ["comprehension", "generation"]
+    for stage in recipe.train.stages:
+        FAMILY.apply_stage(model, stage)
+        model.zero_grad()
+        FAMILY.loss(model, batch).backward()
+        want = set().union(*(group_parameter_names(model, g) for g in stage.trainable))
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == want
+        with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+        assert with_grad == want  # every trainable tensor is reached (DDP-safe), nothing frozen is
+        assert not any(n.startswith(("vq.", "tower.")) for n in trainable)
+        base_llm = group_parameter_names(model, "llm") - group_parameter_names(model, "embeddings")
+        assert not (trainable & base_llm)
+    with pytest.raises(ConfigError, match="unknown group 'lora'"):
+        group_parameter_names(model, "lora")
+
+
+def test_save_load_and_mixed_task_generation(recipe, model, tmp_path):
+    FAMILY.save(model, recipe, tmp_path / "model")
+    meta = json.loads((tmp_path / "model" / "healthgpt.json").read_text())
+    assert "psnr_db" in meta["vq"] and meta["tasks"] == ["comprehension", "generation"]
+    predictor = FAMILY.load(tmp_path / "model")
+    assert isinstance(predictor, InferenceModel) and "generate_image" in predictor.capabilities
+    gen = GenerationRequest(
+        messages=[Message(role="user", content="<image>\nReconstruct it.")],
+        images=[_image()],
+        task="generation",
+    )
+    chat = GenerationRequest(messages=[Q], images=[_image()], max_new_tokens=4)
+    mixed = predictor.generate([gen, chat])
+    alone = [predictor.generate([gen])[0], predictor.generate([chat])[0]]
+    assert [r.text for r in mixed] == [r.text for r in alone]  # one batch serves both tasks correctly
+    assert mixed[0].images_png == alone[0].images_png and not mixed[1].images_png
+    png = Image.open(io.BytesIO(mixed[0].images_png[0]))
+    png.load()
+    assert png.format == "PNG" and png.size == (32, 32)
+    # the comprehension adapter really differs from the generation one on the same prompt
+    with torch.no_grad():
+        logits = {}
+        for task in ("comprehension", "generation"):
+            inputs = predictor._inputs([chat], [task])
+            from eyeops.models.hlora import route_tasks
+
+            with route_tasks(predictor.model.lm, [task]):
+                logits[task] = predictor.model.lm(**inputs).logits
+    assert not torch.allclose(logits["comprehension"], logits["generation"])
+    with pytest.raises(InvalidRequest, match="unknown task 'segment'"):
+        predictor.generate([GenerationRequest(messages=[Q], images=[_image()], task="segment")])
+    with pytest.raises(InvalidRequest, match="exactly one input image"):
+        predictor.generate(
+            [GenerationRequest(messages=[Message(role="user", content="draw")], task="generation")]
+        )
