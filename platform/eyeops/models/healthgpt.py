@@ -21,6 +21,7 @@ Parameter groups (``StageSpec.trainable``): ``connector``, ``hlora`` (both tasks
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -376,6 +377,40 @@ class HealthGPTFamily:
 
     def load(self, model_dir: Path, device: str = "cpu") -> HealthGPTPredictor:
         return HealthGPTPredictor.from_dir(Path(model_dir), device=device)
+
+    def evaluate(self, ctx: Any) -> Any:
+        """Comprehension as the VLM family scores it, plus generation PSNR against each input image."""
+        from eyeops.models.vlm_eval import evaluate_vlm
+
+        out = evaluate_vlm(ctx)
+        return out.model_copy(update={"metrics": {**out.metrics, **generation_metrics(ctx)}})
+
+
+def generation_metrics(ctx: Any, limit: int = 8) -> dict[str, float]:
+    """Mean PSNR of generated images vs their inputs, and of the tokenizer's own round trip."""
+    from eyeops.data.schema import Message
+    from eyeops.models.vq import psnr
+
+    paths = list(dict.fromkeys(p for images in ctx.samples["images"] for p in list(images)))[:limit]
+    if not paths:
+        return {}
+    model: HealthGPTPredictor = ctx.model
+    size = model.model.vq.spec.image_size
+    generated, tokenizer_only = [], []
+    for rel in paths:
+        image = open_image(Path(ctx.data_dir) / rel, where=f"image {rel}")
+        request = GenerationRequest(
+            messages=[Message(role="user", content=GENERATE_PROMPT)], images=[image], task="generation"
+        )
+        png = model.generate([request])[0].images_png[0]
+        reference = to_pixels([image], size)
+        generated.append(psnr(reference, to_pixels([Image.open(io.BytesIO(png))], size)))
+        tokenizer_only.append(psnr(reference, to_pixels([model.reconstruct(image)], size)))
+    return {
+        "generation/psnr_db": sum(generated) / len(generated),
+        "generation/vq_psnr_db": sum(tokenizer_only) / len(tokenizer_only),
+        "generation/n": float(len(paths)),
+    }
 
 
 def load_model_dir(model_dir: Path) -> tuple[Recipe, HealthGPT, Any]:
