@@ -53,8 +53,9 @@ def _image_bytes(side: int) -> bytes:
 
 def raw_throughput(model_ref: str, jpeg: bytes, batch: int, seconds: float) -> float:
     """Images/s of batched forward passes on already-decoded images (no HTTP, no decoding)."""
-    from eyeops.serve.predictor import load_predictor
     from PIL import Image
+
+    from eyeops.serve.predictor import load_predictor
 
     predictor = load_predictor(model_ref, max_batch_size=batch)
     images = [Image.open(io.BytesIO(jpeg)).convert("RGB") for _ in range(batch)]

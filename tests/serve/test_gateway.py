@@ -85,7 +85,10 @@ def test_batch_of_images_in_one_request(client, retina_jpeg):
     r = client.post("/v1/classify", json={"images_b64": [b64(retina_jpeg)] * 3})
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    assert len(results) == 3 and results[0] == results[1] == results[2]
+    # Batch composition may change float rounding slightly, never the answer.
+    assert len(results) == 3 and all(
+        r["probabilities"] == pytest.approx(results[0]["probabilities"], abs=1e-5) for r in results
+    )
 
 
 def test_models_health_and_metrics(client, server, registered):
