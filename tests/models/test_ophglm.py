@@ -1,0 +1,169 @@
+"""OphGLM on a tiny config with the real packaged MiniLM BERT: fusion prefix from image + [CLS],
+the three steps' freezing, reuse of a trained fundus classifier, save/load, chat and classify."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _vlm_helpers import save_tiny_llm
+from PIL import Image
+
+from eyeops.data.schema import Manifest, Message, Sample
+from eyeops.errors import ConfigError, NotFoundError
+from eyeops.inference import GenerationRequest, InferenceModel
+from eyeops.models.ophglm import FAMILY, group_parameter_names
+from eyeops.models.vlm_processing import IMAGE_TOKEN_ID
+from eyeops.recipes import StageSpec, parse_recipe
+
+Q = Message(role="user", content="<image>\nIs there glaucoma? Answer yes or no.")
+STAGES = [
+    {"name": "image-encoder", "trainable": ["image_encoder"], "max_steps": 1},
+    {"name": "fusion", "trainable": ["fusion"], "data_tasks": ["closed_qa"], "max_steps": 1},
+    {"name": "sft", "trainable": ["lora"], "data_tasks": ["closed_qa", "text_qa"], "max_steps": 1},
+]
+ENCODER = {"backbone": "efficientnet_lite0", "weights": "none", "image_size": 64, "circular_crop": False}
+
+
+def _recipe(llm_dir, **model):
+    return parse_recipe(
+        {
+            "name": "tiny-ophglm",
+            "model": {
+                "family": "ophglm",
+                "llm": str(llm_dir),
+                "image_encoder": ENCODER,
+                "prefix_tokens": 2,
+                "fusion_hidden": 16,
+                "lora": {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+                **model,
+            },
+            "train": {"num_workers": 1, "batch_size": 2, "stages": STAGES},
+            "evaluate": {"primary_metric": "closed_qa/accuracy"},
+            "register": {"model_name": "tiny-ophglm"},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def llm_dir(tmp_path_factory):
+    return save_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from eyeops.data.store import write_samples
+
+    root = tmp_path_factory.mktemp("data")
+    (root / "images").mkdir()
+    samples = []
+    for i in range(4):
+        Image.new("RGB", (64, 64), (200, 40, 40) if i % 2 else (40, 40, 200)).save(
+            root / "images" / f"{i}.png"
+        )
+        split = "train" if i < 3 else "test"
+        common = {"patient_id": f"p{i}", "modality": "fundus", "images": [f"images/{i}.png"], "split": split}
+        samples.append(
+            Sample(id=f"c{i}", task="classify", labels=[1 - i % 2, 0, i % 2, 0, 0, 0, 0, 0], **common)
+        )
+        samples.append(
+            Sample(
+                id=f"q{i}",
+                task="closed_qa",
+                messages=[Q],
+                answer="yes" if i % 2 else "no",
+                options=["yes", "no"],
+                **common,
+            )
+        )
+    samples.append(
+        Sample(
+            id="t0",
+            patient_id="p9",
+            modality="none",
+            task="text_qa",
+            split="train",
+            messages=[Message(role="user", content="What is glaucoma?")],
+            answer="Optic nerve damage.",
+        )
+    )
+    write_samples(samples, root)
+    (root / "manifest.json").write_text(Manifest(name="tiny").model_dump_json())
+    return root
+
+
+def test_three_steps_freeze_and_prefix_fuses_image_and_question(llm_dir, data, tmp_path):
+    recipe = _recipe(llm_dir)
+    torch.manual_seed(0)
+    model = FAMILY.build_model(recipe)
+    collate = FAMILY.collate_fn(recipe)
+    for stage in recipe.train.stages:
+        sets = FAMILY.datasets(recipe, data, stage)
+        n = len(sets["train"])
+        assert n == {"image-encoder": 3, "fusion": 3, "sft": 4}[stage.name]
+        batch = collate([sets["train"][i] for i in range(n)])
+        FAMILY.apply_stage(model, stage)
+        model.zero_grad()
+        FAMILY.loss(model, batch).backward()
+        want = set().union(*(group_parameter_names(model, g) for g in stage.trainable))
+        got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert got and got <= want
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == want
+        assert not any(n.startswith("bert.") for n in got)  # BERT stays frozen throughout
+    model.eval()
+    batch = collate(
+        [
+            FAMILY.datasets(recipe, data, StageSpec(name="x", data_tasks=["closed_qa"]))["train"][i]
+            for i in range(2)
+        ]
+    )
+    with torch.no_grad():
+        emb = model.embed(batch["input_ids"], batch["pixel_values"], batch["bert_ids"], batch["bert_mask"])
+        slots = batch["input_ids"] == IMAGE_TOKEN_ID
+        assert int(slots.sum()) == 2 * 2  # prefix_tokens per image
+        other_q = batch["bert_ids"].clone()
+        other_q[:, 1] = 2000  # a different question changes the fused prefix
+        emb_q = model.embed(batch["input_ids"], batch["pixel_values"], other_q, batch["bert_mask"])
+        emb_i = model.embed(
+            batch["input_ids"], batch["pixel_values"].flip(0), batch["bert_ids"], batch["bert_mask"]
+        )
+    assert not torch.allclose(emb[slots], emb_q[slots]) and not torch.allclose(emb[slots], emb_i[slots])
+    torch.testing.assert_close(emb[~slots], emb_q[~slots])
+
+    FAMILY.save(model, recipe, tmp_path / "model")
+    predictor = FAMILY.load(tmp_path / "model")
+    assert isinstance(predictor, InferenceModel)
+    image = Image.open(data / "images" / "1.png")
+    answers = predictor.generate(
+        [
+            GenerationRequest(messages=[Q], images=[image], max_new_tokens=3),
+            GenerationRequest(messages=[Message(role="user", content="hi")], max_new_tokens=3),
+        ]
+    )
+    assert len(answers) == 2 and all(a.completion_tokens <= 3 for a in answers)
+    result = predictor.classify([image])[0]
+    with torch.no_grad():
+        direct = torch.sigmoid(model.classifier(predictor.transform(image)[None]))[0]
+    assert list(result.probabilities) == ["N", "D", "G", "C", "A", "H", "M", "O"]
+    assert result.probabilities["G"] == pytest.approx(float(direct[2]), abs=1e-5)
+
+
+def test_image_checkpoint_reuses_a_trained_fundus_classifier(llm_dir, tmp_path):
+    from eyeops.models.classifier import FAMILY as CLASSIFIER
+
+    cls_recipe = parse_recipe(
+        {"name": "fc", "model": {"family": "classifier", **ENCODER}, "register": {"model_name": "fc"}}
+    )
+    torch.manual_seed(1)
+    classifier = CLASSIFIER.build_model(cls_recipe)
+    CLASSIFIER.save(classifier, cls_recipe, tmp_path / "fc")
+    model = FAMILY.build_model(_recipe(llm_dir, image_checkpoint=str(tmp_path / "fc")))
+    for (name, a), b in zip(
+        model.classifier.net.state_dict().items(), classifier.net.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    with pytest.raises(NotFoundError, match="no fundus-classifier weights"):
+        FAMILY.build_model(
+            _recipe(llm_dir, image_checkpoint=str((tmp_path / "empty").mkdir() or tmp_path / "empty"))
+        )
+    with pytest.raises(ConfigError, match="unknown group 'connector'"):
+        group_parameter_names(model, "connector")
