@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -64,30 +63,50 @@ class _Gateway(ServerProcess):
             )
 
 
+ANSWER = "Glaucoma is damage to the optic nerve, often with raised eye pressure."
+
+
 def _taught_tiny_llm(path: Path) -> Path:
-    """The LLM room's tiny Llama, taught the tiny knowledge base for a few seconds so it answers in
-    words (an untrained one streams only whitespace, which would prove nothing on the page)."""
+    """The LLM room's tiny Llama, taught for a few seconds to answer in words after chats shaped like
+    the page's (classify turn, classifier summary, question); untrained, it streams only whitespace.
+    Loss is on the final answer only, so any history the page sends still ends in words."""
+    import random
+
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     save_tiny_llm(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = LlamaForCausalLM.from_pretrained(path)
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"What is {topic}?"}, {"role": "assistant", "content": fact}],
-            tokenize=False,
+    rng = random.Random(0)
+    rows = []
+    for i in range(10):
+        labels = ", ".join(rng.sample("NDGCAHMO", rng.randint(1, 5)))
+        history = [
+            {"role": "user", "content": "Classify the attached image(s)."},
+            {"role": "assistant", "content": f"Classifier eyeops-serve-test on x.jpg: findings {labels}"},
+        ][: 2 * (i % 2)]
+        question = [QUESTION, *(f"What is {topic}?" for topic in KB)][i % 5]
+        prompt = tokenizer.apply_chat_template(
+            [*history, {"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
         )
-        for topic, fact in KB.items()
-    ]
-    batch = tokenizer(texts, return_tensors="pt", padding=True)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        rows.append((prompt, f"{ANSWER}<|im_end|>"))
+    tokens = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    encoded = [(tokens(p), tokens(a)) for p, a in rows]
+    width = max(len(p) + len(a) for p, a in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    targets = torch.full((len(encoded), width), -100)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (p, a) in enumerate(encoded):
+        ids[row, : len(p) + len(a)] = torch.tensor(p + a)
+        targets[row, len(p) : len(p) + len(a)] = torch.tensor(a)
+        mask[row, : len(p) + len(a)] = 1
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(60):
+    for _ in range(40):
         optimizer.zero_grad()
-        model(**batch, labels=labels).loss.backward()
+        model(input_ids=ids, attention_mask=mask, labels=targets).loss.backward()
         optimizer.step()
     model.save_pretrained(path)
     return path
@@ -181,22 +200,6 @@ def page_run(gateway, images, tmp_path_factory) -> tuple[dict, Path]:
     if target := os.environ.get("EYEOPS_UI_SCREENSHOT"):
         shutil.copyfile(out_dir / "classify.png", target)
     return result, out_dir
-
-
-def test_page_is_served_self_contained_with_security_headers(gateway):
-    server, _ = gateway
-    redirect = httpx.get(server.url + "/ui", follow_redirects=False)
-    assert redirect.status_code in (301, 307, 308) and redirect.headers["location"].endswith("/ui/")
-    page = httpx.get(server.url + "/ui/")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    csp = page.headers["content-security-policy"]
-    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
-    for asset in ("app.js", "api.js", "chart.js", "images.js", "style.css"):
-        body = httpx.get(f"{server.url}/ui/{asset}")
-        assert body.status_code == 200, asset
-        assert "http://" not in body.text.replace("http://www.w3.org/2000/svg", "")
-        assert "https://" not in body.text, f"{asset} references an external URL"
-    assert httpx.get(server.url + "/ui/missing.js").status_code == 404
 
 
 def test_classify_shows_bar_chart_and_model_version(page_run, gateway):
