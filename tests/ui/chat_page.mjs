@@ -64,6 +64,7 @@ try {
   await page.setInputFiles('#files', cfg.notImage);
   out.notImageAlert = await page.textContent('#alert');
   await page.setInputFiles('#files', cfg.retina);
+  await page.waitForFunction(() => document.querySelectorAll('#pending li').length === 1);
   await dropFile(page, path.basename(cfg.tiff), 'image/tiff', fs.readFileSync(cfg.tiff).toString('base64'));
   await page.waitForFunction(() => document.querySelectorAll('#pending li').length === 2);
   out.pending = await texts(page, '#pending figcaption');

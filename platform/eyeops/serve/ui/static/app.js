@@ -123,7 +123,14 @@ function onModelChange() {
 const currentTask = () => (document.querySelector('input[name="task"]:checked') || {}).value;
 
 // --- attachments -----------------------------------------------------------------------------
-async function addFiles(files) {
+// Picks and drops are read one after another, so images keep the order the user added them in.
+let adding = Promise.resolve();
+function addFiles(files) {
+  adding = adding.then(() => readFiles(files));
+  return adding;
+}
+
+async function readFiles(files) {
   const problems = [];
   for (const file of files) {
     const { image, error } = await readImage(file);
