@@ -523,7 +523,9 @@ class HealthGPTPredictor:
                 out = self.model.lm.generate(
                     **inputs,
                     **self._sampling(batch[0], limit),
-                    prefix_allowed_tokens_fn=self._image_grammar(row_tasks),
+                    prefix_allowed_tokens_fn=self._image_grammar(row_tasks)
+                    if "generation" in row_tasks
+                    else None,
                 )
             prompt_tokens = inputs["attention_mask"].sum(1).tolist()
             for row, i in enumerate(indices):
