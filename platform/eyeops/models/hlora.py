@@ -124,6 +124,9 @@ class HLoraLinear(LoraLinear):
                 mask = torch.tensor([n == adapter for n in adapter_names], dtype=dtype, device=x.device)
                 result = result + self.hlora_delta(x, adapter).to(dtype) * mask.view(shape)
             return result
+        if len(set(adapter_names)) == 1:  # one task in the batch: no row gathering needed
+            adapter = adapter_names[0]
+            return result if adapter not in self.lora_A else result + self.hlora_delta(x, adapter).to(dtype)
         for adapter in set(adapter_names):
             if adapter == "__base__" or adapter not in self.lora_A:
                 continue
