@@ -386,7 +386,7 @@ class HealthGPTFamily:
         return out.model_copy(update={"metrics": {**out.metrics, **generation_metrics(ctx)}})
 
 
-def generation_metrics(ctx: Any, limit: int = 8) -> dict[str, float]:
+def generation_metrics(ctx: Any, limit: int = 4) -> dict[str, float]:
     """Mean PSNR of generated images vs their inputs, and of the tokenizer's own round trip."""
     from eyeops.data.schema import Message
     from eyeops.models.vq import psnr
