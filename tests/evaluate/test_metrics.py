@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import cohen_kappa_score, f1_score, roc_auc_score
+
 from eyeops.errors import DataError
 from eyeops.evaluate import breakdown, classification_metrics
-from sklearn.metrics import cohen_kappa_score, f1_score, roc_auc_score
 
 LABELS = ["N", "D", "G"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from eyeops.evaluate import classification_metrics, plots
 from eyeops.evaluate.card import render_card
 from eyeops.recipes import parse_recipe

@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
+
 from eyeops.errors import ConfigError, DataError
 from eyeops.evaluate import classification_metrics, evaluate
-from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")

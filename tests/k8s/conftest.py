@@ -4,6 +4,7 @@
 from pathlib import Path
 
 import pytest
+
 from eyeops.k8s import CHART_DIR, default_crd_dir, helm_template, load_crd_schemas
 
 CI = CHART_DIR / "ci"

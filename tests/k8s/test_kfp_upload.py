@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+
 from eyeops.errors import ConfigError
 from eyeops.k8s.kfp_upload import compiled_pipelines, main
 

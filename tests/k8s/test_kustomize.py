@@ -4,10 +4,11 @@ policies, and the base is exactly what the chart renders (no drift)."""
 from __future__ import annotations
 
 import pytest
+from k8s_helpers import one
+
 from eyeops.k8s import MANIFESTS_DIR, check_all, kustomize_build
 from eyeops.k8s.manifests import drift
 from eyeops.k8s.validate import validate_core, validate_custom
-from k8s_helpers import one
 
 CUSTOM_KINDS = {"InferenceService", "RayJob", "RayCluster", "RayService"}
 OVERLAYS = ("cpu-dev", "gpu")

@@ -6,11 +6,12 @@ from __future__ import annotations
 import copy
 
 import pytest
+from k8s_helpers import one
+
 from eyeops.errors import ClusterError
 from eyeops.k8s import check_no_inline_secrets, check_objects, check_pod_security, helm_template
 from eyeops.k8s.policy import check_network_policies, check_rbac_namespaced
 from eyeops.k8s.validate import strict_schema, validate_core, validate_custom
-from k8s_helpers import one
 
 
 @pytest.fixture(scope="module")

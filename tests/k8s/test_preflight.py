@@ -8,6 +8,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from eyeops.errors import ClusterError
 from eyeops.k8s.preflight import ApiRequirement, main
 

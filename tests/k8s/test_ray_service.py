@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from ray import serve
+
 from eyeops.errors import ConfigError
 from eyeops.k8s.ray_service import app_builder, parse_args
-from ray import serve
 
 
 def test_args_become_the_serve_spec():

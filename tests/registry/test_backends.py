@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from eyeops.registry import register, resolve, show
 
 pytestmark = pytest.mark.integration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from eyeops.recipes import GateSpec
 from eyeops.registry import decide
 

@@ -6,13 +6,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from typer.testing import CliRunner
+
 from eyeops.errors import InvalidRequest, NotFoundError, RegistryError
 from eyeops.refs import DatasetRef
 from eyeops.registry import load_model_dir, promote, register, resolve, rollback, show
 from eyeops.registry._pyfunc import decode_image, example_input
-from mlflow.tracking import MlflowClient
-from PIL import Image
-from typer.testing import CliRunner
 
 
 def _client() -> MlflowClient:
