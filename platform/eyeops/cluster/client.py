@@ -138,18 +138,22 @@ class KubeClient:
                 return None
             raise self._fail("get", obj, exc) from None
 
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def _create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """POST the object (with retries); the ApiException of a rejection is left to the caller."""
         group, version, ns, plural, name = self._coords(obj)
+        return self._call(
+            f"create {plural}/{name}",
+            self.api.create_namespaced_custom_object,
+            group,
+            version,
+            ns,
+            plural,
+            obj,
+        )
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self._call(
-                f"create {plural}/{name}",
-                self.api.create_namespaced_custom_object,
-                group,
-                version,
-                ns,
-                plural,
-                obj,
-            )
+            return self._create(obj)
         except ApiException as exc:
             raise self._fail("create", obj, exc) from None
 
@@ -174,17 +178,8 @@ class KubeClient:
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create, or patch when the object already exists (409)."""
-        group, version, ns, plural, name = self._coords(obj)
         try:
-            return self._call(
-                f"create {plural}/{name}",
-                self.api.create_namespaced_custom_object,
-                group,
-                version,
-                ns,
-                plural,
-                obj,
-            )
+            return self._create(obj)
         except ApiException as exc:
             if exc.status != 409:
                 raise self._fail("create", obj, exc) from None
