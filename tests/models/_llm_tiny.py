@@ -24,8 +24,17 @@ KB = {
 }
 
 
-def save_tiny_llm(path: Path, *, hidden: int = 32, layers: int = 2) -> Path:
-    """A ChatML tokenizer and a tiny Llama sized to it, both written with save_pretrained."""
+def save_tiny_llm(
+    path: Path,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    corpus: list[str] | None = None,
+    vocab_size: int = 400,
+    max_positions: int = 512,
+) -> Path:
+    """A ChatML tokenizer (BPE trained on ``corpus``, default the tiny KB) and a tiny Llama sized to it,
+    both written with save_pretrained."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -33,11 +42,12 @@ def save_tiny_llm(path: Path, *, hidden: int = 32, layers: int = 2) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator([*KB.values(), "Answer: A. B. C. D. user assistant system"] * 4, trainer)
+    corpus = corpus or [*KB.values(), "Answer: A. B. C. D. user assistant system"]
+    tok.train_from_iterator(corpus * 4, trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>"
     )
@@ -50,7 +60,7 @@ def save_tiny_llm(path: Path, *, hidden: int = 32, layers: int = 2) -> Path:
         num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
