@@ -7,13 +7,14 @@ talks to this protocol, so it never needs to know which family it is serving.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from eyeops.data.schema import Message
+from eyeops.errors import ConfigError
 
 Capability = Literal["classify", "chat", "report", "generate_image"]
 
@@ -47,7 +48,17 @@ class GenerationResult(BaseModel):
 
 @runtime_checkable
 class InferenceModel(Protocol):
-    """What every loaded model offers the servers. Unsupported capabilities raise InvalidRequest."""
+    """What every loaded model offers the servers. Unsupported capabilities raise InvalidRequest.
+
+    Optional (not part of the structural check, so single-task models need nothing):
+
+    - ``tasks: Mapping[str, Capability]`` -- the tasks a multi-task model answers
+      (:attr:`GenerationRequest.task`) and what each produces, e.g. HealthGPT's
+      ``{"comprehension": "chat", "generation": "generate_image"}``;
+    - ``default_task: str`` -- the task a request without one gets (default: the first of ``tasks``).
+
+    Read both through :func:`declared_tasks`.
+    """
 
     capabilities: frozenset[Capability]
     labels: list[str]
@@ -63,3 +74,24 @@ class InferenceModel(Protocol):
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         """Incremental text for one request (SSE streaming)."""
         ...
+
+
+def declared_tasks(model: Any) -> tuple[dict[str, Capability], str | None]:
+    """A model's optional ``tasks`` and ``default_task``, checked; ``({}, None)`` for single-task models."""
+    raw = getattr(model, "tasks", None)
+    if not raw:
+        return {}, None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{type(model).__name__}.tasks must map task name -> capability, got {raw!r}")
+    known = get_args(Capability)
+    tasks: dict[str, Capability] = {}
+    for name, capability in raw.items():
+        if capability not in known:
+            raise ConfigError(
+                f"{type(model).__name__}.tasks[{name!r}]: capability {capability!r} is not one of {known}"
+            )
+        tasks[str(name)] = capability
+    default = getattr(model, "default_task", None) or next(iter(tasks))
+    if default not in tasks:
+        raise ConfigError(f"{type(model).__name__}.default_task {default!r} is not one of {sorted(tasks)}")
+    return tasks, default

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -441,6 +442,9 @@ class HealthGPTPredictor:
     """InferenceModel: chat/report (comprehension) and image generation, task chosen per request."""
 
     capabilities = frozenset({"chat", "report", "generate_image"})
+    # what each H-LoRA task answers; the gateway selects one per request (model suffix / eyeops_task)
+    tasks = MappingProxyType({"comprehension": "chat", "generation": "generate_image"})
+    default_task = "comprehension"
 
     def __init__(self, recipe: Recipe, model: HealthGPT, tokenizer: Any, device: str = "cpu") -> None:
         self.recipe, self.model, self.tokenizer, self.device = (

@@ -8,8 +8,10 @@ HTTP once, from :class:`EyeopsError.http_status`, into ``{"error": {code, messag
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -26,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eyeops.data.schema import IMAGE_TOKEN, Message
 from eyeops.errors import EyeopsError, InvalidRequest, ModelNotReady, PayloadTooLarge
-from eyeops.inference import GenerationRequest
+from eyeops.inference import GenerationRequest, GenerationResult
 from eyeops.serve import images as imaging
 from eyeops.serve.auth import ApiKeyAuth, Scope, presented_key
 from eyeops.serve.batching import InferenceBackend
@@ -44,9 +46,12 @@ from eyeops.serve.schemas import (
     ClassifyResponse,
     Delta,
     ErrorResponse,
+    ImagePart,
+    ImageURL,
     LabelScore,
     ModelCard,
     ModelList,
+    TextPart,
     Usage,
 )
 from eyeops.serve.settings import ServeSettings
@@ -112,6 +117,47 @@ def _served_name(backend: InferenceBackend, requested: str | None) -> str | None
     if requested is None or requested in backend.predictors:
         return requested
     return requested.split("@", 1)[0].split("/", 1)[0]
+
+
+_ALIAS_OR_VERSION = re.compile(r"(?P<name>.+?)(?:@[A-Za-z0-9_-]+|/\d+)")
+
+
+def _served_match(backend: InferenceBackend, ref: str) -> str | None:
+    """The served name ``ref`` denotes as 'name', 'name@alias' or 'name/3'; None if none."""
+    if ref in backend.predictors:
+        return ref
+    match = _ALIAS_OR_VERSION.fullmatch(ref)
+    return match["name"] if match and match["name"] in backend.predictors else None
+
+
+def _chat_target(backend: InferenceBackend, body: ChatCompletionRequest) -> tuple[Predictor, str | None]:
+    """(predictor, task) from ``model`` ('name[@alias|/N][:task]') and ``eyeops_task``; 4xx if they clash.
+
+    A served name that itself matches wins over reading a ':task' suffix off it.
+    """
+    name, suffix = _served_match(backend, body.model), None
+    if name is None and ":" in body.model:
+        head, tail = body.model.rsplit(":", 1)
+        name = _served_match(backend, head)
+        suffix = tail if name is not None else None
+    predictor = backend.get(name or _served_name(backend, body.model.split(":", 1)[0]))
+    if suffix is not None and body.eyeops_task is not None and suffix != body.eyeops_task:
+        raise InvalidRequest(
+            f"model suffix task {suffix!r} (model {body.model!r}) and eyeops_task {body.eyeops_task!r} "
+            "disagree: give one, or the same in both"
+        )
+    return predictor, predictor.resolve_task(suffix if suffix is not None else body.eyeops_task)
+
+
+def _answer_content(result: GenerationResult) -> str | list[TextPart | ImagePart]:
+    """Text as a string; with images, OpenAI content parts (text first, then one data: URL per PNG)."""
+    if not result.images_png:
+        return result.text
+    parts: list[TextPart | ImagePart] = [TextPart(type="text", text=result.text)] if result.text else []
+    for png in result.images_png:
+        url = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        parts.append(ImagePart(type="image_url", image_url=ImageURL(url=url)))
+    return parts
 
 
 async def _decode_all(blobs: Sequence[bytes], settings: ServeSettings, field: str) -> list[Image.Image]:
@@ -209,6 +255,8 @@ def build_router() -> APIRouter:
                 family=p.info.family,
                 capabilities=p.info.capabilities,
                 labels=p.info.labels,
+                tasks=p.info.tasks,
+                default_task=p.info.default_task,
             )
             for p in backend.predictors.values()
         ]
@@ -253,9 +301,15 @@ def build_router() -> APIRouter:
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         backend = _backend(request)
         settings: ServeSettings = request.app.state.eyeops_settings
-        name = _served_name(backend, body.model)
-        predictor = backend.get(name)
+        predictor, task = _chat_target(backend, body)
+        name = predictor.name
         predictor.require("chat")
+        capability = predictor.capability_of(task)
+        predictor.require(capability)
+        if body.stream and capability == "generate_image":
+            raise InvalidRequest(
+                f"task {task!r} of model {name!r} returns images, which cannot be streamed: send stream=false"
+            )
         messages, blobs = _to_generation(body)
         images = await _decode_all(blobs, settings, "image_url")
         generation = GenerationRequest(
@@ -264,6 +318,7 @@ def build_router() -> APIRouter:
             temperature=body.temperature,
             top_p=body.top_p,
             max_new_tokens=body.max_completion_tokens or body.max_tokens or 128,
+            task=task,
         )
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         fingerprint = _fingerprint(predictor)
@@ -290,7 +345,10 @@ def build_router() -> APIRouter:
             model=body.model,
             system_fingerprint=fingerprint,
             choices=[
-                Choice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)
+                Choice(
+                    message=AssistantMessage(content=_answer_content(result)),
+                    finish_reason=result.finish_reason,
+                )
             ],
             usage=Usage(
                 prompt_tokens=result.prompt_tokens,
@@ -298,6 +356,7 @@ def build_router() -> APIRouter:
                 total_tokens=result.prompt_tokens + result.completion_tokens,
             ),
             eyeops_model=predictor.stamp,
+            eyeops_task=task,
         )
 
     return router

@@ -16,7 +16,14 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from eyeops.errors import InvalidRequest, NotFoundError
-from eyeops.inference import Capability, ClassifyResult, GenerationRequest, GenerationResult, InferenceModel
+from eyeops.inference import (
+    Capability,
+    ClassifyResult,
+    GenerationRequest,
+    GenerationResult,
+    InferenceModel,
+    declared_tasks,
+)
 
 _REGISTRY_REF = re.compile(
     r"^(?:models:/)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,99})"
@@ -42,6 +49,10 @@ class ModelInfo(ModelStamp):
     capabilities: list[Capability]
     labels: list[str]
     source: str = Field(description="models:/ URI or local directory it was loaded from.")
+    tasks: dict[str, Capability] = Field(
+        default_factory=dict, description="Task name -> what it produces; empty for single-task models."
+    )
+    default_task: str | None = Field(None, description="The task a request without one gets.")
 
 
 class ClassifyAnswer(ClassifyResult):
@@ -54,6 +65,9 @@ class Predictor:
     def __init__(self, model: InferenceModel, info: ModelInfo, *, max_batch_size: int = 16) -> None:
         if not isinstance(model, InferenceModel):
             raise TypeError(f"{type(model).__name__} does not implement eyeops.inference.InferenceModel")
+        tasks, default_task = declared_tasks(model)
+        if tasks and not info.tasks:  # the model's own declaration, unless the caller gave one
+            info = info.model_copy(update={"tasks": tasks, "default_task": default_task})
         self.model = model
         self.info = info
         self.max_batch_size = max_batch_size
@@ -76,6 +90,21 @@ class Predictor:
                 f"(capabilities: {', '.join(self.info.capabilities) or 'none'})"
             )
 
+    def resolve_task(self, task: str | None) -> str | None:
+        """The task a request runs (``None`` → the default); 400 for a task this model lacks."""
+        tasks = self.info.tasks
+        if task is None:
+            return self.info.default_task
+        if not tasks:
+            raise InvalidRequest(f"task {task!r}: model {self.name!r} has no tasks to choose from")
+        if task not in tasks:
+            raise InvalidRequest(f"unknown task {task!r} for model {self.name!r} (known: {', '.join(tasks)})")
+        return task
+
+    def capability_of(self, task: str | None) -> Capability:
+        """What a request for ``task`` produces (plain chat for models without tasks)."""
+        return self.info.tasks.get(task, "chat") if task is not None else "chat"
+
     def classify(self, images: Sequence[Image.Image]) -> list[ClassifyAnswer]:
         """Classify any number of images in forward passes of at most ``max_batch_size``."""
         self.require("classify")
@@ -90,11 +119,15 @@ class Predictor:
         return answers
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        self.require("chat")
+        for capability in {self.capability_of(self.resolve_task(r.task)) for r in requests} or {"chat"}:
+            self.require(capability)
         return list(self.model.generate(requests))
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         self.require("chat")
+        task = self.resolve_task(request.task)
+        if self.capability_of(task) == "generate_image":
+            raise InvalidRequest(f"task {task!r} returns images, which cannot be streamed: send stream=false")
         return self.model.stream(request)
 
 

@@ -69,6 +69,11 @@ class ModelCard(_Strict):
     family: str
     capabilities: list[Capability]
     labels: list[str]
+    tasks: dict[str, Capability] = Field(
+        default_factory=dict,
+        description="Selectable tasks (model suffix 'name:task' or 'eyeops_task') and what each returns.",
+    )
+    default_task: str | None = Field(None, description="The task a request without one gets.")
 
 
 class ModelList(_Strict):
@@ -119,11 +124,19 @@ class ChatCompletionRequest(_Strict):
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
+    eyeops_task: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Task of a multi-task model (see /v1/models); same as the model suffix 'name:task'.",
+    )
 
 
 class AssistantMessage(_Strict):
+    """Plain text stays a string (OpenAI compatible); an answer with images is a list of parts."""
+
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | list[ContentPart]
 
 
 class Choice(_Strict):
@@ -147,6 +160,7 @@ class ChatCompletion(_Strict):
     usage: Usage
     system_fingerprint: str = Field(description="name/version/recipe-fingerprint of the model that answered.")
     eyeops_model: ModelStamp
+    eyeops_task: str | None = Field(None, description="The task that answered (multi-task models).")
 
 
 class Delta(_Strict):
