@@ -88,3 +88,37 @@ def tiny_recipe(
         "evaluate": {"primary_metric": "closed_qa/accuracy"},
         "register": {"model_name": "tiny-vlm"},
     }
+
+
+HEALTHGPT_STAGES = [
+    {"name": "align", "trainable": ["connector", "hlora"], "max_steps": 1},
+    {"name": "plugin", "trainable": ["hlora", "embeddings", "lm_head"], "max_steps": 1},
+    {"name": "instruct", "trainable": ["hlora", "connector"], "max_steps": 1},
+]
+
+
+def tiny_healthgpt_recipe(llm_dir: Path) -> dict:
+    """A recipe mapping for a tiny HealthGPT (32 px SigLIP, H-LoRA r=4, 16-code VQ at 32 px)."""
+    return {
+        "name": "tiny-healthgpt",
+        "model": {
+            "family": "healthgpt",
+            "llm": str(llm_dir),
+            "vision": {"kind": "siglip", "name": "tiny", "config": TINY_SIGLIP, "image_size": 32},
+            "connector": {"type": "mlp2x_gelu", "grid": 2},
+            "feature_layers": {"comprehension": -2, "generation": 1},
+            "hlora": {"r": 4, "alpha": 8, "dropout": 0.0, "num_experts": 2},
+            "vq": {
+                "image_size": 32,
+                "downsample": 2,
+                "hidden": 8,
+                "codebook_size": 16,
+                "embed_dim": 8,
+                "train_steps": 5,
+            },
+            "crop_fundus_border": False,
+        },
+        "train": {"num_workers": 1, "batch_size": 2, "stages": HEALTHGPT_STAGES},
+        "evaluate": {"primary_metric": "closed_qa/accuracy"},
+        "register": {"model_name": "tiny-healthgpt"},
+    }

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from _vlm_helpers import TINY_SIGLIP, save_tiny_llm
+from _vlm_helpers import save_tiny_llm, tiny_healthgpt_recipe
 from PIL import Image
 
 from eyeops.data.schema import Manifest, Message, Sample
@@ -19,41 +19,12 @@ from eyeops.models.hlora import HLoraLinear
 from eyeops.recipes import parse_recipe
 
 Q = Message(role="user", content="<image>\nIs there glaucoma? Answer yes or no.")
-STAGES = [
-    {"name": "align", "trainable": ["connector", "hlora"], "max_steps": 1},
-    {"name": "plugin", "trainable": ["hlora", "embeddings", "lm_head"], "max_steps": 1},
-    {"name": "instruct", "trainable": ["hlora", "connector"], "max_steps": 1},
-]
 
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     llm_dir = save_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
-    return parse_recipe(
-        {
-            "name": "tiny-healthgpt",
-            "model": {
-                "family": "healthgpt",
-                "llm": str(llm_dir),
-                "vision": {"kind": "siglip", "name": "tiny", "config": TINY_SIGLIP, "image_size": 32},
-                "connector": {"type": "mlp2x_gelu", "grid": 2},
-                "feature_layers": {"comprehension": -2, "generation": 1},
-                "hlora": {"r": 4, "alpha": 8, "dropout": 0.0, "num_experts": 2},
-                "vq": {
-                    "image_size": 32,
-                    "downsample": 2,
-                    "hidden": 8,
-                    "codebook_size": 16,
-                    "embed_dim": 8,
-                    "train_steps": 5,
-                },
-                "crop_fundus_border": False,
-            },
-            "train": {"num_workers": 1, "batch_size": 2, "stages": STAGES},
-            "evaluate": {"primary_metric": "closed_qa/accuracy"},
-            "register": {"model_name": "tiny-healthgpt"},
-        }
-    )
+    return parse_recipe(tiny_healthgpt_recipe(llm_dir))
 
 
 @pytest.fixture(scope="module")
