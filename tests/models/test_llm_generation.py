@@ -13,7 +13,7 @@ from eyeops.data.schema import Message
 from eyeops.errors import InvalidRequest
 from eyeops.inference import GenerationRequest, InferenceModel
 from eyeops.models._hf import load_causal_lm, load_tokenizer
-from eyeops.models.generation import ChatModel
+from eyeops.models.generation import ChatModel, render_chat, strip_stream
 
 PROMPTS = ["What is glaucoma?", "Describe the lens and cataract surgery in a few words please.", "Hi"]
 
@@ -80,7 +80,7 @@ def test_concurrent_calls_share_batches(chat):
 def test_stream_yields_the_same_text_and_can_stop_early(chat):
     request = _req(PROMPTS[0], 10)
     pieces = list(chat.stream(request))
-    assert "".join(pieces).strip() == chat.generate([request])[0].text
+    assert "".join(pieces) == chat.generate([request])[0].text
     stream = chat.stream(_req(PROMPTS[1], 200))
     next(stream, None)
     stream.close()  # client disconnects: decoding stops and the lock is released
@@ -109,3 +109,59 @@ def test_bad_requests_fail_alone(chat):
     with pytest.raises(InvalidRequest, match="empty"):
         chat.generate([GenerationRequest(messages=[])])
     assert chat.generate([_req("Hi", 2)])[0].completion_tokens <= 2  # the batcher is still alive
+
+
+@pytest.mark.parametrize(
+    ("pieces", "expected"),
+    [
+        ([" ", "\n Glaucoma", " is", "  ", "bad", ". ", "\n\n"], ["Glaucoma", " is", "  bad", "."]),
+        (["", "  ", "\n"], []),
+        (["A", " b ", "c"], ["A", " b", " c"]),
+    ],
+)
+def test_strip_stream_equals_strip_of_the_whole(pieces, expected):
+    assert list(strip_stream(pieces)) == expected
+    assert "".join(expected) == "".join(pieces).strip()
+
+
+def test_strip_stream_never_holds_back_a_visible_word():
+    source = iter([" Glaucoma ", "is", " damage"])
+    stream = strip_stream(source)
+    assert next(stream) == "Glaucoma"
+    assert next(source) == "is"  # the first word came out before the next piece was even read
+
+
+@pytest.fixture(scope="module")
+def padded_chat(tmp_path_factory):
+    """A tiny LM taught to answer one prompt with whitespace around the text (as untrained LMs do)."""
+    base = str(save_tiny_llm(tmp_path_factory.mktemp("padded-llm")))
+    tokenizer, model = load_tokenizer(base), load_causal_lm(base)
+    prompt = render_chat(tokenizer, [{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(PADDED_ANSWER + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + answer_ids])
+    labels = ids.clone()
+    labels[0, : len(prompt_ids)] = -100
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(80):  # memorise one answer: a fraction of a second for this 2-layer model
+        optimizer.zero_grad()
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+    chat = ChatModel(model, tokenizer)
+    yield chat
+    chat.close()
+
+
+PADDED_ANSWER = "\n  Glaucoma damages the optic nerve. \n\n"
+
+
+def test_joined_stream_equals_generate_for_a_whitespace_padded_answer(padded_chat):
+    request = _req(PROMPTS[0], 24)
+    inputs = padded_chat._encode([request])
+    raw_ids = padded_chat.model.generate(**inputs, **padded_chat._sampling(request), max_new_tokens=24)
+    raw = padded_chat.tokenizer.decode(raw_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert raw == PADDED_ANSWER  # the model really emits the whitespace both paths must strip
+    pieces = list(padded_chat.stream(request))
+    assert pieces and all(pieces)
+    assert "".join(pieces) == padded_chat.generate([request])[0].text == PADDED_ANSWER.strip()

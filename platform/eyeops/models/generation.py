@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,26 @@ def render_chat(
     return tokenizer.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
     )
+
+
+def strip_stream(pieces: Iterable[str]) -> Iterator[str]:
+    """``pieces`` whose concatenation is ``"".join(pieces).strip()``, streamed as early as possible.
+
+    Leading whitespace is dropped until the first visible character; whitespace after that is held
+    back only until the next visible character arrives (and dropped at the end), so a piece holding
+    a word is never delayed. No empty pieces are yielded.
+    """
+    started, held = False, ""
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        body = piece.rstrip()
+        if not body:  # only whitespace: it may turn out to be trailing
+            held += piece
+            continue
+        yield held + body
+        held = piece[len(body) :]
 
 
 class ChatModel:
@@ -121,9 +141,8 @@ class ChatModel:
         thread = threading.Thread(target=run, name="eyeops-llm-stream", daemon=True)
         thread.start()
         try:
-            for piece in streamer:
-                if piece:
-                    yield piece
+            # Stripped like ``generate``'s text, so a streamed answer joins to the non-streamed one.
+            yield from strip_stream(streamer)
         finally:
             cancelled.set()  # the client went away: stop decoding at the next token
             thread.join()
