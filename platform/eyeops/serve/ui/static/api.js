@@ -76,6 +76,19 @@ export async function classify(key, model, images, signal) {
 }
 
 /**
+ * POST /v1/chat/completions without streaming (image-producing tasks) → the completion. Its
+ * message content is a string, or content parts ({type: 'text'} / {type: 'image_url'}) with images.
+ */
+export async function chat(key, request, signal) {
+  return (await call('v1/chat/completions', key, {
+    method: 'POST',
+    body: JSON.stringify({ ...request, stream: false }),
+    headers: { 'Content-Type': 'application/json' },
+    signal,
+  })).json();
+}
+
+/**
  * POST /v1/chat/completions with stream=true; yields {content} pieces and finally
  * {done, finishReason, fingerprint}. An error event inside the stream becomes an ApiError.
  */

@@ -1,7 +1,7 @@
 // The chat page: API key → models → a conversation of images, questions and answers.
 // All rendering goes through textContent / DOM nodes (never innerHTML): answers are untrusted text.
 
-import { ApiError, classify, listModels, streamChat } from './api.js';
+import { ApiError, chat, classify, listModels, streamChat } from './api.js';
 import { labelNamer, probabilityChart } from './chart.js';
 import { ACCEPT, dataUrl, readImage, releaseImage, thumbnail } from './images.js';
 
@@ -267,6 +267,34 @@ async function runChat(card, article, signal) {
   return answer;
 }
 
+/** The model's own task (card.tasks: name → capability) that produces ``needs``, if it declares tasks. */
+function modelTask(card, needs) {
+  const found = Object.entries(card.tasks || {}).find(([, capability]) => capability === needs);
+  return found ? found[0] : null;
+}
+
+/** An image task (e.g. HealthGPT generation): this turn's image (else the last one) + text, no streaming. */
+async function runImageTask(card, modelTaskName, turn, article, signal) {
+  const images = (turn.images.length ? turn.images : lastImages()).slice(-1);
+  const content = [];
+  for (const image of images) content.push({ type: 'image_url', image_url: { url: await dataUrl(image) } });
+  if (turn.text) content.push({ type: 'text', text: turn.text });
+  const request = { model: card.id, messages: [{ role: 'user', content }], eyeops_task: modelTaskName };
+  const response = await chat(state.key, request, signal);
+  const answer = response.choices[0].message.content;
+  const parts = typeof answer === 'string' ? [{ type: 'text', text: answer }] : answer;
+  const text = node('div', 'text', parts.filter((p) => p.type === 'text').map((p) => p.text).join('\n'));
+  article.append(text);
+  parts.filter((p) => p.type === 'image_url' && p.image_url.url.startsWith('data:image/')).forEach((p, i) => {
+    const img = node('img', 'generated');
+    img.src = p.image_url.url;
+    img.alt = `Generated image ${i + 1}`;
+    article.append(img);
+  });
+  article.append(node('p', 'stamp', stampText(response.eyeops_model)));
+  return text.textContent;
+}
+
 /** Image outputs (data:image/... URLs in the answer, e.g. Markdown images) drawn inline. */
 function showInlineImages(container, answer) {
   const found = answer.match(/data:image\/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/=]+/g) || [];
@@ -312,9 +340,10 @@ async function send(event) {
   setBusy(true);
   const reply = { role: 'assistant', task, text: '' };
   try {
-    reply.text = task === 'classify'
-      ? await runClassify(card, turn, article, controller.signal)
-      : await runChat(card, article, controller.signal);
+    const imageTask = task === 'generate' ? modelTask(card, 'generate_image') : null;
+    if (task === 'classify') reply.text = await runClassify(card, turn, article, controller.signal);
+    else if (imageTask) reply.text = await runImageTask(card, imageTask, turn, article, controller.signal);
+    else reply.text = await runChat(card, article, controller.signal);
     state.turns.push(reply);
   } catch (err) {
     const partial = article.querySelector('.text');
