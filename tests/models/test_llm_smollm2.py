@@ -6,6 +6,7 @@ answer to a knowledge-base question about a disease held out of training (its sp
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -67,6 +68,8 @@ def test_packaged_base_is_converted_once_and_cached(model_cache, tmp_path):
     where = resolve_base(BASE)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
         assert os.path.isfile(os.path.join(where, name)), name
+    config = json.loads(open(os.path.join(where, "config.json")).read())
+    assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
     assert where.startswith(str(model_cache)) and os.path.isfile(os.path.join(where, "config.json"))
     start = time.perf_counter()
     assert resolve_base(BASE) == where  # cached: no second conversion

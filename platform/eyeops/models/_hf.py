@@ -82,7 +82,11 @@ def _convert_gguf(package: str, filename: str, dest: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=filename)
     gguf_model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=filename)
     # A model loaded from GGUF refuses save_pretrained; a fresh model of the same config does not.
-    model = AutoModelForCausalLM.from_config(gguf_model.config)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):  # the weights are plain float32 from here on
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    config.architectures = [type(model).__name__]
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +108,10 @@ def _convert_gguf(package: str, filename: str, dest: Path) -> None:
         raise
 
 
+def _converted(dest: Path) -> bool:
+    return all((dest / f).is_file() for f in (_DONE_MARKER, *_CONVERTED_FILES))
+
+
 def resolve_base(base: str) -> str:
     """A path or hub id ``from_pretrained`` accepts; packaged bases are converted and cached first."""
     if base.startswith(PACKAGED_PREFIX):
@@ -114,10 +122,10 @@ def resolve_base(base: str) -> str:
                 f"{', '.join(PACKAGED_PREFIX + k for k in PACKAGED_BASES)})"
             )
         dest = model_cache_dir() / name
-        if not (dest / _DONE_MARKER).is_file():
+        if not _converted(dest):
             with _file_lock(dest.parent / f".{name}.lock"):
-                if not (dest / _DONE_MARKER).is_file():
-                    if dest.exists():  # a crashed conversion from an older layout: start over
+                if not _converted(dest):
+                    if dest.exists():  # an incomplete conversion (older layout, crash): start over
                         shutil.rmtree(dest)
                     _convert_gguf(*PACKAGED_BASES[name], dest)
         return str(dest)
