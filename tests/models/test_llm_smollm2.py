@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,7 +69,7 @@ def test_packaged_base_is_converted_once_and_cached(model_cache, tmp_path):
     where = resolve_base(BASE)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
         assert os.path.isfile(os.path.join(where, name)), name
-    config = json.loads(open(os.path.join(where, "config.json")).read())
+    config = json.loads(Path(where, "config.json").read_text())
     assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
     assert where.startswith(str(model_cache)) and os.path.isfile(os.path.join(where, "config.json"))
     start = time.perf_counter()
