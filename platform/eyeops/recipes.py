@@ -363,6 +363,12 @@ class EvalSpec(_Strict):
     threshold: float = Field(0.5, gt=0, lt=1)
     primary_metric: str = Field("macro_auc", description="Metric the gate compares.")
     split: Literal["val", "test"] = "test"
+    max_per_task: int | None = Field(
+        None,
+        ge=1,
+        description="Score at most N samples of each task (the first N by sample id: the same subset "
+        "for every candidate, so the gate still compares like with like); bounds generative eval cost.",
+    )
 
 
 class GateSpec(_Strict):

@@ -106,3 +106,18 @@ def test_cli_evaluate_prints_metrics(tiny_checkpoint, tiny_dataset, tmp_path):
     assert result.exit_code == 0, result.output
     assert "macro_auc" in result.output and "per class" in result.output
     assert (tmp_path / "cli" / "model_card.md").is_file()
+
+
+def test_max_per_task_scores_a_fixed_subset_and_says_so(tiny_recipe, tiny_checkpoint, tiny_dataset, tmp_path):
+    from eyeops.evaluate.runner import limit_per_task, read_split
+
+    rows = read_split(Path(tiny_dataset.uri), "test")
+    mixed = pd.concat([rows, rows.assign(task="closed_qa", id=rows["id"] + "-q")], ignore_index=True)
+    picked = limit_per_task(mixed.sample(frac=1, random_state=0), 3)
+    assert picked.groupby("task").size().to_dict() == {"classify": 3, "closed_qa": 3}
+    assert list(picked[picked.task == "classify"]["id"]) == sorted(rows["id"])[:3]  # first by id
+    capped = tiny_recipe.with_overrides({"evaluate.max_per_task": 3})
+    report = evaluate(capped, tiny_checkpoint, tiny_dataset, out_dir=str(tmp_path / "capped"))
+    assert report.metrics["n"] == 3
+    notes = json.loads(Path(report.artifacts["metrics"]).read_text())["notes"]
+    assert any(f"scored 3 of {len(rows)} test samples" in note for note in notes)

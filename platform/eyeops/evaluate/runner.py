@@ -180,6 +180,14 @@ def read_split(data_dir: Path, split: str) -> pd.DataFrame:
     return rows
 
 
+def limit_per_task(rows: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    """At most ``limit`` rows of each task, the first by sample id (deterministic across runs)."""
+    if limit is None or "task" not in rows.columns:
+        return rows
+    ordered = rows.sort_values(["task", "id"], kind="stable")
+    return ordered.groupby("task", sort=False).head(limit).sort_values("row").reset_index(drop=True)
+
+
 # --- the default evaluator: multi-label classification ----------------------------------------------
 _HEADLINE = ("macro_auc", "macro_f1", "kappa", "odir_score", "n")
 
@@ -372,7 +380,7 @@ def evaluate(
         recipe=recipe,
         model=family.load(model_dir),
         data_dir=data_dir,
-        samples=read_split(data_dir, split),
+        samples=limit_per_task(read_split(data_dir, split), recipe.evaluate.max_per_task),
         out_dir=out,
         manifest=read_manifest(data_dir),
         batch_size=batch_size,
@@ -381,6 +389,12 @@ def evaluate(
 
     primary = recipe.evaluate.primary_metric
     notes = list(result.notes)
+    if recipe.evaluate.max_per_task is not None:
+        total = len(read_split(data_dir, split))
+        notes.append(
+            f"scored {len(ctx.samples)} of {total} {split} samples "
+            f"(evaluate.max_per_task={recipe.evaluate.max_per_task})"
+        )
     if primary not in result.metrics:
         if primary not in result.undefined:
             known = ", ".join(sorted(k for k in result.metrics if "/" not in k))
