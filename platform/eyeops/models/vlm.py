@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.utils.data import Dataset
@@ -32,6 +33,7 @@ from eyeops.models.anyres import AnyResMerger, ViewPlan
 from eyeops.models.connectors import Connector, build_connector, tokens_per_view
 from eyeops.models.towers import VisionTower, build_tower, tower_geometry
 from eyeops.models.vlm_processing import (
+    IGNORE_INDEX,
     IMAGE_TOKEN_ID,
     VLMDataset,
     VLMProcessor,
@@ -116,9 +118,21 @@ class EyeVLM(nn.Module):
         pixel_values: torch.Tensor,
         image_plans: torch.Tensor,
         labels: torch.Tensor | None = None,
+        answer_logits_only: bool = False,
     ) -> Any:
+        """The LM's output; ``answer_logits_only`` (training) projects only the labelled positions."""
         embeds = self.embed(input_ids, pixel_values, image_plans)
-        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+        if not answer_logits_only or labels is None:
+            return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+        # Only the answer is trained on (a few tokens of a long prompt): projecting every position
+        # onto the vocabulary would spend about a fifth of a CPU step on logits nobody reads.
+        targets = labels[:, 1:]
+        keep = torch.cat([targets != IGNORE_INDEX, torch.zeros_like(targets[:, :1], dtype=torch.bool)], 1)
+        out = self.lm(
+            inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False
+        )
+        out.loss = F.cross_entropy(out.logits.float(), targets[targets != IGNORE_INDEX])
+        return out
 
 
 # --- building ------------------------------------------------------------------------------------
@@ -309,7 +323,7 @@ class VLMFamily:
         return partial(collate, pad_id=int(tokenizer.pad_token_id))
 
     def loss(self, model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-        return model(**batch).loss
+        return model(**batch, answer_logits_only=True).loss
 
     def save(self, model: nn.Module, recipe: Recipe, out_dir: Path) -> None:
         """Weights of every group a stage trained, plus whatever cannot be rebuilt from a reference."""
