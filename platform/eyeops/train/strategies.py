@@ -12,6 +12,7 @@ import contextlib
 import copy
 import functools
 import math
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from eyeops.recipes import Recipe
 
 STATE_FILE = "train_state.pt"
 DS_TAG = "deepspeed"
+# id(module) -> its current DeepSpeed engine (weak: a collected engine already destroyed itself).
+_LIVE_DS_ENGINES: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, plan: Step
     kind = recipe.train.scheduler
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(lr_factor, kind, warmup=plan.warmup_steps, total=plan.total_steps))
+
+
+def follow_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, base_lr: float) -> None:
+    """After loading a checkpoint, set the LRs *this* run's schedule gives the restored step.
+
+    A checkpoint holds the LR its own run would use next; a rerun that lengthens a stage (or changes
+    its lr) must go on along the new schedule, not, say, at LR 0 because the old cosine had ended.
+    """
+    scheduler.base_lrs = [base_lr for _ in scheduler.optimizer.param_groups]
+    lrs = [base_lr * fn(scheduler.last_epoch) for fn in scheduler.lr_lambdas]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+        group["initial_lr"], group["lr"] = base_lr, lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports; step() would warn before an optimizer step
 
 
 class Engine:
@@ -169,6 +185,7 @@ class DDPEngine(Engine):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        follow_schedule(self.scheduler, self.plan.lr)
         return state["extra"]
 
 
@@ -178,7 +195,12 @@ class DeepSpeedEngine(Engine):
     def __init__(self, module: nn.Module, recipe: Recipe, plan: StepPlan, device: torch.device) -> None:
         import deepspeed
 
-        self.module, self.zero_stage = module.to(device), recipe.train.deepspeed.zero_stage
+        self.module, self.zero_stage, self.plan = module.to(device), recipe.train.deepspeed.zero_stage, plan
+        # The previous stage's engine left gradient hooks on the parameters; a parameter training
+        # in both stages would feed the dead ZeRO optimizer too (extra copies and collectives).
+        previous = _LIVE_DS_ENGINES.pop(id(module), None)
+        if previous is not None:
+            previous.destroy()
         config = deepspeed_config(recipe, plan)
         params = [p for p in module.parameters() if p.requires_grad]
         # A client AdamW keeps CPU runs working (DeepSpeed's fused Adam needs CUDA).
@@ -187,6 +209,7 @@ class DeepSpeedEngine(Engine):
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=config,
             dist_init_required=False)
+        _LIVE_DS_ENGINES[id(module)] = self.model
 
     def accumulate(self, boundary: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # the engine tracks accumulation boundaries itself
@@ -215,6 +238,8 @@ class DeepSpeedEngine(Engine):
                                                load_optimizer_states=full, load_lr_scheduler_states=full)
         if client is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
+        if full:
+            follow_schedule(self.scheduler, self.plan.lr)
         return client["extra"]
 
     def gathered(self) -> contextlib.AbstractContextManager:
