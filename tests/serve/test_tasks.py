@@ -170,12 +170,22 @@ def test_suffix_and_field_select_the_task_openai_client_parses_parts(served):
 def test_concurrent_mixed_tasks_answer_as_alone(served):
     url, expected, _ = served
     jobs = [(i % 2, ("comprehension", "generation")[(i // 2) % 2]) for i in range(8)]
+    merged_before = _merged_model_calls(url)
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda job: _chat(url, f"{HG}:{job[1]}", IMAGES[job[0]]), jobs))
     assert [_answer(a) for a in answers] == [expected[job] for job in jobs]
-    # The local backend runs generation requests one by one (only classify goes through a
-    # MicroBatcher), so there is no merged-batch metric to assert here; mixed-task batches are
-    # checked on the predictor in tests/models/test_healthgpt.py.
+    # While the first request decodes the others queue up and reach the model as one list.
+    assert _merged_model_calls(url) > merged_before
+
+
+def _merged_model_calls(url: str) -> float:
+    """Model calls that carried more than one item (from the eyeops_batch_size histogram)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == "eyeops_batch_size"]
+    values = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    return values[("eyeops_batch_size_count", None)] - values[("eyeops_batch_size_bucket", "1.0")]
 
 
 def test_task_mistakes_are_400_json(served):

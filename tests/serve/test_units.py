@@ -110,3 +110,28 @@ def test_auth_must_be_configured_or_disabled_explicitly(monkeypatch):
     assert ApiKeyAuth.from_settings(load_serve_settings()).check(None, "admin") == "auth disabled"
     with pytest.raises(ConfigError, match="cannot read"):
         ApiKeyAuth.from_settings(ServeSettings(api_keys_file="/nonexistent/keys"))
+
+
+def test_a_bad_request_does_not_fail_its_batch_mates():
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eyeops.errors import InvalidRequest
+    from eyeops.serve.batching import MicroBatcher
+
+    calls: list[list[str]] = []
+
+    def model(items: list[str]) -> list[str]:
+        calls.append(items)
+        if "bad" in items:
+            raise InvalidRequest("item 'bad' is malformed")
+        return [item.upper() for item in items]
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch_size=8, wait_s=0.2, executor=ThreadPoolExecutor(1))
+        jobs = [batcher.submit([item], timeout_s=10) for item in ("a", "bad", "c")]
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    a, bad, c = asyncio.run(scenario())
+    assert (a, c) == (["A"], ["C"]) and isinstance(bad, InvalidRequest)
+    assert calls[0] == ["a", "bad", "c"] and sorted(map(tuple, calls[1:])) == [("a",), ("bad",), ("c",)]

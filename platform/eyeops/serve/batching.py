@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from PIL import Image
 
-from eyeops.errors import InferenceTimeout, NotFoundError
+from eyeops.errors import EyeopsError, InferenceTimeout, NotFoundError
 from eyeops.inference import GenerationRequest, GenerationResult
 from eyeops.serve.limits import BATCH_SIZE
 from eyeops.serve.predictor import ClassifyAnswer, Predictor
@@ -73,20 +73,34 @@ class MicroBatcher(Generic[T, R]):
                     break
                 pending.append(nxt)
                 size += len(nxt[0])
-            items = [item for batch, _ in pending for item in batch]
-            BATCH_SIZE.observe(len(items))
-            try:
-                results = await loop.run_in_executor(self.executor, self.fn, items)
-            except Exception as exc:  # delivered to every waiting caller, who maps it to a response
-                for _, future in pending:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            offset = 0
-            for batch, future in pending:
-                if not future.done():
-                    future.set_result(results[offset : offset + len(batch)])
-                offset += len(batch)
+            await self._answer(pending)
+
+    async def _answer(self, pending: list[tuple[list[T], asyncio.Future]]) -> None:
+        loop = asyncio.get_running_loop()
+        items = [item for batch, _ in pending for item in batch]
+        BATCH_SIZE.observe(len(items))
+        try:
+            results = await loop.run_in_executor(self.executor, self.fn, items)
+        except EyeopsError as exc:
+            if len(pending) == 1:
+                return self._fail(pending, exc)
+            # One caller's bad request must not fail its batch-mates: answer each caller alone.
+            for one in pending:
+                await self._answer([one])
+            return
+        except Exception as exc:  # delivered to every waiting caller, who maps it to a response
+            return self._fail(pending, exc)
+        offset = 0
+        for batch, future in pending:
+            if not future.done():
+                future.set_result(results[offset : offset + len(batch)])
+            offset += len(batch)
+
+    @staticmethod
+    def _fail(pending: list[tuple[list[T], asyncio.Future]], exc: BaseException) -> None:
+        for _, future in pending:
+            if not future.done():
+                future.set_exception(exc)
 
 
 class InferenceBackend:
@@ -108,12 +122,15 @@ class InferenceBackend:
         self.request_timeout_s = request_timeout_s
         # torch already uses every core inside one forward pass; more threads only add contention
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eyeops-infer")
-        self._batchers = {
-            p.name: MicroBatcher(
-                p.classify, max_batch_size=max_batch_size, wait_s=batch_wait_timeout_s, executor=self.executor
-            )
-            for p in predictors
+        batching = {
+            "max_batch_size": max_batch_size,
+            "wait_s": batch_wait_timeout_s,
+            "executor": self.executor,
         }
+        self._batchers = {p.name: MicroBatcher(p.classify, **batching) for p in predictors}
+        # Concurrent chat requests reach the model as one list: LLMs decode them as one padded batch,
+        # HealthGPT routes each row through its own task's adapters.
+        self._generators = {p.name: MicroBatcher(p.generate, **batching) for p in predictors}
 
     @property
     def ready(self) -> bool:
@@ -136,12 +153,7 @@ class InferenceBackend:
     async def generate(self, name: str | None, request: GenerationRequest) -> GenerationResult:
         predictor = self.get(name)
         predictor.require("chat")
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.executor, predictor.generate, [request])
-        try:
-            return (await asyncio.wait_for(future, self.request_timeout_s))[0]
-        except TimeoutError:
-            raise InferenceTimeout(f"model did not answer within {self.request_timeout_s:g} s") from None
+        return (await self._generators[predictor.name].submit([request], self.request_timeout_s))[0]
 
     async def stream(self, name: str | None, request: GenerationRequest) -> AsyncIterator[str]:
         """Text pieces from the model's (blocking) iterator, pumped by a thread into the event loop."""
@@ -161,7 +173,8 @@ class InferenceBackend:
             except Exception as exc:  # handed to the consumer, which reports it in the stream
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
 
-        loop.run_in_executor(self.executor, pump)
+        # Its own thread, not the inference pool: a long stream must not hold up other requests.
+        threading.Thread(target=pump, name="eyeops-stream", daemon=True).start()
         try:
             while True:
                 item = await asyncio.wait_for(queue.get(), self.request_timeout_s)

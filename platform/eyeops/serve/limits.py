@@ -48,7 +48,10 @@ LATENCY = _metric(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 BATCH_SIZE = _metric(
-    Histogram, "eyeops_batch_size", "Images per model forward pass.", buckets=(1, 2, 4, 8, 16, 32, 64)
+    Histogram,
+    "eyeops_batch_size",
+    "Items (images, chat requests) per model call.",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
 )
 
 
