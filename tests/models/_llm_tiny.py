@@ -71,6 +71,29 @@ def save_tiny_llm(
     return path
 
 
+def teach_answer(model: Any, tokenizer: Any, messages: list[dict], answer: str, steps: int = 80) -> None:
+    """Make a tiny LM memorise ``answer`` to ``messages`` (a fraction of a second for 2 layers), so
+    greedy decoding gives visible text instead of a random model's whitespace or special tokens."""
+    import torch
+
+    from eyeops.models.generation import render_chat
+
+    prompt = render_chat(tokenizer, messages, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + answer_ids])
+    labels = ids.clone()
+    labels[0, : len(prompt_ids)] = -100
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+    model.eval()
+
+
 def text_samples() -> list[Sample]:
     """text_qa / mcq / dialogue / pretrain_text samples over the tiny KB, in all three splits."""
     out: list[Sample] = []

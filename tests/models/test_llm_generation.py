@@ -6,14 +6,14 @@ import threading
 
 import pytest
 import torch
-from _llm_tiny import save_tiny_llm
+from _llm_tiny import save_tiny_llm, teach_answer
 from PIL import Image
 
 from eyeops.data.schema import Message
 from eyeops.errors import InvalidRequest
 from eyeops.inference import GenerationRequest, InferenceModel
 from eyeops.models._hf import load_causal_lm, load_tokenizer
-from eyeops.models.generation import ChatModel, render_chat, strip_stream
+from eyeops.models.generation import ChatModel, strip_stream
 
 PROMPTS = ["What is glaucoma?", "Describe the lens and cataract surgery in a few words please.", "Hi"]
 
@@ -136,18 +136,7 @@ def padded_chat(tmp_path_factory):
     """A tiny LM taught to answer one prompt with whitespace around the text (as untrained LMs do)."""
     base = str(save_tiny_llm(tmp_path_factory.mktemp("padded-llm")))
     tokenizer, model = load_tokenizer(base), load_causal_lm(base)
-    prompt = render_chat(tokenizer, [{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(PADDED_ANSWER + "<|im_end|>", add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + answer_ids])
-    labels = ids.clone()
-    labels[0, : len(prompt_ids)] = -100
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(80):  # memorise one answer: a fraction of a second for this 2-layer model
-        optimizer.zero_grad()
-        model(input_ids=ids, labels=labels).loss.backward()
-        optimizer.step()
+    teach_answer(model, tokenizer, [{"role": "user", "content": PROMPTS[0]}], PADDED_ANSWER)
     chat = ChatModel(model, tokenizer)
     yield chat
     chat.close()

@@ -14,26 +14,27 @@ import pytest
 from serve_helpers import CHAT_KEY, b64, free_port_server, server_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from _llm_tiny import save_tiny_llm, tiny_recipe
+from _llm_tiny import save_tiny_llm, teach_answer, tiny_recipe
 
 pytestmark = pytest.mark.integration
+MESSAGES = [
+    {"role": "system", "content": "You are an eye doctor."},
+    {"role": "user", "content": "What is glaucoma?"},
+]
 
 
 @pytest.fixture(scope="module")
 def llm_dir(tmp_path_factory) -> Path:
-    import torch
-
     from eyeops.families import get_family
+    from eyeops.models._hf import load_tokenizer
     from eyeops.recipes import parse_recipe
 
     base = save_tiny_llm(tmp_path_factory.mktemp("tiny-base"))
     recipe = parse_recipe(tiny_recipe(base, stages=[{"name": "sft", "trainable": ["all"], "max_steps": 1}]))
     family = get_family("llm")
     model = family.build_model(recipe)
-    torch.manual_seed(0)
-    with torch.no_grad():  # move weights off their initialisation so answers are not degenerate
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    family.apply_stage(model, recipe.train.stages[0])
+    teach_answer(model, load_tokenizer(str(base)), MESSAGES, "Glaucoma damages the optic nerve.")
     out = tmp_path_factory.mktemp("tiny-llm-model")
     family.save(model, recipe, out)
     return out
@@ -58,10 +59,7 @@ def test_openai_client_plain_and_streaming_agree(chat_server):
     models = client.models.list()
     (card,) = models.data
     assert card.id == "tiny-llm"
-    messages = [
-        {"role": "system", "content": "You are an eye doctor."},
-        {"role": "user", "content": [{"type": "text", "text": "What is glaucoma?"}]},
-    ]
+    messages = [MESSAGES[0], {"role": "user", "content": [{"type": "text", "text": MESSAGES[1]["content"]}]}]
     plain = client.chat.completions.create(model="tiny-llm", messages=messages, max_tokens=8, temperature=0)
     assert plain.object == "chat.completion" and plain.choices[0].message.role == "assistant"
     assert plain.usage.completion_tokens >= 1 and plain.system_fingerprint.startswith("tiny-llm/local/")
@@ -74,8 +72,8 @@ def test_openai_client_plain_and_streaming_agree(chat_server):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
-    # Greedy decoding: the same answer both ways (generate() trims surrounding whitespace).
-    assert streamed.strip() == plain.choices[0].message.content.strip()
+    assert streamed == plain.choices[0].message.content  # greedy: the same answer both ways
+    assert "Glaucoma damages the optic nerve.".startswith(streamed) and len(streamed) > 10
     assert len(chunks) >= 3  # role chunk, at least one content piece, finish chunk
 
 
