@@ -134,3 +134,20 @@ def test_closed_qa_accuracy_rises_above_chance(tmp_path, monkeypatch):
     assert data.num_samples > 0
     assert after > max(chance + 0.1, majority), (before, after, chance, majority)
     assert after > before, (before, after, chance, majority)
+
+
+def test_frozen_tower_batchnorm_keeps_its_statistics(tmp_path):
+    """Tuning only the top tower block must not move the frozen blocks' BatchNorm running stats."""
+    recipe = parse_recipe(tiny_recipe(save_tiny_llm(tmp_path / "llm"), tower="timm"))
+    model = FAMILY.build_model(recipe)
+    FAMILY.apply_stage(model, recipe.train.stages[-1])  # connector + lora + vision_last_blocks
+    model.train()
+    norms = [m for m in model.tower.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    frozen = [m for m in norms if not any(p.requires_grad for p in m.parameters())]
+    tuned = [m for m in norms if all(p.requires_grad for p in m.parameters())]
+    assert frozen and tuned
+    assert not any(m.training for m in frozen) and all(m.training for m in tuned)
+    before = [m.running_mean.clone() for m in norms]
+    model.image_features(torch.randn(2, 3, 64, 64), torch.tensor([[0, 0], [0, 0]]))  # global views only
+    for m, old in zip(norms, before, strict=True):
+        assert torch.equal(m.running_mean, old) == (m in frozen)

@@ -46,6 +46,7 @@ DEFAULT_TASKS = ("closed_qa", "open_qa", "report")
 WEIGHTS_FILE = "vlm.safetensors"
 RECIPE_FILE = "recipe.yaml"
 META_FILE = "vlm.json"
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class EyeVLM(nn.Module):
@@ -78,6 +79,10 @@ class EyeVLM(nn.Module):
         # A frozen tower stays in eval mode: BatchNorm statistics must not drift while it is frozen.
         if not any(p.requires_grad for p in self.tower.parameters()):
             self.tower.eval()
+        # Nor those of the frozen blocks below 'vision_last_blocks' when only the top is tuned.
+        for module in self.tower.modules():
+            if isinstance(module, _BATCH_NORMS) and not any(p.requires_grad for p in module.parameters()):
+                module.eval()
         return self
 
     def image_features(self, pixel_values: torch.Tensor, image_plans: torch.Tensor) -> torch.Tensor:
