@@ -10,6 +10,11 @@ Why a caption stage: trained on closed QA alone, 40 CPU steps learn the answer f
 (always "A", always "No") but not the image: every example carries one answer token, and the
 letter depends on the image only through the shuffled options. A caption names the disease
 directly, so the connector learns to put it into the LLM's embedding space first.
+
+Measured (still skipped): a logistic-regression probe on the same frozen tower features separates
+the 8 synthetic classes at 0.91-0.95 on held-out patients, yet after 30 connector-only caption
+steps (loss 3.8 -> 0.5) every held-out caption names the same disease: within a CPU-test budget
+the connector learns the caption's wording and the class prior, not the class.
 """
 
 from __future__ import annotations
