@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -35,6 +36,14 @@ def test_deploy_refresh_predict_and_stop(in_registry, monkeypatch, tmp_path, ret
         assert first.backend == "local" and first.version == in_registry.version
         assert httpx.get(first.url + "/readyz").status_code == 200
         assert [e.pid for e in endpoints()] == [first.pid]
+        served_env = dict(
+            item.split("=", 1)
+            for item in Path(f"/proc/{first.pid}/environ").read_text().split("\0")
+            if "=" in item
+        )
+        serve = in_registry.recipe.serve  # the recipe's batching reaches the serving process
+        assert served_env["EYEOPS_MAX_BATCH_SIZE"] == str(serve.max_batch_size)
+        assert served_env["EYEOPS_BATCH_WAIT_TIMEOUT_S"] == str(serve.batch_wait_timeout_s)
 
         image = tmp_path / "retina.jpg"
         image.write_bytes(retina_jpeg)

@@ -118,9 +118,13 @@ def deploy(
     ]
     if insecure_no_auth:
         cmd.append("--insecure-no-auth")
+    # The recipe's batching applies unless the environment sets it (ServeSettings reads EYEOPS_*).
+    env = os.environ.copy()
+    env.setdefault("EYEOPS_MAX_BATCH_SIZE", str(recipe.serve.max_batch_size))
+    env.setdefault("EYEOPS_BATCH_WAIT_TIMEOUT_S", str(recipe.serve.batch_wait_timeout_s))
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:
         wait_ready(url, process, timeout_s)
