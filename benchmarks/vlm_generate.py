@@ -72,6 +72,7 @@ def main() -> None:
                 max_new_tokens=args.new_tokens,
                 do_sample=False,
                 pad_token_id=predictor.tokenizer.pad_token_id,
+                eos_token_id=list(predictor._eos),  # stop where the served model stops
             )
         elapsed = time.perf_counter() - start
         eos = set(predictor._eos)
