@@ -146,6 +146,9 @@ class ConnectorSpec(_Strict):
     grid: int | None = Field(
         None, ge=1, le=64, description="Tokens per view = grid²; None: select_layer's grid."
     )
+    input_norm: bool = Field(
+        True, description="LayerNorm each selected layer's features before fusing/projecting."
+    )
 
     @model_validator(mode="after")
     def _layers(self) -> ConnectorSpec:

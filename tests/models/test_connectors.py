@@ -54,7 +54,7 @@ def test_ldc_fuses_low_high_and_last_layers(siglip):
     assert out.shape == (2, 4, 24)  # compressed to grid 2x2
     # The fine map really is the mean of the low layers: changing layer 1 alone changes the output.
     maps2 = list(maps)
-    maps2[1] = maps2[1] + 1.0
+    maps2[1] = maps2[1] + torch.randn_like(maps2[1])  # not a constant shift: LayerNorm removes those
     assert not torch.allclose(conn(maps2), out)
     assert tokens_per_view(spec, tower_geometry(SIGLIP)) == 4
 
@@ -94,3 +94,27 @@ def test_spec_requires_ldc_layers():
         ConnectorSpec(type="ldc")
     with pytest.raises(ValueError, match="'ldc' only"):
         ConnectorSpec(type="mlp2x_gelu", low_layers=[1])
+
+
+def test_input_norm_equalises_layer_scales(cnn):
+    """Per-layer LayerNorm: rescaling one stage's map leaves the tokens unchanged (not so without it)."""
+    spec = ConnectorSpec(type="ldc", low_layers=[2, 3], high_layers=[5, 6], select_layer=-1)
+    normed = build_connector(spec, cnn, out_dim=16)
+    raw = build_connector(spec.model_copy(update={"input_norm": False}), cnn, out_dim=16)
+    assert normed.norms is not None and raw.norms is None
+    assert [[n.normalized_shape[0] for n in group] for group in normed.norms] == [
+        [cnn.layer_channels()[i] for i in group] for group in normed.groups
+    ]
+    raw.proj.load_state_dict(normed.proj.state_dict())
+    with torch.no_grad():
+        maps = cnn(torch.randn(2, 3, 64, 64))
+        loud = list(maps)
+        loud[2] = loud[2] * 10.0  # one early stage ten times louder, as CNN stages are
+        torch.testing.assert_close(normed(loud), normed(maps), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(raw(loud), raw(maps), atol=1e-3)
+
+
+def test_mlp2x_gelu_normalises_its_input(siglip):
+    conn = build_connector(ConnectorSpec(type="mlp2x_gelu"), siglip, out_dim=8)
+    assert len(conn.norms) == 1 and conn.norms[0][0].normalized_shape == (32,)
+    assert any(name.startswith("norms.") for name, _ in conn.named_parameters())  # trained with the MLP

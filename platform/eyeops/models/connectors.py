@@ -9,6 +9,11 @@
 
 Both may compress the token count by pooling the map to ``grid x grid`` (avg or max) before
 projection. Layer indices and pooling come from the recipe (``model.connector``).
+
+With ``input_norm`` (default) every selected layer's tokens pass their own LayerNorm before they
+are averaged or concatenated, as InternVL's projector normalises its (pixel-shuffled) input: CNN
+stages differ ~10x in scale, so unnormalised the loudest stage drowns the others, and the MLP's
+output lands far from the LLM's word-embedding norm (measured ~13 vs ~3.2 on eye-vlm).
 """
 
 from __future__ import annotations
@@ -53,10 +58,17 @@ class Connector(nn.Module):
         grid: int,
         pool: str,
         out_dim: int,
+        norm_channels: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         self.kind, self.groups, self.mean_flags = kind, groups, mean_flags
         self.grid, self.pool = grid, pool
+        # One LayerNorm per selected layer (per group position): each layer has its own scale.
+        self.norms = (
+            nn.ModuleList(nn.ModuleList(nn.LayerNorm(c) for c in chans) for chans in norm_channels)
+            if norm_channels is not None
+            else None
+        )
         self.proj = _mlp2x_gelu(sum(group_channels), out_dim)
 
     @property
@@ -70,11 +82,13 @@ class Connector(nn.Module):
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """``maps``: the tower's per-layer maps; returns ``[B, grid*grid, out_dim]``."""
         fused = []
-        for group, mean in zip(self.groups, self.mean_flags, strict=True):
-            parts = [_to_grid(maps[i], self.grid, self.pool) for i in group]
-            fused.append(torch.stack(parts).mean(0) if mean else torch.cat(parts, dim=1))
-        x = torch.cat(fused, dim=1).flatten(2).transpose(1, 2)  # [B, tokens, C]
-        return self.proj(x)
+        for g, (group, mean) in enumerate(zip(self.groups, self.mean_flags, strict=True)):
+            # [B, C, H, W] -> [B, grid*grid, C] tokens, normalised per layer before fusing.
+            parts = [_to_grid(maps[i], self.grid, self.pool).flatten(2).transpose(1, 2) for i in group]
+            if self.norms is not None:
+                parts = [norm(part) for norm, part in zip(self.norms[g], parts, strict=True)]
+            fused.append(torch.stack(parts).mean(0) if mean else torch.cat(parts, dim=-1))
+        return self.proj(torch.cat(fused, dim=-1))
 
     @classmethod
     def from_spec(cls, spec: ConnectorSpec, tower: VisionTower, out_dim: int) -> Connector:
@@ -110,6 +124,7 @@ class Connector(nn.Module):
             grid=grid,
             pool=spec.pool,
             out_dim=out_dim,
+            norm_channels=[[channels[i] for i in group] for group in groups] if spec.input_norm else None,
         )
 
 
