@@ -28,8 +28,8 @@ endif
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
-export MLFLOW_ENABLE_TELEMETRY ?= false
-export DO_NOT_TRACK ?= 1
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= true
 
 .PHONY: help install demo test test-fast lint format bench pipelines images clean
 

@@ -68,7 +68,7 @@ def mlflow_server(tmp_path):
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false"},
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
     url = f"http://127.0.0.1:{port}"
     try:
