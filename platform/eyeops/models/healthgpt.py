@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from eyeops.errors import ConfigError, InvalidRequest, NotFoundError
 from eyeops.inference import ClassifyResult, GenerationRequest, GenerationResult
+from eyeops.models._stages import train_only, unwrap
 from eyeops.models.connectors import Connector, build_connector
 from eyeops.models.hlora import apply_hlora, route_tasks
 from eyeops.models.towers import VisionTower, build_tower, tower_geometry
@@ -264,13 +265,6 @@ def collate_tasks(batch: Sequence[tuple[str, Any]], pad_id: int) -> dict[str, An
 
 
 # --- parameter groups ----------------------------------------------------------------------------
-def _unwrap(model: nn.Module) -> HealthGPT:
-    inner = getattr(model, "module", model)
-    if not isinstance(inner, HealthGPT):
-        raise ConfigError(f"expected a HealthGPT model, got {type(inner).__name__}")
-    return inner
-
-
 def group_parameter_names(model: HealthGPT, group: str) -> set[str]:
     if group not in GROUPS:
         raise ConfigError(
@@ -302,13 +296,10 @@ class HealthGPTFamily:
         return build_healthgpt(recipe, _tokenizer(_spec(recipe)))
 
     def apply_stage(self, model: nn.Module, stage: StageSpec) -> None:
-        hg = _unwrap(model)
-        trainable = set().union(*(group_parameter_names(hg, g) for g in stage.trainable))
+        hg = unwrap(model, HealthGPT)
+        trainable = train_only(hg, stage, lambda group: group_parameter_names(hg, group))
         if not trainable:
             raise ConfigError(f"stage {stage.name!r}: trainable {stage.trainable} selects no parameters")
-        for name, param in hg.named_parameters():
-            param.requires_grad_(name in trainable)
-        hg.train(hg.training)
 
     def datasets(self, recipe: Recipe, data_dir: Path, stage: StageSpec | None = None) -> dict[str, Dataset]:
         """Comprehension: QA/report samples; generation: one item per distinct image (all splits)."""
@@ -347,7 +338,7 @@ class HealthGPTFamily:
         """Trained groups + what cannot be rebuilt from references; the VQ; never merged weights."""
         from safetensors.torch import save_file
 
-        hg, spec = _unwrap(model), _spec(recipe)
+        hg, spec = unwrap(model, HealthGPT), _spec(recipe)
         stages = recipe.train.stages or [StageSpec(name="all", trainable=["all"])]
         groups = {g for s in stages for g in s.trainable} | {"hlora", "embeddings", "lm_head", "connector"}
         if spec.llm_config is not None:

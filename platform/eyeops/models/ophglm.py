@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from eyeops.data.schema import IMAGE_TOKEN, Message
 from eyeops.errors import ConfigError, InvalidRequest, NotFoundError
 from eyeops.inference import ClassifyResult, GenerationRequest, GenerationResult
+from eyeops.models._stages import train_only, unwrap
 from eyeops.models.classifier import WEIGHTS_FILE as WEIGHTS_OF_CLASSIFIER
 from eyeops.models.classifier import FundusClassifier, FundusTransform, build_classifier, classify_items
 from eyeops.models.towers import IMAGENET_MEAN, IMAGENET_STD
@@ -273,13 +274,6 @@ def collate_any(batch: Sequence[Any], pad_id: int, bert_pad: int) -> dict[str, A
     return out
 
 
-def _unwrap(model: nn.Module) -> OphGLM:
-    inner = getattr(model, "module", model)
-    if not isinstance(inner, OphGLM):
-        raise ConfigError(f"expected an OphGLM model, got {type(inner).__name__}")
-    return inner
-
-
 def group_parameter_names(model: OphGLM, group: str) -> set[str]:
     if group not in GROUPS:
         raise ConfigError(
@@ -304,11 +298,8 @@ class OphGLMFamily:
         return build_ophglm(recipe)
 
     def apply_stage(self, model: nn.Module, stage: StageSpec) -> None:
-        og = _unwrap(model)
-        trainable = set().union(*(group_parameter_names(og, g) for g in stage.trainable))
-        for name, param in og.named_parameters():
-            param.requires_grad_(name in trainable)
-        og.train(og.training)
+        og = unwrap(model, OphGLM)
+        train_only(og, stage, lambda group: group_parameter_names(og, group))
 
     def datasets(self, recipe: Recipe, data_dir: Path, stage: StageSpec | None = None) -> dict[str, Dataset]:
         """Stages training ``image_encoder`` read classify samples; the others VQA and dialogue."""
@@ -344,7 +335,7 @@ class OphGLMFamily:
     def save(self, model: nn.Module, recipe: Recipe, out_dir: Path) -> None:
         from safetensors.torch import save_file
 
-        og, spec = _unwrap(model), _spec(recipe)
+        og, spec = unwrap(model, OphGLM), _spec(recipe)
         groups = {g for s in (recipe.train.stages or [StageSpec(name="all")]) for g in s.trainable} | {
             "fusion"
         }

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from eyeops.errors import ConfigError, InvalidRequest, NotFoundError
 from eyeops.inference import ClassifyResult, GenerationRequest, GenerationResult
+from eyeops.models._stages import train_only, unwrap
 from eyeops.models.anyres import AnyResMerger, ViewPlan
 from eyeops.models.connectors import Connector, build_connector, tokens_per_view
 from eyeops.models.towers import VisionTower, build_tower, tower_geometry
@@ -222,13 +223,6 @@ def _tokenizer(spec: VLMModel) -> Any:
 
 
 # --- parameter groups ----------------------------------------------------------------------------
-def _unwrap(model: nn.Module) -> EyeVLM:
-    inner = getattr(model, "module", model)  # DDP / DeepSpeed engines wrap the model
-    if not isinstance(inner, EyeVLM):
-        raise ConfigError(f"expected an EyeVLM, got {type(inner).__name__}")
-    return inner
-
-
 def group_modules(model: EyeVLM, group: str) -> list[nn.Module]:
     """The modules whose every parameter belongs to ``group`` (``lora`` is selected by name instead)."""
     if group == "connector":
@@ -294,11 +288,8 @@ class VLMFamily:
         return build_vlm(recipe, _tokenizer(_spec(recipe)))
 
     def apply_stage(self, model: nn.Module, stage: StageSpec) -> None:
-        vlm = _unwrap(model)
-        trainable = set().union(*(group_parameter_names(vlm, g) for g in stage.trainable))
-        for name, param in vlm.named_parameters():
-            param.requires_grad_(name in trainable)
-        vlm.train(vlm.training)
+        vlm = unwrap(model, EyeVLM)
+        train_only(vlm, stage, lambda group: group_parameter_names(vlm, group))
 
     def datasets(self, recipe: Recipe, data_dir: Path, stage: StageSpec | None = None) -> dict[str, Dataset]:
         spec = _spec(recipe)
@@ -334,7 +325,7 @@ class VLMFamily:
         """Weights of every group a stage trained, plus whatever cannot be rebuilt from a reference."""
         from safetensors.torch import save_file
 
-        vlm, spec = _unwrap(model), _spec(recipe)
+        vlm, spec = unwrap(model, EyeVLM), _spec(recipe)
         stages = recipe.train.stages or [StageSpec(name="all", trainable=["all"])]
         groups = {g for s in stages for g in s.trainable}
         if spec.llm_config is not None:  # a randomly initialised LM is not reproducible from a name
