@@ -376,11 +376,12 @@ def evaluate(
 
     family = get_family(recipe.family)
     evaluator: Evaluator = getattr(family, "evaluate", None) or classification_evaluator
+    split_rows = read_split(data_dir, split)
     ctx = EvalContext(
         recipe=recipe,
         model=family.load(model_dir),
         data_dir=data_dir,
-        samples=limit_per_task(read_split(data_dir, split), recipe.evaluate.max_per_task),
+        samples=limit_per_task(split_rows, recipe.evaluate.max_per_task),
         out_dir=out,
         manifest=read_manifest(data_dir),
         batch_size=batch_size,
@@ -390,9 +391,8 @@ def evaluate(
     primary = recipe.evaluate.primary_metric
     notes = list(result.notes)
     if recipe.evaluate.max_per_task is not None:
-        total = len(read_split(data_dir, split))
         notes.append(
-            f"scored {len(ctx.samples)} of {total} {split} samples "
+            f"scored {len(ctx.samples)} of {len(split_rows)} {split} samples "
             f"(evaluate.max_per_task={recipe.evaluate.max_per_task})"
         )
     if primary not in result.metrics:
