@@ -304,12 +304,7 @@ def build_router() -> APIRouter:
         predictor, task = _chat_target(backend, body)
         name = predictor.name
         predictor.require("chat")
-        capability = predictor.capability_of(task)
-        predictor.require(capability)
-        if body.stream and capability == "generate_image":
-            raise InvalidRequest(
-                f"task {task!r} of model {name!r} returns images, which cannot be streamed: send stream=false"
-            )
+        predictor.check_request(task, stream=body.stream)  # 4xx now, before any SSE event is sent
         messages, blobs = _to_generation(body)
         images = await _decode_all(blobs, settings, "image_url")
         generation = GenerationRequest(

@@ -118,16 +118,26 @@ class Predictor:
             answers += [ClassifyAnswer(**r.model_dump(), model=stamp) for r in results]
         return answers
 
+    def check_request(self, task: str | None, *, stream: bool = False) -> str | None:
+        """The task a generation request runs; 400 for what this model cannot answer that way."""
+        task = self.resolve_task(task)
+        capability = self.capability_of(task)
+        self.require(capability)
+        if stream and capability == "generate_image":
+            raise InvalidRequest(
+                f"task {task!r} of model {self.name!r} returns images, which cannot be streamed: "
+                "send stream=false"
+            )
+        return task
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        for capability in {self.capability_of(self.resolve_task(r.task)) for r in requests} or {"chat"}:
-            self.require(capability)
+        for request in requests:
+            self.check_request(request.task)
         return list(self.model.generate(requests))
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         self.require("chat")
-        task = self.resolve_task(request.task)
-        if self.capability_of(task) == "generate_image":
-            raise InvalidRequest(f"task {task!r} returns images, which cannot be streamed: send stream=false")
+        self.check_request(request.task, stream=True)
         return self.model.stream(request)
 
 
