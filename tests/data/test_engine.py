@@ -38,6 +38,23 @@ def test_closed_qa_letter_points_at_a_true_diagnosis():
         assert yn == ("Yes" if positive else "No"), yn_q
 
 
+def test_no_option_gives_the_answer_away():
+    """Each option, "other abnormality" included, is offered as a distractor as well as an answer,
+    and yes/no questions about it are answered both ways."""
+    as_answer, as_distractor, other_yes_no = set(), set(), set()
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        labels = _hot(ODIR_LABELS[seed % len(ODIR_LABELS)])
+        (_q, options, letter), (yn_q, _, yn) = closed_qa(labels, rng=rng)
+        answer = options[LETTERS.index(letter)]
+        as_answer.add(answer)
+        as_distractor.update(o for o in options if o != answer)
+        if "other abnormality" in yn_q:
+            other_yes_no.add(yn)
+    assert as_answer == as_distractor and "other abnormality" in as_answer
+    assert other_yes_no == {"Yes", "No"}
+
+
 def test_normal_image_questions():
     (_q, options, letter), _ = closed_qa(_hot("N"), rng=np.random.default_rng(0))
     assert options[LETTERS.index(letter)] == "normal fundus"

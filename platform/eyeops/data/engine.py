@@ -142,7 +142,9 @@ def closed_qa(
     positives = _positive(labels, label_names) or ["N"]
     what = _MODALITY_TEXT[modality]
     correct = positives[int(rng.integers(len(positives)))]
-    pool = [c for c in label_names if c not in positives and c != "O"]
+    # "other abnormality" is a distractor too: were it offered only when correct, a text-only model
+    # could pick it out without looking at the image.
+    pool = [c for c in label_names if c not in positives]
     distractors = list(rng.choice(pool, size=min(3, len(pool)), replace=False))
     codes = [correct, *distractors]
     order = rng.permutation(len(codes))
