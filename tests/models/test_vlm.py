@@ -204,7 +204,10 @@ def test_datasets_save_load_and_generate(llm_dir, tmp_path):
     assert results[0].prompt_tokens > results[2].prompt_tokens  # image tokens count as prompt
     # Batched and single decoding agree (left padding is masked correctly).
     assert predictor.generate([requests[0]])[0].text == results[0].text
-    streamed = "".join(predictor.stream(requests[0]))
-    assert streamed.strip() == results[0].text
+    assert "".join(predictor.stream(requests[0])) == results[0].text
+    stream = predictor.stream(GenerationRequest(messages=[Q], images=[_image()], max_new_tokens=200))
+    next(stream, None)
+    stream.close()  # client disconnects: decoding stops and the lock is released
+    assert not predictor._lock.locked()
     with pytest.raises(InvalidRequest, match="not classify"):
         predictor.classify([_image()])

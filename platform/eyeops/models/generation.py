@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,48 @@ def strip_stream(pieces: Iterable[str]) -> Iterator[str]:
             continue
         yield held + body
         held = piece[len(body) :]
+
+
+def stream_generation(
+    tokenizer: PreTrainedTokenizerBase, run: Callable[..., None], *, thread_name: str = "eyeops-stream"
+) -> Iterator[str]:
+    """Stream the text of ``run(streamer=..., stopping_criteria=...)`` (one ``model.generate`` call).
+
+    ``run`` decodes on a worker thread into transformers' ``TextIteratorStreamer``; the pieces are
+    stripped like ``generate``'s text (:func:`strip_stream`), so a streamed answer joins to the
+    non-streamed one. Closing the iterator (the client went away) stops decoding at the next token;
+    an error in ``run`` is raised here, in the consumer, not lost on the worker thread.
+    """
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    cancelled = threading.Event()
+
+    class _Cancel(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+            return cancelled.is_set()
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            run(streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel()]))
+        except BaseException as exc:  # surfaced to the consumer below, not swallowed
+            errors.append(exc)
+            streamer.end()
+
+    def pieces() -> Iterator[str]:
+        thread = threading.Thread(target=work, name=thread_name, daemon=True)
+        thread.start()
+        try:
+            yield from strip_stream(streamer)
+        finally:
+            cancelled.set()
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    return pieces()
 
 
 class ChatModel:
@@ -109,45 +151,16 @@ class ChatModel:
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         """Text pieces as they are decoded (TextIteratorStreamer fed by a generation thread)."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
         self._validate(request)
-        cancelled = threading.Event()
-
-        class _Cancel(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
-                return cancelled.is_set()
-
-        streamer = TextIteratorStreamer(
-            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600
-        )
         inputs = self._encode([request])
-        errors: list[BaseException] = []
 
-        def run() -> None:
-            try:
-                with self._lock:
-                    self.model.generate(
-                        **inputs,
-                        **self._sampling(request),
-                        max_new_tokens=request.max_new_tokens,
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_Cancel()]),
-                    )
-            except BaseException as exc:  # surfaced to the consumer below, not swallowed
-                errors.append(exc)
-                streamer.end()
+        def run(**streaming: Any) -> None:
+            with self._lock:
+                self.model.generate(
+                    **inputs, **self._sampling(request), max_new_tokens=request.max_new_tokens, **streaming
+                )
 
-        thread = threading.Thread(target=run, name="eyeops-llm-stream", daemon=True)
-        thread.start()
-        try:
-            # Stripped like ``generate``'s text, so a streamed answer joins to the non-streamed one.
-            yield from strip_stream(streamer)
-        finally:
-            cancelled.set()  # the client went away: stop decoding at the next token
-            thread.join()
-        if errors:
-            raise errors[0]
+        return stream_generation(self.tokenizer, run, thread_name="eyeops-llm-stream")
 
     # --- batching --------------------------------------------------------------------------------
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:

@@ -32,6 +32,7 @@ from eyeops.inference import ClassifyResult, GenerationRequest, GenerationResult
 from eyeops.models._stages import train_only, unwrap
 from eyeops.models.anyres import AnyResMerger, ViewPlan
 from eyeops.models.connectors import Connector, build_connector, tokens_per_view
+from eyeops.models.generation import stream_generation
 from eyeops.models.towers import VisionTower, build_tower, tower_geometry
 from eyeops.models.vlm_processing import (
     IGNORE_INDEX,
@@ -477,28 +478,16 @@ class VLMPredictor:
         )
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
-        """Text pieces as they are decoded (transformers' TextIteratorStreamer on a worker thread)."""
-        from transformers import TextIteratorStreamer
-
+        """Text pieces as they are decoded; joined, they equal ``generate``'s text."""
         inputs = self._inputs([request])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = {**inputs, **self._gen_kwargs(request, request.max_new_tokens), "streamer": streamer}
-        errors: list[BaseException] = []
 
-        def run() -> None:
-            try:
-                with self._lock, torch.no_grad():
-                    self.model.lm.generate(**kwargs)
-            except BaseException as exc:  # surfaced in the consumer thread below
-                errors.append(exc)
-                streamer.end()
+        def run(**streaming: Any) -> None:
+            with self._lock, torch.no_grad():
+                self.model.lm.generate(
+                    **inputs, **self._gen_kwargs(request, request.max_new_tokens), **streaming
+                )
 
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        yield from (piece for piece in streamer if piece)
-        worker.join()
-        if errors:
-            raise errors[0]
+        return stream_generation(self.tokenizer, run, thread_name="eyeops-vlm-stream")
 
 
 FAMILY = VLMFamily()
