@@ -487,5 +487,23 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     return parse_recipe(data, origin=str(path))
 
 
+def load_saved_recipe(path: str | Path) -> Recipe:
+    """The recipe saved beside a model, read with the defaults that model was trained under.
+
+    A field added since the model was saved is filled with the value that reproduces the old
+    behaviour, not today's default: ``model.connector.input_norm`` (default on) was off before it
+    existed, and the saved weights have no LayerNorms for it.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"invalid recipe {path}: not valid YAML: {exc}") from None
+    connector = data.get("model", {}).get("connector") if isinstance(data, dict) else None
+    if isinstance(connector, dict):
+        connector.setdefault("input_norm", False)
+    return parse_recipe(data, origin=str(path))
+
+
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))

@@ -211,3 +211,20 @@ def test_datasets_save_load_and_generate(llm_dir, tmp_path):
     assert not predictor._lock.locked()
     with pytest.raises(InvalidRequest, match="not classify"):
         predictor.classify([_image()])
+
+
+def test_model_saved_before_connector_input_norm_still_loads(llm_dir, tmp_path):
+    """A saved recipe without ``connector.input_norm`` (older eyeops) loads with the norms off."""
+    import yaml
+
+    data = tiny_recipe(llm_dir, connector="ldc")
+    data["model"]["connector"]["input_norm"] = False
+    recipe = parse_recipe(data)
+    model = FAMILY.build_model(recipe)
+    FAMILY.save(model, recipe, tmp_path / "old")
+    saved = yaml.safe_load((tmp_path / "old" / "recipe.yaml").read_text())
+    del saved["model"]["connector"]["input_norm"]  # what an older eyeops wrote
+    (tmp_path / "old" / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    loaded = FAMILY.load(tmp_path / "old").model
+    assert loaded.connector.norms is None
+    torch.testing.assert_close(loaded.connector.state_dict(), model.connector.state_dict())

@@ -25,7 +25,7 @@ from torchvision.transforms import v2 as T
 from eyeops.data import load_samples, read_manifest
 from eyeops.errors import ConfigError, DataError, InvalidRequest, NotFoundError
 from eyeops.inference import ClassifyResult, GenerationRequest, GenerationResult
-from eyeops.recipes import ClassifierModel, Recipe, StageSpec, parse_recipe
+from eyeops.recipes import ClassifierModel, Recipe, StageSpec, load_saved_recipe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -313,8 +313,7 @@ class ClassifierFamily:
         for name in (WEIGHTS_FILE, RECIPE_FILE):
             if not (model_dir / name).is_file():
                 raise NotFoundError(f"{model_dir}: not a classifier model directory ({name} missing)")
-        recipe = parse_recipe(yaml.safe_load((model_dir / RECIPE_FILE).read_text()),
-                              origin=str(model_dir / RECIPE_FILE))
+        recipe = load_saved_recipe(model_dir / RECIPE_FILE)
         # The saved weights replace the backbone's, so skip loading pretrained ones again.
         spec = _spec(recipe).model_copy(update={"weights": "none"})
         model = FundusClassifier(spec)

@@ -44,7 +44,7 @@ from eyeops.models.hlora import apply_hlora, route_tasks
 from eyeops.models.towers import VisionTower, build_tower, tower_geometry
 from eyeops.models.vlm_processing import IMAGE_TOKEN_ID, VLMProcessor, collate, open_image
 from eyeops.models.vq import VQModel, build_vq, image_tokens, to_images, to_pixels, tokens_to_png
-from eyeops.recipes import HealthGPTModel, Recipe, ResolutionSpec, StageSpec, parse_recipe
+from eyeops.recipes import HealthGPTModel, Recipe, ResolutionSpec, StageSpec, load_saved_recipe
 
 TASKS = ("comprehension", "generation")
 GROUPS = (
@@ -413,7 +413,7 @@ def load_model_dir(model_dir: Path) -> tuple[Recipe, HealthGPT, Any]:
     for name in (WEIGHTS_FILE, VQ_FILE, RECIPE_FILE):
         if not (model_dir / name).is_file():
             raise NotFoundError(f"{model_dir}: not a healthgpt model directory ({name} missing)")
-    recipe = parse_recipe(yaml.safe_load((model_dir / RECIPE_FILE).read_text()), origin=str(model_dir))
+    recipe = load_saved_recipe(model_dir / RECIPE_FILE)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -36,7 +36,7 @@ from eyeops.models.classifier import WEIGHTS_FILE as WEIGHTS_OF_CLASSIFIER
 from eyeops.models.classifier import FundusClassifier, FundusTransform, build_classifier, classify_items
 from eyeops.models.towers import IMAGENET_MEAN, IMAGENET_STD
 from eyeops.models.vlm_processing import IMAGE_TOKEN_ID, VLMProcessor, collate, open_image
-from eyeops.recipes import OphGLMModel, Recipe, ResolutionSpec, StageSpec, parse_recipe
+from eyeops.recipes import OphGLMModel, Recipe, ResolutionSpec, StageSpec, load_saved_recipe
 
 GROUPS = ("image_encoder", "fusion", "lora", "llm", "all")
 VQA_TASKS = ("closed_qa", "open_qa", "report", "dialogue", "text_qa")
@@ -358,7 +358,7 @@ class OphGLMFamily:
         for name in (WEIGHTS_FILE, RECIPE_FILE):
             if not (model_dir / name).is_file():
                 raise NotFoundError(f"{model_dir}: not an ophglm model directory ({name} missing)")
-        recipe = parse_recipe(yaml.safe_load((model_dir / RECIPE_FILE).read_text()), origin=str(model_dir))
+        recipe = load_saved_recipe(model_dir / RECIPE_FILE)
         model = build_ophglm(recipe)
         result = model.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)), strict=False)
         if result.unexpected_keys:

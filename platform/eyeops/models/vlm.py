@@ -41,7 +41,7 @@ from eyeops.models.vlm_processing import (
     VLMProcessor,
     collate,
 )
-from eyeops.recipes import Recipe, StageSpec, VLMModel, parse_recipe
+from eyeops.recipes import Recipe, StageSpec, VLMModel, load_saved_recipe
 
 GROUPS = ("connector", "lora", "vision_last_blocks", "vision", "llm", "all")
 DEFAULT_TASKS = ("closed_qa", "open_qa", "report")
@@ -365,7 +365,7 @@ def load_model_dir(model_dir: Path) -> tuple[Recipe, EyeVLM, Any]:
         raise NotFoundError(
             f"{model_dir}: not a VLM model directory (needs {WEIGHTS_FILE} and {RECIPE_FILE})"
         )
-    recipe = parse_recipe(yaml.safe_load((model_dir / RECIPE_FILE).read_text()), origin=str(model_dir))
+    recipe = load_saved_recipe(model_dir / RECIPE_FILE)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
