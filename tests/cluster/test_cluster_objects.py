@@ -167,6 +167,25 @@ def test_schema_violation_names_the_path():
         validate_object(job, CRDS)
 
 
+@needs_crds
+def test_unknown_field_fails_instead_of_being_pruned():
+    # The API server would drop the typo silently; the shared strict validator refuses it.
+    job = _rayjob()
+    job["spec"]["shutdownAfterJobFinish"] = True
+    with pytest.raises(ClusterError, match="shutdownAfterJobFinish"):
+        validate_object(job, CRDS)
+
+
+def test_cluster_path_imports_without_dev_only_validators():
+    """The images install no dev extras: eyeops.cluster must import without kubernetes-validate."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['kubernetes_validate'] = None; import eyeops.cluster"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_missing_crd_dir_means_not_validated(tmp_path, monkeypatch):
     monkeypatch.setenv("EYEOPS_CRD_DIR", str(tmp_path / "absent"))
     if CRDS is None:

@@ -17,7 +17,7 @@ from eyeops.cluster.objects import (
     build_rayservice,
     k8s_name,
 )
-from eyeops.cluster.schema import find_crd_dir, validate_object
+from eyeops.k8s.validate import find_crd_dir, validate_object
 
 __all__ = [
     "CONFIG_MAP",

@@ -20,9 +20,9 @@ from eyeops.cluster.objects import (
     build_rayservice,
 )
 from eyeops.cluster.refio import read_ref
-from eyeops.cluster.schema import validate_object
 from eyeops.config import get_settings
 from eyeops.errors import ClusterError
+from eyeops.k8s.validate import validate_object
 from eyeops.recipes import Recipe
 from eyeops.refs import CheckpointRef, DatasetRef, Endpoint, ModelVersionRef
 

@@ -16,7 +16,14 @@ from eyeops.k8s.render import (
     parse_documents,
 )
 from eyeops.k8s.tools import find_helm, find_kubectl
-from eyeops.k8s.validate import check_objects, default_crd_dir, load_crd_schemas, validate_objects
+from eyeops.k8s.validate import (
+    check_objects,
+    default_crd_dir,
+    find_crd_dir,
+    load_crd_schemas,
+    validate_object,
+    validate_objects,
+)
 
 __all__ = [
     "CHART_DIR",
@@ -28,6 +35,7 @@ __all__ = [
     "check_objects",
     "check_pod_security",
     "default_crd_dir",
+    "find_crd_dir",
     "find_helm",
     "find_kubectl",
     "helm_lint",
@@ -35,5 +43,6 @@ __all__ = [
     "kustomize_build",
     "load_crd_schemas",
     "parse_documents",
+    "validate_object",
     "validate_objects",
 ]

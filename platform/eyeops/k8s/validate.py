@@ -6,6 +6,9 @@ InferenceService, KubeRay RayJob/RayCluster/RayService) go through ``jsonschema`
 ``openAPIV3Schema`` of the CRDs their projects publish. CRD schemas do not forbid unknown fields
 (the API server prunes them silently, so a typo simply vanishes); :func:`strict_schema` closes
 every object that lists its ``properties`` so a typo fails here instead.
+
+This is the one validator: the cluster room's builders check their objects with
+:func:`validate_object` (one custom resource, raising) before they reach the API server.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ from typing import Any
 
 import jsonschema
 import yaml
-from kubernetes_validate import utils as kv_utils
-from packaging.version import Version
 from referencing import Registry, Resource
 
 from eyeops.errors import ClusterError, ConfigError
@@ -38,6 +39,15 @@ def default_crd_dir(repo_root: Path | None = None) -> Path:
     from eyeops.k8s.render import REPO_ROOT
 
     return (repo_root or REPO_ROOT).parent / "shared" / "crds"
+
+
+def find_crd_dir() -> Path | None:
+    """``EYEOPS_CRD_DIR`` when it is a directory, else :func:`default_crd_dir` when it is one, else
+    None: the CRD files are data owned by their projects and are never copied into this one."""
+    for candidate in (os.environ.get("EYEOPS_CRD_DIR"), default_crd_dir()):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
 
 
 def strict_schema(schema: Any) -> Any:
@@ -140,6 +150,11 @@ def validate_custom(obj: dict[str, Any], schemas: dict[tuple[str, str], dict[str
 
 def _schema_dir(kube_version: str) -> str:
     """kubernetes-validate's schema folder for the newest release not newer than ``kube_version``."""
+    # Imported here: kubernetes-validate is a dev dependency, and the images run validate_object
+    # (custom resources only) through eyeops.cluster without it.
+    from kubernetes_validate import utils as kv_utils
+    from packaging.version import Version
+
     wanted = Version(kube_version.removeprefix("v"))
     known = [v for v in kv_utils.all_versions() if Version(v) <= wanted]
     if not known:
@@ -150,7 +165,7 @@ def _schema_dir(kube_version: str) -> str:
 @lru_cache(maxsize=256)
 def _core_validator(kind: str, api_version: str, kube_version: str) -> jsonschema.Validator | None:
     """A strict validator for one core kind, built once (building one costs about a second)."""
-    schema_dir = _schema_dir(kube_version)
+    schema_dir = _schema_dir(kube_version)  # imports kubernetes_validate first
     # rbac.authorization.k8s.io/v1 -> rbac-v1, v1 -> v1 (kubernetes-validate's file naming)
     api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
     root = resources.files("kubernetes_validate") / "kubernetes-json-schema" / schema_dir
@@ -215,3 +230,21 @@ def check_objects(objects: Iterable[dict[str, Any]], **kwargs: Any) -> None:
     problems = validate_objects(objects, **kwargs)
     if problems:
         raise ClusterError("the API server would reject these objects:\n  " + "\n  ".join(problems))
+
+
+def validate_object(obj: dict[str, Any], crd_dir: str | Path | None = None) -> bool:
+    """Check one custom resource against its CRD schema (strict, as :func:`validate_custom`).
+
+    ``crd_dir`` defaults to :func:`find_crd_dir`; False when there is none (nothing was checked).
+    Raises :class:`ClusterError` naming the JSON path and the reason of the first problem.
+    """
+    crd_dir = crd_dir or find_crd_dir()
+    if crd_dir is None:
+        return False
+    if not obj.get("kind") or not obj.get("apiVersion"):
+        raise ClusterError(f"object has no kind/apiVersion: {sorted(obj)}")
+    problems = validate_custom(obj, load_crd_schemas(crd_dir))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ClusterError(f"{obj['apiVersion']} CRD schema rejects {problems[0]}{more}")
+    return True
