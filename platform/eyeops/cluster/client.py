@@ -81,23 +81,14 @@ class KubeClient:
                     raise
                 retry_after = (exc.headers or {}).get("Retry-After")
                 wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
-                log.warning(
-                    "%s: API answered %s, retry %d/%d in %.1fs",
-                    what,
-                    exc.status,
-                    attempt + 1,
-                    self.retries,
-                    wait,
-                )
+                reason = f"API answered {exc.status}"
             except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
                 if attempt == self.retries:
                     raise ClusterError(
                         f"{what}: Kubernetes API unreachable after {self.retries} retries: {exc}"
                     ) from exc
-                wait = delay
-                log.warning(
-                    "%s: %s, retry %d/%d in %.1fs", what, type(exc).__name__, attempt + 1, self.retries, wait
-                )
+                wait, reason = delay, type(exc).__name__
+            log.warning("%s: %s, retry %d/%d in %.1fs", what, reason, attempt + 1, self.retries, wait)
             self._sleep(min(wait, self.max_backoff_s))
             delay = min(delay * 2, self.max_backoff_s)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -119,67 +110,51 @@ class KubeClient:
             f"{verb} {plural}/{name} in namespace {ns}: HTTP {exc.status} {_api_message(exc)}"
         )
 
+    def _send(
+        self, verb: str, obj: dict[str, Any], fn: Callable[..., Any], *body: Any, collection: bool = False
+    ) -> Any:
+        """One API call about ``obj`` (its collection for a create), with retries; an ApiException
+        that is not worth retrying is left to the caller."""
+        group, version, ns, plural, name = self._coords(obj)
+        where = (group, version, ns, plural) if collection else (group, version, ns, plural, name)
+        return self._call(f"{verb} {plural}/{name}", fn, *where, *body)
+
+    def _request(
+        self,
+        verb: str,
+        obj: dict[str, Any],
+        fn: Callable[..., Any],
+        *body: Any,
+        absent_ok: bool = False,
+        collection: bool = False,
+    ) -> Any:
+        """:meth:`_send`, turning a rejection into ClusterError (None for 404 when ``absent_ok``)."""
+        try:
+            return self._send(verb, obj, fn, *body, collection=collection)
+        except ApiException as exc:
+            if absent_ok and exc.status == 404:
+                return None
+            raise self._fail(verb, obj, exc) from None
+
     # --- verbs ----------------------------------------------------------------------------------
     def get(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """The live object, or None when it does not exist."""
-        group, version, ns, plural, name = self._coords(obj)
-        try:
-            return self._call(
-                f"get {plural}/{name}",
-                self.api.get_namespaced_custom_object,
-                group,
-                version,
-                ns,
-                plural,
-                name,
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise self._fail("get", obj, exc) from None
-
-    def _create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """POST the object (with retries); the ApiException of a rejection is left to the caller."""
-        group, version, ns, plural, name = self._coords(obj)
-        return self._call(
-            f"create {plural}/{name}",
-            self.api.create_namespaced_custom_object,
-            group,
-            version,
-            ns,
-            plural,
-            obj,
-        )
+        return self._request("get", obj, self.api.get_namespaced_custom_object, absent_ok=True)
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return self._create(obj)
-        except ApiException as exc:
-            raise self._fail("create", obj, exc) from None
+        return self._request("create", obj, self.api.create_namespaced_custom_object, obj, collection=True)
 
     def patch(self, obj: dict[str, Any]) -> dict[str, Any]:
         """JSON merge-patch of labels, annotations and spec (lists are replaced whole)."""
-        group, version, ns, plural, name = self._coords(obj)
+        self._coords(obj)  # a precise ClusterError before reading metadata/spec
         meta = obj["metadata"]
         body = {"metadata": {k: meta[k] for k in ("labels", "annotations") if k in meta}, "spec": obj["spec"]}
-        try:
-            return self._call(
-                f"patch {plural}/{name}",
-                self.api.patch_namespaced_custom_object,
-                group,
-                version,
-                ns,
-                plural,
-                name,
-                body,
-            )
-        except ApiException as exc:
-            raise self._fail("patch", obj, exc) from None
+        return self._request("patch", obj, self.api.patch_namespaced_custom_object, body)
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create, or patch when the object already exists (409)."""
         try:
-            return self._create(obj)
+            return self._send("create", obj, self.api.create_namespaced_custom_object, obj, collection=True)
         except ApiException as exc:
             if exc.status != 409:
                 raise self._fail("create", obj, exc) from None
@@ -187,20 +162,8 @@ class KubeClient:
 
     def delete(self, obj: dict[str, Any], *, wait_s: float = 0, poll_s: float = 2.0) -> None:
         """Delete (absent is fine); with ``wait_s``, also wait until finalizers have let it go."""
-        group, version, ns, plural, name = self._coords(obj)
-        try:
-            self._call(
-                f"delete {plural}/{name}",
-                self.api.delete_namespaced_custom_object,
-                group,
-                version,
-                ns,
-                plural,
-                name,
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise self._fail("delete", obj, exc) from None
+        _, _, ns, plural, name = self._coords(obj)
+        self._request("delete", obj, self.api.delete_namespaced_custom_object, absent_ok=True)
         deadline = time.monotonic() + wait_s
         while wait_s and self.get(obj) is not None:
             if time.monotonic() >= deadline:

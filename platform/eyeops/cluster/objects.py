@@ -38,24 +38,37 @@ class Toleration(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
-class SecretEnv(BaseModel):
+class _EnvFrom(BaseModel):
+    """One env var filled from a key of a named object (``valueFrom``), never from a literal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    env: str
+    key: str
+    optional: bool = True
+
+    def _value_from(self, ref: str, name: str) -> dict[str, Any]:
+        return {
+            "name": self.env,
+            "valueFrom": {ref: {"name": name, "key": self.key, "optional": self.optional}},
+        }
+
+
+class SecretEnv(_EnvFrom):
     """One env var filled from a Secret key (``secretKeyRef``), never from a literal."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    env: str
     secret: str
-    key: str
-    optional: bool = True
+
+    def as_k8s(self) -> dict[str, Any]:
+        return self._value_from("secretKeyRef", self.secret)
 
 
-class ConfigEnv(BaseModel):
+class ConfigEnv(_EnvFrom):
     """One env var filled from a ConfigMap key (``configMapKeyRef``): non-secret cluster settings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    env: str
     config_map: str
-    key: str
-    optional: bool = True
+
+    def as_k8s(self) -> dict[str, Any]:
+        return self._value_from("configMapKeyRef", self.config_map)
 
 
 class GpuPool(BaseModel):
@@ -68,6 +81,13 @@ class GpuPool(BaseModel):
     tolerations: list[Toleration] = Field(
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
     )
+
+    def placement(self) -> dict[str, Any]:
+        """The pod-spec fields that land a pod on this pool's nodes."""
+        return {
+            "nodeSelector": dict(self.node_selector),
+            "tolerations": [t.as_k8s() for t in self.tolerations],
+        }
 
 
 # The Secret the Helm chart names (values s3.existingSecret, keys s3.accessKeyIdKey/secretAccessKeyKey).
@@ -98,21 +118,7 @@ def _env(
     config_env: tuple[ConfigEnv, ...] = DEFAULT_CONFIG_ENV,
 ) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted((plain or {}).items())]
-    env += [
-        {
-            "name": s.env,
-            "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key, "optional": s.optional}},
-        }
-        for s in secret_env
-    ]
-    env += [
-        {
-            "name": c.env,
-            "valueFrom": {"configMapKeyRef": {"name": c.config_map, "key": c.key, "optional": c.optional}},
-        }
-        for c in config_env
-    ]
-    return env
+    return env + [ref.as_k8s() for ref in (*secret_env, *config_env)]
 
 
 def _labels(component: str, recipe: Recipe) -> dict[str, str]:
@@ -124,16 +130,61 @@ def _labels(component: str, recipe: Recipe) -> dict[str, str]:
     }
 
 
-def _pod(
-    container: dict[str, Any], *, pool: GpuPool | None = None, service_account: str | None = None
+def _metadata(name: str, namespace: str, labels: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels, **extra}
+
+
+def _container(
+    name: str, image: str, env: list[dict[str, Any]], resources: dict[str, Any], **extra: Any
 ) -> dict[str, Any]:
-    spec: dict[str, Any] = {"containers": [container], "restartPolicy": "Never"}
+    return {"name": name, "image": image, "env": env, "resources": resources, **extra}
+
+
+def _pod(
+    container: dict[str, Any],
+    *,
+    pool: GpuPool | None = None,
+    service_account: str | None = None,
+    restart_policy: str = "Never",
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [container], "restartPolicy": restart_policy}
     if pool is not None:
-        spec["nodeSelector"] = dict(pool.node_selector)
-        spec["tolerations"] = [t.as_k8s() for t in pool.tolerations]
+        spec.update(pool.placement())
     if service_account:
         spec["serviceAccountName"] = service_account
     return {"spec": spec}
+
+
+def _ray_cluster(
+    ray_version: str | None,
+    head_template: dict[str, Any],
+    *,
+    group: str,
+    replicas: int,
+    min_replicas: int,
+    max_replicas: int,
+    worker_template: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """A KubeRay cluster spec: a head that schedules (num-cpus 0, never trains/serves) and one
+    worker group."""
+    import ray
+
+    return {
+        "rayVersion": ray_version or ray.__version__,
+        **extra,
+        "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": head_template},
+        "workerGroupSpecs": [
+            {
+                "groupName": group,
+                "replicas": replicas,
+                "minReplicas": min_replicas,
+                "maxReplicas": max_replicas,
+                "rayStartParams": {},
+                "template": worker_template,
+            }
+        ],
+    }
 
 
 def _resources(cpu: str, memory: str, gpus: int = 0, accelerator: str = "nvidia.com/gpu") -> dict[str, Any]:
@@ -194,8 +245,6 @@ def build_rayjob(
             f"RayJob storage must be on S3 so every pod sees it; got storage_path="
             f"{storage_path!r}, ref_out={ref_out!r}"
         )
-    import ray
-
     use_gpu = recipe.train.use_gpu
     pool = pool or GpuPool()
     workers = recipe.train.num_workers
@@ -209,25 +258,24 @@ def build_rayjob(
             "RAY_USAGE_STATS_ENABLED": "0",
         },
     )
-    head = {
-        "name": "ray-head",
-        "image": image,
-        "env": env,
-        "resources": _resources("1", "4Gi"),
-        "ports": [
+    head = _container(
+        "ray-head",
+        image,
+        env,
+        _resources("1", "4Gi"),
+        ports=[
             {"containerPort": 6379, "name": "gcs"},
             {"containerPort": 8265, "name": "dashboard"},
             {"containerPort": 10001, "name": "client"},
         ],
-    }
+    )
     cpus = str(max(1, int(recipe.train.resources_per_worker.get("CPU", 1))))
-    worker = {
-        "name": "ray-worker",
-        "image": image,
-        "env": env,
-        "resources": _resources(cpus, "8Gi", pool.gpus_per_worker if use_gpu else 0, pool.accelerator),
-    }
-    name = k8s_name("train", run_name)
+    worker = _container(
+        "ray-worker",
+        image,
+        env,
+        _resources(cpus, "8Gi", pool.gpus_per_worker if use_gpu else 0, pool.accelerator),
+    )
     spec: dict[str, Any] = {
         "entrypoint": rayjob_entrypoint(
             recipe, dataset, run_name=run_name, storage_path=storage_path, ref_out=ref_out
@@ -237,31 +285,22 @@ def build_rayjob(
         "submissionMode": "K8sJobMode",
         # Ray Train's FailureConfig already retries workers; a failed job is not resubmitted blindly.
         "backoffLimit": 0,
-        "rayClusterSpec": {
-            "rayVersion": ray_version or ray.__version__,
-            # num-cpus 0: the head schedules, never trains.
-            "headGroupSpec": {
-                "rayStartParams": {"num-cpus": "0"},
-                "template": _pod(head, service_account=service_account),
-            },
-            "workerGroupSpecs": [
-                {
-                    "groupName": "gpu-workers" if use_gpu else "cpu-workers",
-                    "replicas": workers,
-                    "minReplicas": workers,
-                    "maxReplicas": workers,
-                    "rayStartParams": {},
-                    "template": _pod(worker, pool=pool if use_gpu else None, service_account=service_account),
-                }
-            ],
-        },
+        "rayClusterSpec": _ray_cluster(
+            ray_version,
+            _pod(head, service_account=service_account),
+            group="gpu-workers" if use_gpu else "cpu-workers",
+            replicas=workers,
+            min_replicas=workers,
+            max_replicas=workers,
+            worker_template=_pod(worker, pool=pool if use_gpu else None, service_account=service_account),
+        ),
     }
     if active_deadline_seconds:
         spec["activeDeadlineSeconds"] = active_deadline_seconds
     return {
         "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
         "kind": "RayJob",
-        "metadata": {"name": name, "namespace": namespace, "labels": _labels("train", recipe)},
+        "metadata": _metadata(k8s_name("train", run_name), namespace, _labels("train", recipe)),
         "spec": spec,
     }
 
@@ -291,17 +330,18 @@ def build_inference_service(
 ) -> dict[str, Any]:
     """A KServe InferenceService (Standard deployment mode, HPA on concurrency) for ``version``."""
     serve = recipe.serve
-    container: dict[str, Any] = {
-        "name": "kserve-container",
-        "image": image,
+    pool = pool or GpuPool()
+    container = _container(
+        "kserve-container",
+        image,
+        _env(secret_env, _serving_env(version)),
+        _resources("1", "4Gi", serve.gpu, pool.accelerator),
         # The KServe face of `eyeops serve` (kserve.ModelServer: v1 :predict and v2 /infer).
-        "command": ["eyeops", "serve"],
-        "args": ["--backend", "kserve", "--host", "0.0.0.0", "--port", "8080", "--model", version.model_uri],
-        "env": _env(secret_env, _serving_env(version)),
-        "ports": [{"containerPort": 8080, "protocol": "TCP"}],
-        "resources": _resources("1", "4Gi", serve.gpu, (pool or GpuPool()).accelerator),
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8080}},
-    }
+        command=["eyeops", "serve"],
+        args=["--backend", "kserve", "--host", "0.0.0.0", "--port", "8080", "--model", version.model_uri],
+        ports=[{"containerPort": 8080, "protocol": "TCP"}],
+        readinessProbe={"httpGet": {"path": "/v2/health/ready", "port": 8080}},
+    )
     predictor: dict[str, Any] = {
         "minReplicas": serve.min_replicas,
         "maxReplicas": serve.max_replicas,
@@ -310,18 +350,16 @@ def build_inference_service(
         "containers": [container],
     }
     if serve.gpu:
-        pool = pool or GpuPool()
-        predictor["nodeSelector"] = dict(pool.node_selector)
-        predictor["tolerations"] = [t.as_k8s() for t in pool.tolerations]
+        predictor.update(pool.placement())
     return {
         "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
         "kind": "InferenceService",
-        "metadata": {
-            "name": k8s_name(version.name, max_len=45),
-            "namespace": namespace,
-            "labels": _serving_labels(recipe, version),
-            "annotations": {"serving.kserve.io/deploymentMode": "Standard"},
-        },
+        "metadata": _metadata(
+            k8s_name(version.name, max_len=45),
+            namespace,
+            _serving_labels(recipe, version),
+            annotations={"serving.kserve.io/deploymentMode": "Standard"},
+        ),
         "spec": {"predictor": predictor},
     }
 
@@ -337,8 +375,6 @@ def build_rayservice(
     ray_version: str | None = None,
 ) -> dict[str, Any]:
     """A KubeRay RayService running the eyeops Ray Serve app with the recipe's autoscaling."""
-    import ray
-
     serve = recipe.serve
     pool = pool or GpuPool()
     serve_config = {
@@ -363,48 +399,32 @@ def build_rayservice(
         ]
     }
     env = _env(secret_env, _serving_env(version))
-    head = {
-        "name": "ray-head",
-        "image": image,
-        "env": env,
-        "resources": _resources("1", "4Gi"),
-        "ports": [{"containerPort": 8000, "name": "serve"}, {"containerPort": 8265, "name": "dashboard"}],
-    }
-    worker = {
-        "name": "ray-worker",
-        "image": image,
-        "env": env,
-        "resources": _resources("2", "8Gi", serve.gpu, pool.accelerator),
-    }
-    template = _pod(worker, pool=pool if serve.gpu else None)
-    template["spec"]["restartPolicy"] = "Always"
-    head_template = _pod(head)
-    head_template["spec"]["restartPolicy"] = "Always"
+    head = _container(
+        "ray-head",
+        image,
+        env,
+        _resources("1", "4Gi"),
+        ports=[{"containerPort": 8000, "name": "serve"}, {"containerPort": 8265, "name": "dashboard"}],
+    )
+    worker = _container("ray-worker", image, env, _resources("2", "8Gi", serve.gpu, pool.accelerator))
     return {
         "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
         "kind": "RayService",
-        "metadata": {
-            "name": k8s_name(version.name, max_len=45),
-            "namespace": namespace,
-            "labels": _serving_labels(recipe, version),
-        },
+        "metadata": _metadata(
+            k8s_name(version.name, max_len=45), namespace, _serving_labels(recipe, version)
+        ),
         "spec": {
             # sort_keys: the same version always renders the same string, so patches are no-ops.
             "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=True),
-            "rayClusterConfig": {
-                "rayVersion": ray_version or ray.__version__,
-                "enableInTreeAutoscaling": True,
-                "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": head_template},
-                "workerGroupSpecs": [
-                    {
-                        "groupName": "serve-workers",
-                        "replicas": max(1, serve.min_replicas),
-                        "minReplicas": max(1, serve.min_replicas),
-                        "maxReplicas": serve.max_replicas,
-                        "rayStartParams": {},
-                        "template": template,
-                    }
-                ],
-            },
+            "rayClusterConfig": _ray_cluster(
+                ray_version,
+                _pod(head, restart_policy="Always"),
+                group="serve-workers",
+                replicas=max(1, serve.min_replicas),
+                min_replicas=max(1, serve.min_replicas),
+                max_replicas=serve.max_replicas,
+                worker_template=_pod(worker, pool=pool if serve.gpu else None, restart_policy="Always"),
+                enableInTreeAutoscaling=True,
+            ),
         },
     }
