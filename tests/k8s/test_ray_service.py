@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import pytest
+import yaml
+from k8s_helpers import one
 from ray import serve
 
 from eyeops.errors import ConfigError
 from eyeops.k8s.ray_service import app_builder, parse_args
 
 
-def test_args_become_the_serve_spec():
-    model, spec, cpus = parse_args(
-        {
-            "model": "eyeops-eye-llm@champion",
-            "min_replicas": 1,
-            "max_replicas": 4,
-            "target_ongoing_requests": 2,
-            "max_batch_size": 8,
-            "num_gpus": 1,
-        }
-    )
+def test_args_become_the_serve_spec(rendered):
+    # The args exactly as the chart renders them (test_chart pins their values).
+    svc = one(rendered["rayservice"], "RayService", "eye-llm")
+    (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+    model, spec, cpus = parse_args(app["args"])
     assert model == "eyeops-eye-llm@champion" and cpus == 1.0
     assert (spec.backend, spec.min_replicas, spec.max_replicas, spec.gpu, spec.max_batch_size) == (
         "ray",
