@@ -4,18 +4,10 @@
 from pathlib import Path
 
 import pytest
+from k8s_helpers import SCENARIOS
 
-from eyeops.k8s import CHART_DIR, default_crd_dir, helm_template, load_crd_schemas
+from eyeops.k8s import default_crd_dir, helm_template, load_crd_schemas
 
-CI = CHART_DIR / "ci"
-# name -> values files; "defaults" renders values.yaml alone.
-SCENARIOS: dict[str, list[Path]] = {
-    "defaults": [],
-    "gpu": [CI / "gpu-values.yaml"],
-    "rayservice": [CI / "rayservice-values.yaml"],
-    "external": [CI / "external-values.yaml"],
-    "evaluation": [CI / "evaluation-values.yaml"],
-}
 COMPILED = Path(__file__).resolve().parents[2] / "pipelines" / "compiled"
 
 

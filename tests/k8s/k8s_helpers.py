@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from eyeops.k8s import CHART_DIR
+
+CI = CHART_DIR / "ci"
+# name -> values files; "defaults" renders values.yaml alone. Here, not in conftest.py: another
+# test directory's conftest module can own the name `conftest` when both are collected together.
+SCENARIOS: dict[str, list[Path]] = {
+    "defaults": [],
+    "gpu": [CI / "gpu-values.yaml"],
+    "rayservice": [CI / "rayservice-values.yaml"],
+    "external": [CI / "external-values.yaml"],
+    "evaluation": [CI / "evaluation-values.yaml"],
+}
+
 
 def find(objects: list[dict], kind: str, name: str | None = None) -> list[dict]:
     return [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]

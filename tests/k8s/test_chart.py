@@ -8,8 +8,7 @@ import shlex
 
 import pytest
 import yaml
-from conftest import SCENARIOS
-from k8s_helpers import container, env_of, find, one
+from k8s_helpers import SCENARIOS, container, env_of, find, one
 
 from eyeops.k8s import check_all, helm_lint
 from eyeops.k8s.validate import validate_core, validate_custom
