@@ -76,9 +76,14 @@ bench: install  ## run every benchmark; figures go to benchmarks/RESULTS.md by h
 pipelines: install  ## regenerate pipelines/compiled/*.yaml
 	$(VENV)/bin/eyeops pipeline compile --all
 
+# The names the chart (image.registry/repository, tag = appVersion) and eyeops.cluster
+# (TRAINER_IMAGE, SERVER_IMAGE) pull; a git tag on top identifies the exact build.
+IMAGE_REGISTRY ?= ghcr.io/eyeops
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' platform/eyeops/__init__.py)
+
 images:  ## build container images (needs a Docker engine)
-	docker build -f docker/Dockerfile.trainer -t eyeops-trainer:$$(git describe --always) .
-	docker build -f docker/Dockerfile.server -t eyeops-server:$$(git describe --always) .
+	docker build -f docker/Dockerfile.trainer -t $(IMAGE_REGISTRY)/eyeops-trainer:$(VERSION) -t eyeops-trainer:$$(git describe --always) .
+	docker build -f docker/Dockerfile.server -t $(IMAGE_REGISTRY)/eyeops-server:$(VERSION) -t eyeops-server:$$(git describe --always) .
 
 clean:
 	rm -rf .eyeops .pytest_cache build dist platform/*.egg-info

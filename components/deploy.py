@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
-from eyeops.cluster.objects import DEFAULT_IMAGE
+from eyeops.cluster.objects import TRAINER_IMAGE
 
 
 def deploy(
@@ -24,7 +24,7 @@ def deploy(
     return ref.url
 
 
-def component(base_image: str = DEFAULT_IMAGE):
+def component(base_image: str = TRAINER_IMAGE):
     return dsl.component(deploy, base_image=base_image, install_kfp_package=False)
 
 

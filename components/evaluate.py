@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from eyeops.cluster.objects import DEFAULT_IMAGE
+from eyeops.cluster.objects import TRAINER_IMAGE
 
 
 def evaluate(
@@ -37,7 +37,7 @@ def evaluate(
     )
 
 
-def component(base_image: str = DEFAULT_IMAGE):
+def component(base_image: str = TRAINER_IMAGE):
     return dsl.component(evaluate, base_image=base_image, install_kfp_package=False)
 
 

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from eyeops.cluster.objects import DEFAULT_IMAGE
+from eyeops.cluster.objects import TRAINER_IMAGE
 
 
 def prepare_data(
@@ -22,7 +22,7 @@ def prepare_data(
     dataset.metadata.update({"uri": ref.uri, "fingerprint": ref.fingerprint, "num_samples": ref.num_samples})
 
 
-def component(base_image: str = DEFAULT_IMAGE):
+def component(base_image: str = TRAINER_IMAGE):
     return dsl.component(prepare_data, base_image=base_image, install_kfp_package=False)
 
 

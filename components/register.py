@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from eyeops.cluster.objects import DEFAULT_IMAGE
+from eyeops.cluster.objects import TRAINER_IMAGE
 
 
 def register(
@@ -44,7 +44,7 @@ def register(
     return version.gate_passed
 
 
-def component(base_image: str = DEFAULT_IMAGE):
+def component(base_image: str = TRAINER_IMAGE):
     return dsl.component(register, base_image=base_image, install_kfp_package=False)
 
 

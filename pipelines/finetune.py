@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from components import deploy, evaluate, prepare_data, register, train
 from eyeops.cluster.objects import (
     DEFAULT_CONFIG_ENV,
-    DEFAULT_IMAGE,
     DEFAULT_SECRET_ENV,
+    SERVER_IMAGE,
+    TRAINER_IMAGE,
     ConfigEnv,
     GpuPool,
     SecretEnv,
@@ -27,7 +28,8 @@ class ClusterTarget(BaseModel):
     """Kubernetes settings compiled into the pipeline for a cluster run."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    image: str = Field(DEFAULT_IMAGE, description="The eyeops image every task (and RayJob pod) runs.")
+    image: str = Field(TRAINER_IMAGE, description="The eyeops image every task (and RayJob pod) runs.")
+    serve_image: str = Field(SERVER_IMAGE, description="The image of the endpoints the deploy step creates.")
     pool: GpuPool = Field(default_factory=GpuPool)
     secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV
     config_env: tuple[ConfigEnv, ...] = DEFAULT_CONFIG_ENV
@@ -54,7 +56,8 @@ def _settings_as_env(task: dsl.PipelineTask, cluster: ClusterTarget) -> None:
 
 def build_pipeline(cluster: ClusterTarget | None = None, *, train_retries: int = 1):
     """The ``@dsl.pipeline`` function; ``cluster`` adds the Kubernetes specifics (compile only)."""
-    image = cluster.image if cluster else DEFAULT_IMAGE
+    image = cluster.image if cluster else TRAINER_IMAGE
+    serve_image = cluster.serve_image if cluster else SERVER_IMAGE
     prepare_op, train_op, evaluate_op, register_op, deploy_op = (
         module.component(image) for module in (prepare_data, train, evaluate, register, deploy)
     )
@@ -104,7 +107,7 @@ def build_pipeline(cluster: ClusterTarget | None = None, *, train_retries: int =
                 model=gate.outputs["model"],
                 overrides=overrides,
                 backend=deploy_backend,
-                image=image,
+                image=serve_image,
             )
         for task in (prep, fit, score, gate, serve):
             task.set_caching_options(False)  # every run is a new experiment; never reuse a stale stage

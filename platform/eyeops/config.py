@@ -74,6 +74,9 @@ class PlatformSettings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     kube_namespace: str = "eyeops"
+    kube_service_account: str = Field(
+        "eyeops-ray", description="ServiceAccount of RayJob pods: the chart's Ray account (release eyeops)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("storage_root")

@@ -102,6 +102,38 @@ def test_train_submits_a_rayjob_waits_and_reads_the_checkpoint_back(fake_api, s3
     job = api.objects[("rayjobs", "ml", "train-run-1")]
     assert "--ref-out s3://eyeops-test/root/runs/run-1/checkpoint_ref.json" in job["spec"]["entrypoint"]
     assert "--storage-path s3://eyeops-test/root/runs/run-1" in job["spec"]["entrypoint"]
+    # The chart's Ray ServiceAccount, not the namespace default (EYEOPS_KUBE_SERVICE_ACCOUNT unset).
+    assert _service_accounts(job) == {"eyeops-ray"}
+
+
+def _service_accounts(job: dict) -> set[str | None]:
+    cluster = job["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return {group["template"]["spec"].get("serviceAccountName") for group in pods}
+
+
+def test_ray_pods_run_as_the_configured_service_account(fake_api, s3, monkeypatch):
+    """Pipeline tasks learn the account from the chart's ConfigMap (EYEOPS_KUBE_SERVICE_ACCOUNT);
+    an explicit argument wins."""
+    api, api_client = fake_api
+    write_ref("s3://eyeops-test/root/runs/run-1/checkpoint_ref.json", CHECKPOINT)
+    monkeypatch.setenv("EYEOPS_KUBE_SERVICE_ACCOUNT", "prod-eyeops-ray")
+    get_settings.cache_clear()
+    api.progress["rayjobs"] = list(DONE)
+    train_on_cluster(RECIPE, DATASET, run_name="run-1", namespace="ml", client=_client(api_client), poll_s=0)
+    assert _service_accounts(api.objects[("rayjobs", "ml", "train-run-1")]) == {"prod-eyeops-ray"}
+    api.objects.clear()
+    api.progress["rayjobs"] = list(DONE)
+    train_on_cluster(
+        RECIPE,
+        DATASET,
+        run_name="run-1",
+        namespace="ml",
+        service_account="trainer",
+        client=_client(api_client),
+        poll_s=0,
+    )
+    assert _service_accounts(api.objects[("rayjobs", "ml", "train-run-1")]) == {"trainer"}
 
 
 def test_a_retry_replaces_a_failed_job_and_reattaches_to_a_good_one(fake_api, s3):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import yaml
 
+from eyeops.cluster import SERVER_IMAGE, TRAINER_IMAGE
 from eyeops.pipeline import compile_pipeline
 from eyeops.pipeline.compile import COMPILED_DIR
 from eyeops.recipes import list_recipes
@@ -18,7 +19,11 @@ def test_compile_is_deterministic_and_carries_cluster_settings(tmp_path):
     train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
     assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert train["resources"]["accelerator"]["resourceCount"] == "1"
-    assert train["image"].startswith("ghcr.io/eyeops/eyeops:")
+    # Every task runs the trainer image the chart's Ray pods run; deploy creates server endpoints.
+    executors = spec["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {TRAINER_IMAGE}
+    gated = spec["components"]["comp-condition-1"]["dag"]["tasks"]["deploy"]["inputs"]["parameters"]
+    assert gated["image"]["runtimeValue"]["constant"] == SERVER_IMAGE
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert k8s["exec-train"]["nodeSelector"]["labels"] == {"eyeops.io/pool": "gpu"}
     assert k8s["exec-train"]["tolerations"] == [

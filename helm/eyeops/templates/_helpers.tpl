@@ -111,7 +111,13 @@ imagePullSecrets:
   value: {{ include "eyeops.mlflowURL" . | quote }}
 - name: MLFLOW_TRACKING_URI
   value: {{ include "eyeops.mlflowURL" . | quote }}
+- name: HF_HUB_OFFLINE
+  value: {{ include "eyeops.hfHubOffline" . | quote }}
 {{ include "eyeops.s3Env" . }}
+{{- end -}}
+
+{{- define "eyeops.hfHubOffline" -}}
+{{- ternary "1" "0" .Values.hfHubOffline -}}
 {{- end -}}
 
 {{- define "eyeops.s3Env" -}}

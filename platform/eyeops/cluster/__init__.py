@@ -4,10 +4,12 @@ Kubernetes API client, and the train/deploy stages that run through them."""
 from eyeops.cluster.client import KubeClient
 from eyeops.cluster.jobs import deploy_on_cluster, describe_rayjob, rayjob_done, train_on_cluster
 from eyeops.cluster.objects import (
+    CONFIG_KEYS,
     CONFIG_MAP,
     DEFAULT_CONFIG_ENV,
-    DEFAULT_IMAGE,
     DEFAULT_SECRET_ENV,
+    SERVER_IMAGE,
+    TRAINER_IMAGE,
     ConfigEnv,
     GpuPool,
     SecretEnv,
@@ -20,10 +22,12 @@ from eyeops.cluster.objects import (
 from eyeops.k8s.validate import find_crd_dir, validate_object
 
 __all__ = [
+    "CONFIG_KEYS",
     "CONFIG_MAP",
     "DEFAULT_CONFIG_ENV",
-    "DEFAULT_IMAGE",
     "DEFAULT_SECRET_ENV",
+    "SERVER_IMAGE",
+    "TRAINER_IMAGE",
     "ConfigEnv",
     "GpuPool",
     "KubeClient",

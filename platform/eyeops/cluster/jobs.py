@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from eyeops.cluster.client import KubeClient, StatusCallback
 from eyeops.cluster.objects import (
-    DEFAULT_IMAGE,
+    SERVER_IMAGE,
+    TRAINER_IMAGE,
     GpuPool,
     build_inference_service,
     build_rayjob,
@@ -60,9 +61,10 @@ def train_on_cluster(
     dataset: DatasetRef,
     *,
     run_name: str,
-    image: str = DEFAULT_IMAGE,
+    image: str = TRAINER_IMAGE,
     pool: GpuPool | None = None,
     namespace: str | None = None,
+    service_account: str | None = None,
     client: KubeClient | None = None,
     timeout_s: float = 6 * 3600,
     poll_s: float = 10.0,
@@ -70,6 +72,8 @@ def train_on_cluster(
 ) -> CheckpointRef:
     """Train on the cluster through a RayJob and return the checkpoint it produced.
 
+    The Ray pods run as ``service_account`` (default ``EYEOPS_KUBE_SERVICE_ACCOUNT``: the chart's
+    Ray account, which its ConfigMap names for pipeline tasks), not the namespace's default one.
     Idempotent under KFP retries: an existing RayJob of the same run is re-attached when it is still
     running or succeeded, and replaced when it failed.
     """
@@ -90,6 +94,7 @@ def train_on_cluster(
         namespace=namespace or settings.kube_namespace,
         image=image,
         pool=pool,
+        service_account=service_account or settings.kube_service_account,
     )
     if not validate_object(job):
         log.info("no CRD directory found: RayJob not validated against the KubeRay schema")
@@ -119,7 +124,7 @@ def deploy_on_cluster(
     version: ModelVersionRef,
     *,
     backend: Literal["kserve", "ray"],
-    image: str = DEFAULT_IMAGE,
+    image: str = SERVER_IMAGE,
     pool: GpuPool | None = None,
     namespace: str | None = None,
     client: KubeClient | None = None,

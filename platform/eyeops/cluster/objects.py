@@ -22,7 +22,11 @@ from eyeops.errors import ClusterError
 from eyeops.recipes import Recipe
 from eyeops.refs import DatasetRef, ModelVersionRef
 
-DEFAULT_IMAGE = f"ghcr.io/eyeops/eyeops:{__version__}"
+# The images docker/Dockerfile.{trainer,server} build and the chart runs (values image.registry,
+# image.<name>.repository, tag = chart appVersion = __version__): RayJobs and pipeline tasks run
+# the trainer (CUDA torch, DeepSpeed), model endpoints the server.
+TRAINER_IMAGE = f"ghcr.io/eyeops/eyeops-trainer:{__version__}"
+SERVER_IMAGE = f"ghcr.io/eyeops/eyeops-server:{__version__}"
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
 KSERVE_GROUP, KSERVE_VERSION = "serving.kserve.io", "v1beta1"
 
@@ -95,11 +99,21 @@ DEFAULT_SECRET_ENV: tuple[SecretEnv, ...] = (
     SecretEnv(env="AWS_ACCESS_KEY_ID", secret="eyeops-s3", key="AWS_ACCESS_KEY_ID"),
     SecretEnv(env="AWS_SECRET_ACCESS_KEY", secret="eyeops-s3", key="AWS_SECRET_ACCESS_KEY"),
 )
-# Where the cluster keeps data and tracks runs: plain settings, one ConfigMap keyed by env name.
+# Where the cluster keeps data and tracks runs, which namespace and ServiceAccount RayJobs use, and
+# whether pods may reach the Hugging Face Hub: plain settings in one ConfigMap keyed by env name.
+# The chart ships it under this fixed name (values clusterConfig.name) from the values its own pods
+# use; a missing key leaves the variable unset (the images default HF_HUB_OFFLINE to 1).
 CONFIG_MAP = "eyeops-config"
+CONFIG_KEYS = (
+    "EYEOPS_STORAGE_ROOT",
+    "EYEOPS_MLFLOW_TRACKING_URI",
+    "EYEOPS_S3_ENDPOINT_URL",
+    "EYEOPS_KUBE_NAMESPACE",
+    "EYEOPS_KUBE_SERVICE_ACCOUNT",
+    "HF_HUB_OFFLINE",
+)
 DEFAULT_CONFIG_ENV: tuple[ConfigEnv, ...] = tuple(
-    ConfigEnv(env=name, config_map=CONFIG_MAP, key=name)
-    for name in ("EYEOPS_STORAGE_ROOT", "EYEOPS_MLFLOW_TRACKING_URI", "EYEOPS_S3_ENDPOINT_URL")
+    ConfigEnv(env=name, config_map=CONFIG_MAP, key=name) for name in CONFIG_KEYS
 )
 
 
@@ -226,7 +240,7 @@ def build_rayjob(
     storage_path: str,
     ref_out: str,
     namespace: str,
-    image: str = DEFAULT_IMAGE,
+    image: str = TRAINER_IMAGE,
     pool: GpuPool | None = None,
     secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV,
     ray_version: str | None = None,
@@ -254,7 +268,6 @@ def build_rayjob(
         {
             "EYEOPS_MODE": "cluster",
             "EYEOPS_RAY_ADDRESS": "auto",
-            "HF_HUB_OFFLINE": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
         },
     )
@@ -315,7 +328,6 @@ def _serving_env(version: ModelVersionRef) -> dict[str, str]:
         "EYEOPS_MODE": "cluster",
         "EYEOPS_SERVE_MODEL_URI": version.model_uri,
         "EYEOPS_SERVE_MODEL_NAME": version.name,
-        "HF_HUB_OFFLINE": "1",
     }
 
 
@@ -324,7 +336,7 @@ def build_inference_service(
     version: ModelVersionRef,
     *,
     namespace: str,
-    image: str = DEFAULT_IMAGE,
+    image: str = SERVER_IMAGE,
     pool: GpuPool | None = None,
     secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV,
 ) -> dict[str, Any]:
@@ -369,7 +381,7 @@ def build_rayservice(
     version: ModelVersionRef,
     *,
     namespace: str,
-    image: str = DEFAULT_IMAGE,
+    image: str = SERVER_IMAGE,
     pool: GpuPool | None = None,
     secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV,
     ray_version: str | None = None,

@@ -31,11 +31,11 @@ def load_pipelines_module() -> Any:
 def cluster_target(recipe_name: str, image: str | None = None) -> Any:
     """The Kubernetes settings for a recipe: its GPU count per worker on the default GPU pool."""
     finetune = load_pipelines_module()
-    from eyeops.cluster.objects import DEFAULT_IMAGE, GpuPool
+    from eyeops.cluster.objects import TRAINER_IMAGE, GpuPool
 
     recipe = load_recipe(recipe_name)
     gpus = int(recipe.train.resources_per_worker.get("GPU", 1))
-    return finetune.ClusterTarget(image=image or DEFAULT_IMAGE, pool=GpuPool(gpus_per_worker=max(1, gpus)))
+    return finetune.ClusterTarget(image=image or TRAINER_IMAGE, pool=GpuPool(gpus_per_worker=max(1, gpus)))
 
 
 def compile_pipeline(

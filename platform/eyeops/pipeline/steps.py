@@ -118,11 +118,11 @@ def train_step(
 
             checkpoint = train(resolved, dataset, run_name=run_name)
         else:
-            from eyeops.cluster import DEFAULT_IMAGE, GpuPool, train_on_cluster
+            from eyeops.cluster import TRAINER_IMAGE, GpuPool, train_on_cluster
 
             pool = GpuPool.model_validate_json(gpu_pool) if gpu_pool else None
             checkpoint = train_on_cluster(
-                resolved, dataset, run_name=run_name, image=image or DEFAULT_IMAGE, pool=pool, on_status=print
+                resolved, dataset, run_name=run_name, image=image or TRAINER_IMAGE, pool=pool, on_status=print
             )
         write_ref_file(out_path, checkpoint)
         # The headline the trainer reported, best first; the step count when it reported none.
@@ -199,10 +199,10 @@ def deploy_step(
 
             endpoint = deploy(resolved, version, backend="local")
         else:
-            from eyeops.cluster import DEFAULT_IMAGE, deploy_on_cluster
+            from eyeops.cluster import SERVER_IMAGE, deploy_on_cluster
 
             endpoint = deploy_on_cluster(
-                resolved, version, backend=backend, image=image or DEFAULT_IMAGE, on_status=print
+                resolved, version, backend=backend, image=image or SERVER_IMAGE, on_status=print
             )
         write_ref_file(out_path, endpoint)
         rec.artifacts, rec.ref = {"endpoint": endpoint.url}, endpoint.model_dump(mode="json")
