@@ -75,7 +75,18 @@ class PlatformSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     kube_namespace: str = "eyeops"
     kube_service_account: str = Field(
-        "eyeops-ray", description="ServiceAccount of RayJob pods: the chart's Ray account (release eyeops)."
+        "eyeops-ray",
+        description="ServiceAccount of RayJob/RayService pods: the chart's Ray account (release eyeops).",
+    )
+    kube_model_service_account: str = Field(
+        "eyeops-model",
+        description="ServiceAccount of InferenceService predictors: the chart's model account "
+        "(release eyeops).",
+    )
+    kube_release: str = Field(
+        "eyeops",
+        description="Helm release whose NetworkPolicies must select the pods eyeops creates "
+        "(their app.kubernetes.io/instance label).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

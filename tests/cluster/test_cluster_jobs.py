@@ -113,15 +113,22 @@ def _service_accounts(job: dict) -> set[str | None]:
 
 
 def test_ray_pods_run_as_the_configured_service_account(fake_api, s3, monkeypatch):
-    """Pipeline tasks learn the account from the chart's ConfigMap (EYEOPS_KUBE_SERVICE_ACCOUNT);
-    an explicit argument wins."""
+    """Pipeline tasks learn the account and release from the chart's ConfigMap
+    (EYEOPS_KUBE_SERVICE_ACCOUNT, EYEOPS_KUBE_RELEASE); an explicit argument wins."""
     api, api_client = fake_api
     write_ref("s3://eyeops-test/root/runs/run-1/checkpoint_ref.json", CHECKPOINT)
     monkeypatch.setenv("EYEOPS_KUBE_SERVICE_ACCOUNT", "prod-eyeops-ray")
+    monkeypatch.setenv("EYEOPS_KUBE_RELEASE", "prod")
     get_settings.cache_clear()
     api.progress["rayjobs"] = list(DONE)
     train_on_cluster(RECIPE, DATASET, run_name="run-1", namespace="ml", client=_client(api_client), poll_s=0)
-    assert _service_accounts(api.objects[("rayjobs", "ml", "train-run-1")]) == {"prod-eyeops-ray"}
+    job = api.objects[("rayjobs", "ml", "train-run-1")]
+    assert _service_accounts(job) == {"prod-eyeops-ray"}
+    # ...and labelled for that release, so its NetworkPolicies (DNS first) select the pods.
+    cluster = job["spec"]["rayClusterSpec"]
+    templates = [job["spec"]["submitterPodTemplate"], cluster["headGroupSpec"]["template"]]
+    templates += [g["template"] for g in cluster["workerGroupSpecs"]]
+    assert {t["metadata"]["labels"]["app.kubernetes.io/instance"] for t in templates} == {"prod"}
     api.objects.clear()
     api.progress["rayjobs"] = list(DONE)
     train_on_cluster(
@@ -199,3 +206,58 @@ def test_deploy_creates_then_patches_and_waits_for_ready(fake_api):
     assert env["EYEOPS_SERVE_MODEL_URI"] == "models:/fundus-classifier/4" and "PATCH" in api.verbs()
     with pytest.raises(ClusterError, match="backend 'sagemaker'"):
         deploy_on_cluster(RECIPE, VERSION, backend="sagemaker", client=client)
+
+
+def _serving_pods(live: dict) -> list[tuple[str, dict, dict]]:
+    """(ServiceAccount, pod labels, pod spec) of every pod a live serving object would run."""
+    if live["kind"] == "InferenceService":
+        predictor = live["spec"]["predictor"]
+        return [(predictor["serviceAccountName"], predictor["labels"], predictor)]
+    cluster = live["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return [
+        (
+            g["template"]["spec"]["serviceAccountName"],
+            g["template"]["metadata"]["labels"],
+            g["template"]["spec"],
+        )
+        for g in groups
+    ]
+
+
+@pytest.mark.parametrize(
+    ("backend", "plural", "default_account", "env_account"),
+    [
+        ("kserve", "inferenceservices", "eyeops-model", "EYEOPS_KUBE_MODEL_SERVICE_ACCOUNT"),
+        ("ray", "rayservices", "eyeops-ray", "EYEOPS_KUBE_SERVICE_ACCOUNT"),
+    ],
+)
+def test_serving_pods_run_as_the_configured_account_and_release(
+    fake_api, monkeypatch, backend, plural, default_account, env_account
+):
+    """Unset, the chart's account for the backend (release eyeops); pipeline tasks get the installed
+    release's account and name from the ConfigMap; an explicit account wins."""
+    api, api_client = fake_api
+    ready = {"conditions": [{"type": "Ready", "status": "True"}], "serviceStatus": "Running"}
+
+    def deploy(**kwargs) -> list[tuple[str, dict, dict]]:
+        api.objects.clear()
+        api.progress[plural] = [ready]
+        deploy_on_cluster(
+            RECIPE, VERSION, backend=backend, namespace="ml", client=_client(api_client), poll_s=0, **kwargs
+        )
+        return _serving_pods(api.objects[(plural, "ml", "fundus-classifier")])
+
+    for account, labels, pod in deploy():
+        assert account == default_account and labels["app.kubernetes.io/instance"] == "eyeops"
+        assert labels["app.kubernetes.io/component"] == "model"  # the chart gateway's peers
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+    monkeypatch.setenv(env_account, f"prod-{default_account}")
+    monkeypatch.setenv("EYEOPS_KUBE_RELEASE", "prod")
+    get_settings.cache_clear()
+    pods = deploy()
+    assert {(a, labels["app.kubernetes.io/instance"]) for a, labels, _ in pods} == {
+        (f"prod-{default_account}", "prod")
+    }
+    assert {a for a, _, _ in deploy(service_account="server")} == {"server"}

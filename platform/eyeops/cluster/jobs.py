@@ -73,7 +73,8 @@ def train_on_cluster(
     """Train on the cluster through a RayJob and return the checkpoint it produced.
 
     The Ray pods run as ``service_account`` (default ``EYEOPS_KUBE_SERVICE_ACCOUNT``: the chart's
-    Ray account, which its ConfigMap names for pipeline tasks), not the namespace's default one.
+    Ray account, which its ConfigMap names for pipeline tasks), not the namespace's default one, and
+    are labelled for ``EYEOPS_KUBE_RELEASE``'s NetworkPolicies.
     Idempotent under KFP retries: an existing RayJob of the same run is re-attached when it is still
     running or succeeded, and replaced when it failed.
     """
@@ -95,6 +96,7 @@ def train_on_cluster(
         image=image,
         pool=pool,
         service_account=service_account or settings.kube_service_account,
+        release=settings.kube_release,
     )
     if not validate_object(job):
         log.info("no CRD directory found: RayJob not validated against the KubeRay schema")
@@ -127,17 +129,27 @@ def deploy_on_cluster(
     image: str = SERVER_IMAGE,
     pool: GpuPool | None = None,
     namespace: str | None = None,
+    service_account: str | None = None,
     client: KubeClient | None = None,
     timeout_s: float = 1800,
     poll_s: float = 5.0,
     on_status: StatusCallback | None = None,
 ) -> Endpoint:
-    """Create or patch the serving object for ``version`` and wait until it is Ready."""
-    ns = namespace or get_settings().kube_namespace
+    """Create or patch the serving object for ``version`` and wait until it is Ready.
+
+    Its pods run as ``service_account``, by default the chart's account for the backend (the KServe
+    predictor: ``EYEOPS_KUBE_MODEL_SERVICE_ACCOUNT``; Ray: ``EYEOPS_KUBE_SERVICE_ACCOUNT``, as the
+    chart's RayService pods), labelled for ``EYEOPS_KUBE_RELEASE``'s NetworkPolicies.
+    """
+    settings = get_settings()
+    ns = namespace or settings.kube_namespace
+    common: dict[str, Any] = {"namespace": ns, "image": image, "pool": pool, "release": settings.kube_release}
     if backend == "kserve":
-        obj = build_inference_service(recipe, version, namespace=ns, image=image, pool=pool)
+        account = service_account or settings.kube_model_service_account
+        obj = build_inference_service(recipe, version, service_account=account, **common)
     elif backend == "ray":
-        obj = build_rayservice(recipe, version, namespace=ns, image=image, pool=pool)
+        account = service_account or settings.kube_service_account
+        obj = build_rayservice(recipe, version, service_account=account, **common)
     else:
         raise ClusterError(f"deploy backend {backend!r}: expected 'kserve' or 'ray'")
     validate_object(obj)

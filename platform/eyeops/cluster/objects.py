@@ -18,6 +18,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from eyeops import __version__
+from eyeops.cluster.pods import (
+    RAY_MOUNTS,
+    TMP_MOUNT,
+    container,
+    pod_labels,
+    pod_spec,
+    ray_autoscaler_options,
+    ray_pod_template,
+    standard_labels,
+    submitter_pod_template,
+    tmp_volume,
+)
+from eyeops.config import PlatformSettings
 from eyeops.errors import ClusterError
 from eyeops.recipes import Recipe
 from eyeops.refs import DatasetRef, ModelVersionRef
@@ -29,6 +42,14 @@ TRAINER_IMAGE = f"ghcr.io/eyeops/eyeops-trainer:{__version__}"
 SERVER_IMAGE = f"ghcr.io/eyeops/eyeops-server:{__version__}"
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
 KSERVE_GROUP, KSERVE_VERSION = "serving.kserve.io", "v1beta1"
+# The chart's names for release "eyeops" (the settings' defaults; pipeline tasks read the installed
+# release's from the ConfigMap): the predictor runs as the model account, Ray pods (RayJob and
+# RayService alike, as in the chart) as the Ray account; labels name the release so the chart's
+# NetworkPolicies select the pods.
+_FIELDS = PlatformSettings.model_fields
+RELEASE: str = _FIELDS["kube_release"].default
+RAY_SERVICE_ACCOUNT: str = _FIELDS["kube_service_account"].default
+MODEL_SERVICE_ACCOUNT: str = _FIELDS["kube_model_service_account"].default
 
 
 class Toleration(BaseModel):
@@ -110,6 +131,8 @@ CONFIG_KEYS = (
     "EYEOPS_S3_ENDPOINT_URL",
     "EYEOPS_KUBE_NAMESPACE",
     "EYEOPS_KUBE_SERVICE_ACCOUNT",
+    "EYEOPS_KUBE_MODEL_SERVICE_ACCOUNT",
+    "EYEOPS_KUBE_RELEASE",
     "HF_HUB_OFFLINE",
 )
 DEFAULT_CONFIG_ENV: tuple[ConfigEnv, ...] = tuple(
@@ -135,38 +158,12 @@ def _env(
     return env + [ref.as_k8s() for ref in (*secret_env, *config_env)]
 
 
-def _labels(component: str, recipe: Recipe) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "eyeops",
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/version": __version__,
-        "eyeops.io/recipe": recipe.name,
-    }
+def _labels(component: str, recipe: Recipe, release: str) -> dict[str, str]:
+    return {**standard_labels(component, release), "eyeops.io/recipe": recipe.name}
 
 
 def _metadata(name: str, namespace: str, labels: dict[str, str], **extra: Any) -> dict[str, Any]:
     return {"name": name, "namespace": namespace, "labels": labels, **extra}
-
-
-def _container(
-    name: str, image: str, env: list[dict[str, Any]], resources: dict[str, Any], **extra: Any
-) -> dict[str, Any]:
-    return {"name": name, "image": image, "env": env, "resources": resources, **extra}
-
-
-def _pod(
-    container: dict[str, Any],
-    *,
-    pool: GpuPool | None = None,
-    service_account: str | None = None,
-    restart_policy: str = "Never",
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {"containers": [container], "restartPolicy": restart_policy}
-    if pool is not None:
-        spec.update(pool.placement())
-    if service_account:
-        spec["serviceAccountName"] = service_account
-    return {"spec": spec}
 
 
 def _ray_cluster(
@@ -181,9 +178,11 @@ def _ray_cluster(
     **extra: Any,
 ) -> dict[str, Any]:
     """A KubeRay cluster spec: a head that schedules (num-cpus 0, never trains/serves) and one
-    worker group."""
+    worker group. ``autoscalerOptions`` go with in-tree autoscaling: the sidecar must be restricted too."""
     import ray
 
+    if extra.get("enableInTreeAutoscaling"):
+        extra = {**extra, "autoscalerOptions": ray_autoscaler_options()}
     return {
         "rayVersion": ray_version or ray.__version__,
         **extra,
@@ -246,13 +245,16 @@ def build_rayjob(
     ray_version: str | None = None,
     ttl_seconds: int = 600,
     active_deadline_seconds: int | None = None,
-    service_account: str | None = None,
+    service_account: str = RAY_SERVICE_ACCOUNT,
+    release: str = RELEASE,
 ) -> dict[str, Any]:
     """A KubeRay RayJob training ``recipe`` on ``dataset``: CPU head, one worker per Ray Train worker.
 
     Workers request ``pool.gpus_per_worker`` GPUs and carry the pool's nodeSelector/tolerations when
     the recipe trains on GPU; the cluster is torn down when the job ends
     (``shutdownAfterJobFinishes``). Checkpoints and the resulting ``CheckpointRef`` go to S3.
+    Every pod, the submitter KubeRay starts included, passes the ``restricted`` Pod Security
+    Standard and carries the labels ``release``'s NetworkPolicies select.
     """
     if not storage_path.startswith("s3://") or not ref_out.startswith("s3://"):
         raise ClusterError(
@@ -271,11 +273,12 @@ def build_rayjob(
             "RAY_USAGE_STATS_ENABLED": "0",
         },
     )
-    head = _container(
+    head = container(
         "ray-head",
         image,
         env,
         _resources("1", "4Gi"),
+        RAY_MOUNTS,
         ports=[
             {"containerPort": 6379, "name": "gcs"},
             {"containerPort": 8265, "name": "dashboard"},
@@ -283,12 +286,14 @@ def build_rayjob(
         ],
     )
     cpus = str(max(1, int(recipe.train.resources_per_worker.get("CPU", 1))))
-    worker = _container(
+    worker = container(
         "ray-worker",
         image,
         env,
         _resources(cpus, "8Gi", pool.gpus_per_worker if use_gpu else 0, pool.accelerator),
+        RAY_MOUNTS,
     )
+    ray_pod = {"component": "training", "release": release, "service_account": service_account}
     spec: dict[str, Any] = {
         "entrypoint": rayjob_entrypoint(
             recipe, dataset, run_name=run_name, storage_path=storage_path, ref_out=ref_out
@@ -298,14 +303,19 @@ def build_rayjob(
         "submissionMode": "K8sJobMode",
         # Ray Train's FailureConfig already retries workers; a failed job is not resubmitted blindly.
         "backoffLimit": 0,
+        "submitterPodTemplate": submitter_pod_template(
+            image, service_account=service_account, release=release
+        ),
         "rayClusterSpec": _ray_cluster(
             ray_version,
-            _pod(head, service_account=service_account),
+            ray_pod_template(head, ray_node="head", **ray_pod),
             group="gpu-workers" if use_gpu else "cpu-workers",
             replicas=workers,
             min_replicas=workers,
             max_replicas=workers,
-            worker_template=_pod(worker, pool=pool if use_gpu else None, service_account=service_account),
+            worker_template=ray_pod_template(
+                worker, ray_node="worker", placement=pool.placement() if use_gpu else None, **ray_pod
+            ),
         ),
     }
     if active_deadline_seconds:
@@ -313,13 +323,14 @@ def build_rayjob(
     return {
         "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
         "kind": "RayJob",
-        "metadata": _metadata(k8s_name("train", run_name), namespace, _labels("train", recipe)),
+        "metadata": _metadata(k8s_name("train", run_name), namespace, _labels("training", recipe, release)),
         "spec": spec,
     }
 
 
-def _serving_labels(recipe: Recipe, version: ModelVersionRef) -> dict[str, str]:
-    return {**_labels("serving", recipe), "eyeops.io/model-version": str(version.version)}
+def _serving_labels(recipe: Recipe, version: ModelVersionRef, release: str) -> dict[str, str]:
+    # component "model": the chart's gateway may reach these pods, and they take no other ingress.
+    return {**_labels("model", recipe, release), "eyeops.io/model-version": str(version.version)}
 
 
 def _serving_env(version: ModelVersionRef) -> dict[str, str]:
@@ -339,37 +350,46 @@ def build_inference_service(
     image: str = SERVER_IMAGE,
     pool: GpuPool | None = None,
     secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV,
+    service_account: str = MODEL_SERVICE_ACCOUNT,
+    release: str = RELEASE,
 ) -> dict[str, Any]:
-    """A KServe InferenceService (Standard deployment mode, HPA on concurrency) for ``version``."""
+    """A KServe InferenceService (Standard deployment mode, HPA on concurrency) for ``version``;
+    its predictor pods are restricted and labelled like the chart's (MLflow/S3 clients, gateway peers)."""
     serve = recipe.serve
     pool = pool or GpuPool()
-    container = _container(
+    predictor_container = container(
         "kserve-container",
         image,
         _env(secret_env, _serving_env(version)),
         _resources("1", "4Gi", serve.gpu, pool.accelerator),
+        [TMP_MOUNT],
         # The KServe face of `eyeops serve` (kserve.ModelServer: v1 :predict and v2 /infer).
         command=["eyeops", "serve"],
         args=["--backend", "kserve", "--host", "0.0.0.0", "--port", "8080", "--model", version.model_uri],
         ports=[{"containerPort": 8080, "protocol": "TCP"}],
         readinessProbe={"httpGet": {"path": "/v2/health/ready", "port": 8080}},
     )
+    labels = {**pod_labels("model", release), "eyeops.io/model": k8s_name(version.name, max_len=45)}
     predictor: dict[str, Any] = {
         "minReplicas": serve.min_replicas,
         "maxReplicas": serve.max_replicas,
         "scaleMetric": "concurrency",
         "scaleTarget": max(1, int(serve.target_ongoing_requests)),
-        "containers": [container],
+        "labels": labels,
+        **pod_spec(
+            predictor_container,
+            [tmp_volume()],
+            service_account=service_account,
+            placement=pool.placement() if serve.gpu else None,
+        ),
     }
-    if serve.gpu:
-        predictor.update(pool.placement())
     return {
         "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
         "kind": "InferenceService",
         "metadata": _metadata(
             k8s_name(version.name, max_len=45),
             namespace,
-            _serving_labels(recipe, version),
+            _serving_labels(recipe, version, release),
             annotations={"serving.kserve.io/deploymentMode": "Standard"},
         ),
         "spec": {"predictor": predictor},
@@ -385,8 +405,11 @@ def build_rayservice(
     pool: GpuPool | None = None,
     secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV,
     ray_version: str | None = None,
+    service_account: str = RAY_SERVICE_ACCOUNT,
+    release: str = RELEASE,
 ) -> dict[str, Any]:
-    """A KubeRay RayService running the eyeops Ray Serve app with the recipe's autoscaling."""
+    """A KubeRay RayService running the eyeops Ray Serve app with the recipe's autoscaling; its Ray
+    pods are restricted, run as the Ray account and are labelled like the chart's RayService pods."""
     serve = recipe.serve
     pool = pool or GpuPool()
     serve_config = {
@@ -411,31 +434,41 @@ def build_rayservice(
         ]
     }
     env = _env(secret_env, _serving_env(version))
-    head = _container(
+    head = container(
         "ray-head",
         image,
         env,
         _resources("1", "4Gi"),
+        RAY_MOUNTS,
         ports=[{"containerPort": 8000, "name": "serve"}, {"containerPort": 8265, "name": "dashboard"}],
     )
-    worker = _container("ray-worker", image, env, _resources("2", "8Gi", serve.gpu, pool.accelerator))
+    worker = container(
+        "ray-worker", image, env, _resources("2", "8Gi", serve.gpu, pool.accelerator), RAY_MOUNTS
+    )
+    ray_pod = {"component": "model", "release": release, "service_account": service_account}
     return {
         "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
         "kind": "RayService",
         "metadata": _metadata(
-            k8s_name(version.name, max_len=45), namespace, _serving_labels(recipe, version)
+            k8s_name(version.name, max_len=45), namespace, _serving_labels(recipe, version, release)
         ),
         "spec": {
             # sort_keys: the same version always renders the same string, so patches are no-ops.
             "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=True),
             "rayClusterConfig": _ray_cluster(
                 ray_version,
-                _pod(head, restart_policy="Always"),
+                ray_pod_template(head, ray_node="head", restart_policy="Always", **ray_pod),
                 group="serve-workers",
                 replicas=max(1, serve.min_replicas),
                 min_replicas=max(1, serve.min_replicas),
                 max_replicas=serve.max_replicas,
-                worker_template=_pod(worker, pool=pool if serve.gpu else None, restart_policy="Always"),
+                worker_template=ray_pod_template(
+                    worker,
+                    ray_node="worker",
+                    placement=pool.placement() if serve.gpu else None,
+                    restart_policy="Always",
+                    **ray_pod,
+                ),
                 enableInTreeAutoscaling=True,
             ),
         },

@@ -1,0 +1,187 @@
+"""What every pod eyeops.cluster builds needs to be admitted and reachable where the chart runs.
+
+The chart's namespace enforces the ``restricted`` Pod Security Standard and default-deny
+NetworkPolicies, so a pod the pipeline submits must carry the same security contexts, writable
+emptyDirs and policy labels as the chart's own pods; the builders assemble their pods here. These
+mirror ``helm/eyeops/templates``: ``_helpers.tpl`` (eyeops.podSecurityContext,
+eyeops.containerSecurityContext, eyeops.tmpVolume), ``_ray.tpl`` (eyeops.rayPodTemplate,
+eyeops.rayAutoscalerOptions) and ``networkpolicies.yaml``; tests/k8s/test_pod_parity.py renders
+the chart and fails when the two drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from eyeops import __version__
+
+# docker/Dockerfile.{trainer,server} `USER 10001:10001`; chart values podSecurity.*.
+RUN_AS = 10001
+# Chart values training.shmSize: Ray's object store lives in /dev/shm.
+RAY_SHM_SIZE = "2Gi"
+RAY_TMP_SIZE = "10Gi"
+TMP_SIZE = "1Gi"
+# The NetworkPolicies select clients by these (mlflow-clients / s3-clients egress, MLflow ingress).
+CLIENT_LABELS = {"eyeops.io/mlflow-client": "true", "eyeops.io/s3-client": "true"}
+RayNode = Literal["head", "worker", "submitter"]
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod-level ``securityContext`` of the restricted profile (chart: eyeops.podSecurityContext)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """Container ``securityContext`` (chart: eyeops.containerSecurityContext); the root filesystem
+    is read-only, so every writable path is an emptyDir mount."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def tmp_volume(size: str = TMP_SIZE) -> dict[str, Any]:
+    return {"name": "tmp", "emptyDir": {"sizeLimit": size}}
+
+
+TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+
+
+def ray_volumes(shm_size: str = RAY_SHM_SIZE) -> list[dict[str, Any]]:
+    """Ray writes sessions and logs to /tmp and keeps its object store in an in-memory /dev/shm."""
+    return [
+        tmp_volume(RAY_TMP_SIZE),
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
+    ]
+
+
+RAY_MOUNTS = [TMP_MOUNT, {"name": "shm", "mountPath": "/dev/shm"}]
+
+
+def selector_labels(component: str, release: str) -> dict[str, str]:
+    """The chart's selector labels (eyeops.selectorLabels): the DNS policy selects the instance, the
+    gateway/model policies the component ``model``."""
+    return {
+        "app.kubernetes.io/name": "eyeops",
+        "app.kubernetes.io/instance": release,
+        "app.kubernetes.io/component": component,
+    }
+
+
+def standard_labels(component: str, release: str) -> dict[str, str]:
+    """Selector labels plus the ``app.kubernetes.io/*`` labels every eyeops object carries."""
+    return {
+        **selector_labels(component, release),
+        "app.kubernetes.io/part-of": "eyeops",
+        "app.kubernetes.io/version": __version__,
+    }
+
+
+def pod_labels(component: str, release: str, *, ray_node: RayNode | None = None) -> dict[str, str]:
+    """Labels of a pod the pipeline creates: it resolves DNS, reaches MLflow and S3, and (Ray) its
+    own cluster's nodes, under the chart's default-deny NetworkPolicies."""
+    labels = {**standard_labels(component, release)}
+    if ray_node is not None:
+        labels["eyeops.io/ray-node"] = ray_node
+    if ray_node != "submitter":  # the submitter only talks to the head's job API
+        labels.update(CLIENT_LABELS)
+    return labels
+
+
+def ray_autoscaler_options() -> dict[str, Any]:
+    """KubeRay injects the autoscaler sidecar into the head pod: without a restricted
+    securityContext of its own the whole head pod is refused (chart: eyeops.rayAutoscalerOptions)."""
+    return {
+        "upscalingMode": "Default",
+        "idleTimeoutSeconds": 120,
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"cpu": "500m", "memory": "512Mi"},
+        },
+        "securityContext": container_security_context(),
+    }
+
+
+def container(
+    name: str,
+    image: str,
+    env: list[dict[str, Any]],
+    resources: dict[str, Any],
+    mounts: list[dict[str, Any]],
+    **extra: Any,
+) -> dict[str, Any]:
+    """One container, restricted, with ``mounts`` (its writable paths)."""
+    return {
+        "name": name,
+        "image": image,
+        "env": env,
+        "resources": resources,
+        **extra,
+        "securityContext": container_security_context(),
+        "volumeMounts": [dict(m) for m in mounts],
+    }
+
+
+def pod_spec(
+    main: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    *,
+    service_account: str,
+    placement: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Pod-spec fields of every pod built here: restricted security, the writable emptyDirs, an
+    account whose token is not mounted (these pods never call the Kubernetes API)."""
+    spec: dict[str, Any] = {
+        "serviceAccountName": service_account,
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "containers": [main],
+        "volumes": volumes,
+    }
+    spec.update(placement or {})
+    return spec
+
+
+def ray_pod_template(
+    main: dict[str, Any],
+    *,
+    component: str,
+    release: str,
+    ray_node: RayNode,
+    service_account: str,
+    placement: dict[str, Any] | None = None,
+    restart_policy: str = "Never",
+) -> dict[str, Any]:
+    """A Ray head or worker pod template (chart: eyeops.rayPodTemplate)."""
+    spec = pod_spec(main, ray_volumes(), service_account=service_account, placement=placement)
+    return {
+        "metadata": {"labels": pod_labels(component, release, ray_node=ray_node)},
+        "spec": {**spec, "restartPolicy": restart_policy},
+    }
+
+
+def submitter_pod_template(image: str, *, service_account: str, release: str) -> dict[str, Any]:
+    """The pod KubeRay runs ``ray job submit`` in (K8sJobMode; it fills in the command). Without
+    this template KubeRay's default pod has no securityContext and the restricted namespace
+    refuses it, so the job never starts."""
+    submitter = container(
+        "ray-job-submitter",
+        image,
+        [{"name": "HOME", "value": "/tmp"}],
+        {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
+        [TMP_MOUNT],
+    )
+    spec = pod_spec(submitter, [tmp_volume()], service_account=service_account)
+    return {
+        "metadata": {"labels": pod_labels("training", release, ray_node="submitter")},
+        "spec": {**spec, "restartPolicy": "Never"},
+    }
