@@ -5,6 +5,8 @@
 ``build_rayservice`` (KubeRay RayService running the eyeops Ray Serve app). They return plain
 dicts, ready for the Kubernetes API, and are validated against the upstream CRD schemas in tests.
 Credentials never appear in an object: containers read them from Secrets through ``secretKeyRef``.
+Their pods are assembled by :mod:`eyeops.cluster.pods`: restricted, with the chart's emptyDirs,
+ServiceAccounts and NetworkPolicy labels, so the chart's namespace admits and reaches them.
 """
 
 from __future__ import annotations
