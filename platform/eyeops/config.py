@@ -83,6 +83,12 @@ class PlatformSettings(BaseSettings):
         description="ServiceAccount of InferenceService predictors: the chart's model account "
         "(release eyeops).",
     )
+    kube_model_cache_size: str = Field(
+        "20Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i|[kMGTPE])?$",
+        description="Size of /tmp in the InferenceService/RayService pods eyeops deploys: models load "
+        "there (HOME=/tmp). The chart's modelCacheSize.",
+    )
     kube_release: str = Field(
         "eyeops",
         description="Helm release whose NetworkPolicies must select the pods eyeops creates "

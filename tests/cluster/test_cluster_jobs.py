@@ -248,16 +248,23 @@ def test_serving_pods_run_as_the_configured_account_and_release(
         )
         return _serving_pods(api.objects[(plural, "ml", "fundus-classifier")])
 
-    for account, labels, pod in deploy():
+    def tmp_size(pod: dict) -> str:
+        return next(v["emptyDir"]["sizeLimit"] for v in pod["volumes"] if v["name"] == "tmp")
+
+    for i, (account, labels, pod) in enumerate(deploy()):
         assert account == default_account and labels["app.kubernetes.io/instance"] == "eyeops"
         assert labels["app.kubernetes.io/component"] == "model"  # the chart gateway's peers
-        assert pod["automountServiceAccountToken"] is False
+        # Only the RayService head mounts a token: KubeRay's autoscaler sidecar scales through the API.
+        assert pod["automountServiceAccountToken"] is (backend == "ray" and i == 0)
         assert pod["securityContext"]["runAsNonRoot"] is True
+        assert tmp_size(pod) == "20Gi"  # the model is downloaded and loaded under HOME=/tmp
     monkeypatch.setenv(env_account, f"prod-{default_account}")
     monkeypatch.setenv("EYEOPS_KUBE_RELEASE", "prod")
+    monkeypatch.setenv("EYEOPS_KUBE_MODEL_CACHE_SIZE", "48Gi")
     get_settings.cache_clear()
     pods = deploy()
     assert {(a, labels["app.kubernetes.io/instance"]) for a, labels, _ in pods} == {
         (f"prod-{default_account}", "prod")
     }
+    assert {tmp_size(pod) for _, _, pod in pods} == {"48Gi"}
     assert {a for a, _, _ in deploy(service_account="server")} == {"server"}

@@ -11,7 +11,9 @@ import yaml
 from k8s_helpers import SCENARIOS, find, one
 
 from eyeops.cluster import CONFIG_MAP, build_inference_service, build_rayjob, build_rayservice
+from eyeops.cluster.objects import MODEL_CACHE_SIZE, READINESS_PATH
 from eyeops.cluster.pods import (
+    AUTOSCALER_LABELS,
     RAY_MOUNTS,
     TMP_MOUNT,
     container_security_context,
@@ -85,19 +87,25 @@ def _built(settings: PlatformSettings | None = None) -> list[dict]:
                 namespace="eyeops",
                 service_account=s.kube_model_service_account,
                 release=s.kube_release,
+                model_cache_size=s.kube_model_cache_size,
             )
         )
-        objects.append(build_rayservice(recipe, VERSION, **ray))
+        objects.append(build_rayservice(recipe, VERSION, model_cache_size=s.kube_model_cache_size, **ray))
     return objects
+
+
+def _with_template(objects: list[dict]) -> list[dict]:
+    """``objects`` plus the RayJob inside the RayJob template ConfigMap (pods the chart defines)."""
+    return objects + [
+        yaml.safe_load(cm["data"]["rayjob.yaml"])
+        for cm in find(objects, "ConfigMap", "eyeops-rayjob-template")
+    ]
 
 
 @pytest.fixture(scope="module")
 def chart_objects(rendered) -> list[dict]:
     """Every object of every values file, the RayJob template's RayJob included."""
-    objects = [o for name in SCENARIOS for o in rendered[name]]
-    for cm in find(objects, "ConfigMap", "eyeops-rayjob-template"):
-        objects.append(yaml.safe_load(cm["data"]["rayjob.yaml"]))
-    return objects
+    return _with_template([o for name in SCENARIOS for o in rendered[name]])
 
 
 def _pods(objects: list[dict]) -> list[tuple[dict, str, dict]]:
@@ -155,27 +163,74 @@ def _volumes_and_mounts(pod: dict) -> tuple[list, list]:
 
 def test_writable_paths_are_the_charts(chart_objects):
     """Read-only root filesystems: Ray pods get /tmp and an in-memory /dev/shm (the object store),
-    the predictor and the job submitter /tmp, the same emptyDirs as the chart gives its pods."""
+    the predictor and the job submitter /tmp, the same emptyDirs as the chart gives its pods. Pods
+    that load a model (RayService, predictor) have a /tmp of modelCacheSize: HOME=/tmp, the model
+    is downloaded and its base weights converted there."""
     assert ray_volumes()[1]["emptyDir"]["sizeLimit"] == VALUES["training"]["shmSize"]
+    assert VALUES["modelCacheSize"] == MODEL_CACHE_SIZE == "20Gi"
     chart = {(o["kind"], w.split("[")[0].rsplit(".", 1)[-1]): p for o, w, p in _pods(chart_objects)}
     built = {(o["kind"], w.split("[")[0].rsplit(".", 1)[-1]): p for o, w, p in _pods(_built())}
     ray = [(kind, group) for kind, group in built if group in ("headGroupSpec", "workerGroupSpecs")]
     assert len(ray) == 4
-    for key in ray:
+    for kind, group in ray:
+        tmp = MODEL_CACHE_SIZE if kind == "RayService" else "10Gi"
         assert (
-            _volumes_and_mounts(built[key]) == _volumes_and_mounts(chart[key]) == (ray_volumes(), RAY_MOUNTS)
+            _volumes_and_mounts(built[kind, group])
+            == _volumes_and_mounts(chart[kind, group])
+            == (ray_volumes(tmp_size=tmp), RAY_MOUNTS)
         )
-    for key in (("InferenceService", "predictor"), ("RayJob", "submitterPodTemplate")):
+    for key, tmp in (
+        (("InferenceService", "predictor"), MODEL_CACHE_SIZE),
+        (("RayJob", "submitterPodTemplate"), "1Gi"),
+    ):
         assert (
             _volumes_and_mounts(built[key])
             == _volumes_and_mounts(chart[key])
-            == ([tmp_volume()], [TMP_MOUNT])
+            == ([tmp_volume(tmp)], [TMP_MOUNT])
         )
+    # The chart's own gateway loads a model too.
+    gateway = next(
+        p
+        for o, _, p in _pods(chart_objects)
+        if o["kind"] == "Deployment" and "gateway" in o["metadata"]["name"]
+    )
+    assert _volumes_and_mounts(gateway) == ([tmp_volume(MODEL_CACHE_SIZE)], [TMP_MOUNT])
+
+
+def test_model_cache_size_is_one_setting(prod_release):
+    """values modelCacheSize reaches the chart's model pods and, through the ConfigMap's
+    EYEOPS_KUBE_MODEL_CACHE_SIZE, the predictors and RayServices the pipeline deploys."""
+    objects = helm_template(release="prod", namespace="ml", set_values={"modelCacheSize": "64Gi"})
+    data = one(objects, "ConfigMap", CONFIG_MAP)["data"]
+    assert data["EYEOPS_KUBE_MODEL_CACHE_SIZE"] == "64Gi"
+    assert one(prod_release, "ConfigMap", CONFIG_MAP)["data"]["EYEOPS_KUBE_MODEL_CACHE_SIZE"] == "20Gi"
+    settings = PlatformSettings(
+        storage_root="s3://eyeops/root", kube_model_cache_size=data["EYEOPS_KUBE_MODEL_CACHE_SIZE"]
+    )
+    for obj in _built(settings):
+        for where, pod in pod_specs(obj):
+            (tmp,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
+            serving = obj["kind"] in ("InferenceService", "RayService")
+            assert (tmp["emptyDir"]["sizeLimit"] == "64Gi") is serving, f"{obj['kind']} {where}"
+    isvc = one(objects, "InferenceService")["spec"]["predictor"]
+    assert isvc["volumes"] == [tmp_volume("64Gi")]
+    with pytest.raises(ValueError, match="kube_model_cache_size"):
+        PlatformSettings(storage_root="s3://eyeops/root", kube_model_cache_size="20GB")
+
+
+def test_readiness_probes_are_the_charts(rendered):
+    """Chart and builder probe the predictor on the same path and cadence: the gateway's /readyz,
+    which `eyeops serve --backend kserve` answers (tests/serve/test_kserve.py starts it)."""
+    chart = one(rendered["defaults"], "InferenceService")["spec"]["predictor"]["containers"][0]
+    for built in find(_built(), "InferenceService"):
+        probe = built["spec"]["predictor"]["containers"][0]["readinessProbe"]
+        assert probe == chart["readinessProbe"]
+        assert probe["httpGet"] == {"path": READINESS_PATH, "port": 8080}
 
 
 def test_service_accounts_are_the_charts(rendered):
     """The predictor runs as the chart's model account, Ray pods (RayJob and RayService, as the
-    chart's) as its Ray account, neither with a token; the settings' defaults are release eyeops's."""
+    chart's) as its Ray account; the settings' defaults are release eyeops's."""
     settings = one(rendered["defaults"], "ConfigMap", CONFIG_MAP)["data"]
     defaults = PlatformSettings(storage_root="s3://eyeops/root")
     assert (
@@ -189,11 +244,93 @@ def test_service_accounts_are_the_charts(rendered):
         chart_pods = {p["serviceAccountName"] for _, _, p in _pods([chart[kind]])}
         built_pods = {p["serviceAccountName"] for _, _, p in _pods(find(built, kind))}
         assert built_pods == chart_pods and len(built_pods) == 1, kind
-        assert {p["automountServiceAccountToken"] for _, _, p in _pods(find(built, kind))} == {False}
     # The builders' own defaults are the same accounts (a caller passing nothing gets the chart's).
     recipe = _recipe(False)
     isvc = build_inference_service(recipe, VERSION, namespace="eyeops")
     assert isvc["spec"]["predictor"]["serviceAccountName"] == "eyeops-model"
+
+
+# What KubeRay's own per-cluster autoscaler Role grants (ray-operator common.BuildRole), plus the
+# list/watch on rayclusters newer autoscalers use.
+AUTOSCALER_NEEDS = {
+    *(("", "pods", verb) for verb in ("get", "list", "watch", "patch")),
+    ("", "pods/resize", "patch"),
+    *(("ray.io", "rayclusters", verb) for verb in ("get", "list", "watch", "patch")),
+}
+
+
+def _grants(objects: list[dict], account: str, namespace: str) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) the release's RoleBindings grant ServiceAccount ``account``."""
+    roles = {r["metadata"]["name"]: r for r in find(objects, "Role")}
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": namespace}
+    return {
+        (group, resource, verb)
+        for binding in find(objects, "RoleBinding")
+        if subject in binding["subjects"] and binding["roleRef"]["kind"] == "Role"
+        for rule in roles[binding["roleRef"]["name"]]["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def _ray_groups(obj: dict) -> list[tuple[bool, bool, dict]]:
+    """``(is head, cluster autoscales, pod template)`` for the Ray pods of ``obj``."""
+    spec = obj.get("spec") or {}
+    cluster = {
+        "RayCluster": spec,
+        "RayJob": spec.get("rayClusterSpec"),
+        "RayService": spec.get("rayClusterConfig"),
+    }
+    cluster_spec = cluster.get(obj["kind"])
+    if not cluster_spec:
+        return []
+    autoscales = bool(cluster_spec.get("enableInTreeAutoscaling"))
+    return [(True, autoscales, cluster_spec["headGroupSpec"]["template"])] + [
+        (False, autoscales, g["template"]) for g in cluster_spec["workerGroupSpecs"]
+    ]
+
+
+def test_only_autoscaling_heads_mount_a_token_and_their_account_may_scale(rendered):
+    """KubeRay's in-tree autoscaler sidecar lists, watches and patches pods and patches the
+    RayCluster with the head pod's token. Every autoscaling head, the chart's and the built
+    RayService's, mounts it, runs as an account a RoleBinding grants what the autoscaler needs,
+    and is selected by the NetworkPolicy opening the API server; every other pod has no token
+    (the chart's pipeline and helm-test pods get their accounts')."""
+    autoscaling_heads = 0
+    for scenario, objects in [*rendered.items(), ("built", _built())]:
+        release = rendered["defaults"] if scenario == "built" else objects
+        api = one(release, "NetworkPolicy", "eyeops-netpol-ray-autoscaler")["spec"]
+        assert api["policyTypes"] == ["Egress"]
+        assert {p["port"] for p in api["egress"][0]["ports"]} == set(
+            VALUES["networkPolicy"]["kubeApi"]["ports"]
+        )
+        for obj in _with_template(objects):
+            for head, autoscales, template in _ray_groups(obj):
+                pod, labels = template["spec"], template["metadata"]["labels"]
+                at = f"{scenario}: {obj['kind']}/{obj['metadata']['name']} head={head}"
+                token = head and autoscales
+                assert pod["automountServiceAccountToken"] is token, at
+                assert selects(api["podSelector"], labels) is token, at
+                if token:
+                    autoscaling_heads += 1
+                    grants = _grants(release, pod["serviceAccountName"], "eyeops")
+                    assert grants >= AUTOSCALER_NEEDS, f"{at}: missing {AUTOSCALER_NEEDS - grants}"
+                    assert not any(r in ("secrets", "roles", "rolebindings") for _, r, _ in grants), at
+            for where, pod in pod_specs(obj):
+                if "headGroupSpec" not in where or not pod.get("automountServiceAccountToken"):
+                    assert pod.get("automountServiceAccountToken", None) in (False, None), where
+                    if "automountServiceAccountToken" not in pod:  # the account decides
+                        account = one(release, "ServiceAccount", pod["serviceAccountName"])
+                        assert pod["serviceAccountName"] in ("eyeops-pipeline", "eyeops-test"), account
+    # RayCluster, RayJob, the RayJob template, the chart's RayService and the built RayServices.
+    assert autoscaling_heads >= 8
+    # The built RayJob does not autoscale (fixed worker count): its head keeps no token.
+    job_head = find(_built(), "RayJob")[0]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    assert job_head["spec"]["automountServiceAccountToken"] is False
+    assert not AUTOSCALER_LABELS.items() <= job_head["metadata"]["labels"].items()
+    # The check can fail: the model account (predictors) holds no such grant.
+    assert _grants(rendered["defaults"], "eyeops-model", "eyeops") == set()
 
 
 def _pod_label_sets(obj: dict) -> list[tuple[str, dict]]:
@@ -241,6 +378,8 @@ def _assert_reachable(objects: list[dict], built: list[dict], fullname: str) -> 
             assert any(selects(peer, labels) for peer in mlflow_in), where
         if where.startswith("Ray"):  # head, workers and the job submitter
             need.add(f"{p}ray")
+        if labels.get("eyeops.io/ray-autoscaler") == "true":  # the sidecar reaches the API server
+            need.add(f"{p}ray-autoscaler")
         if where.startswith(("InferenceService", "RayService")):
             need.add(f"{p}model")
             assert any(selects(peer, labels) for peer in gateway_out), where
@@ -270,5 +409,7 @@ def test_another_release_reaches_its_pods_through_the_configmap(prod_release):
     for account in (settings.kube_service_account, settings.kube_model_service_account):
         assert one(prod_release, "ServiceAccount", account)
     _assert_reachable(prod_release, _built(settings), "prod-eyeops")
+    # The Ray account read from the ConfigMap is the one that release lets autoscale.
+    assert _grants(prod_release, settings.kube_service_account, "ml") >= AUTOSCALER_NEEDS
     dns = one(prod_release, "NetworkPolicy", "prod-eyeops-netpol-dns")["spec"]["podSelector"]
     assert not any(selects(dns, labels) for obj in _built() for _, labels in _pod_label_sets(obj))

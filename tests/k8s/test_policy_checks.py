@@ -95,7 +95,7 @@ def test_network_and_rbac_checks(objects):
         o for o in objects if o["kind"] != "NetworkPolicy" or o["metadata"]["name"].endswith("default-deny")
     ]
     assert any("selected by no allow NetworkPolicy" in p for p in check_network_policies(only_deny))
-    role = copy.deepcopy(one(objects, "Role"))
+    role = copy.deepcopy(one(objects, "Role", "eyeops-pipeline"))
     role["rules"][0]["verbs"] = ["*"]
     cluster_role = {**role, "kind": "ClusterRole"}
     assert check_rbac_namespaced([role, cluster_role]) == [

@@ -150,6 +150,14 @@ imagePullSecrets:
     sizeLimit: 1Gi
 {{- end -}}
 
+{{/* /tmp of a pod that loads models (gateway, predictors, RayService pods): HOME=/tmp, so the
+downloaded MLflow model, the Hugging Face cache and converted base models land here. */}}
+{{- define "eyeops.modelTmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.modelCacheSize }}
+{{- end -}}
+
 {{- define "eyeops.tmpMount" -}}
 - name: tmp
   mountPath: /tmp

@@ -1,21 +1,28 @@
 {{/* Pod template of a Ray head or worker (call with dict "root" . "component" c "ray" "head|worker"
-"resources" r "gpu" n "nodeSelector" m "tolerations" t "serve" bool "labels" extra). Ray needs a
-writable /tmp (sessions, logs) and an in-memory /dev/shm (object store); both are emptyDirs, so
-the root filesystem stays read-only. */}}
+"resources" r "gpu" n "nodeSelector" m "tolerations" t "serve" bool "autoscaler" bool "labels" extra).
+Ray needs a writable /tmp (sessions, logs) and an in-memory /dev/shm (object store); both are
+emptyDirs, so the root filesystem stays read-only. Serving pods load models into /tmp (HOME), so
+theirs is modelCacheSize. "autoscaler": the head of a cluster with enableInTreeAutoscaling, whose
+KubeRay sidecar lists/patches pods and patches the RayCluster with this pod's ServiceAccount token
+(rbac.yaml grants the Ray account that; the ray-autoscaler NetworkPolicy lets it reach the API). */}}
 {{- define "eyeops.rayPodTemplate" -}}
 {{- $root := .root -}}
+{{- $autoscaler := and (default false .autoscaler) (eq .ray "head") -}}
 metadata:
   labels:
     {{- include "eyeops.labels" (dict "root" $root "component" .component) | nindent 4 }}
     eyeops.io/ray-node: {{ .ray }}
     eyeops.io/mlflow-client: "true"
     eyeops.io/s3-client: "true"
+    {{- if $autoscaler }}
+    eyeops.io/ray-autoscaler: "true"
+    {{- end }}
     {{- with .labels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
 spec:
   serviceAccountName: {{ include "eyeops.componentName" (dict "root" $root "suffix" "ray") }}
-  automountServiceAccountToken: false
+  automountServiceAccountToken: {{ $autoscaler }}
   securityContext:
     {{- include "eyeops.podSecurityContext" (dict "root" $root) | nindent 4 }}
   {{- with include "eyeops.imagePullSecrets" $root }}{{ . | nindent 2 }}{{ end }}
@@ -63,7 +70,7 @@ spec:
   volumes:
     - name: tmp
       emptyDir:
-        sizeLimit: 10Gi
+        sizeLimit: {{ ternary $root.Values.modelCacheSize "10Gi" (default false .serve) }}
     - name: shm
       emptyDir:
         medium: Memory
@@ -94,7 +101,7 @@ headGroupSpec:
     dashboard-host: "0.0.0.0"
     num-cpus: "0"
   template:
-    {{- include "eyeops.rayPodTemplate" (dict "root" $root "component" "training" "ray" "head" "resources" .Values.training.head.resources "gpu" 0 "nodeSelector" .Values.training.head.nodeSelector "tolerations" .Values.training.head.tolerations) | nindent 4 }}
+    {{- include "eyeops.rayPodTemplate" (dict "root" $root "component" "training" "ray" "head" "autoscaler" true "resources" .Values.training.head.resources "gpu" 0 "nodeSelector" .Values.training.head.nodeSelector "tolerations" .Values.training.head.tolerations) | nindent 4 }}
 workerGroupSpecs:
   {{- range $group := .Values.training.workerGroups }}
   {{- if gt (int $group.minReplicas) (int $group.maxReplicas) }}

@@ -143,7 +143,13 @@ def deploy_on_cluster(
     """
     settings = get_settings()
     ns = namespace or settings.kube_namespace
-    common: dict[str, Any] = {"namespace": ns, "image": image, "pool": pool, "release": settings.kube_release}
+    common: dict[str, Any] = {
+        "namespace": ns,
+        "image": image,
+        "pool": pool,
+        "release": settings.kube_release,
+        "model_cache_size": settings.kube_model_cache_size,
+    }
     if backend == "kserve":
         account = service_account or settings.kube_model_service_account
         obj = build_inference_service(recipe, version, service_account=account, **common)

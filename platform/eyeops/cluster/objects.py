@@ -31,6 +31,7 @@ from eyeops.cluster.pods import (
     standard_labels,
     submitter_pod_template,
     tmp_volume,
+    with_autoscaler,
 )
 from eyeops.config import PlatformSettings
 from eyeops.errors import ClusterError
@@ -52,6 +53,10 @@ _FIELDS = PlatformSettings.model_fields
 RELEASE: str = _FIELDS["kube_release"].default
 RAY_SERVICE_ACCOUNT: str = _FIELDS["kube_service_account"].default
 MODEL_SERVICE_ACCOUNT: str = _FIELDS["kube_model_service_account"].default
+# /tmp of serving pods, where the model is downloaded and loaded (chart values modelCacheSize).
+MODEL_CACHE_SIZE: str = _FIELDS["kube_model_cache_size"].default
+# What the predictors' readiness probes ask (eyeops.serve.gateway's /readyz).
+READINESS_PATH = "/readyz"
 
 
 class Toleration(BaseModel):
@@ -134,6 +139,7 @@ CONFIG_KEYS = (
     "EYEOPS_KUBE_NAMESPACE",
     "EYEOPS_KUBE_SERVICE_ACCOUNT",
     "EYEOPS_KUBE_MODEL_SERVICE_ACCOUNT",
+    "EYEOPS_KUBE_MODEL_CACHE_SIZE",
     "EYEOPS_KUBE_RELEASE",
     "HF_HUB_OFFLINE",
 )
@@ -180,11 +186,13 @@ def _ray_cluster(
     **extra: Any,
 ) -> dict[str, Any]:
     """A KubeRay cluster spec: a head that schedules (num-cpus 0, never trains/serves) and one
-    worker group. ``autoscalerOptions`` go with in-tree autoscaling: the sidecar must be restricted too."""
+    worker group. In-tree autoscaling brings ``autoscalerOptions`` (the sidecar must be restricted
+    too) and the head's token and API access (the sidecar scales through the Kubernetes API)."""
     import ray
 
     if extra.get("enableInTreeAutoscaling"):
         extra = {**extra, "autoscalerOptions": ray_autoscaler_options()}
+        head_template = with_autoscaler(head_template)
     return {
         "rayVersion": ray_version or ray.__version__,
         **extra,
@@ -354,9 +362,11 @@ def build_inference_service(
     secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV,
     service_account: str = MODEL_SERVICE_ACCOUNT,
     release: str = RELEASE,
+    model_cache_size: str = MODEL_CACHE_SIZE,
 ) -> dict[str, Any]:
     """A KServe InferenceService (Standard deployment mode, HPA on concurrency) for ``version``;
-    its predictor pods are restricted and labelled like the chart's (MLflow/S3 clients, gateway peers)."""
+    its predictor pods are restricted and labelled like the chart's (MLflow/S3 clients, gateway peers)
+    and load the model into a /tmp of ``model_cache_size``."""
     serve = recipe.serve
     pool = pool or GpuPool()
     predictor_container = container(
@@ -369,7 +379,9 @@ def build_inference_service(
         command=["eyeops", "serve"],
         args=["--backend", "kserve", "--host", "0.0.0.0", "--port", "8080", "--model", version.model_uri],
         ports=[{"containerPort": 8080, "protocol": "TCP"}],
-        readinessProbe={"httpGet": {"path": "/v2/health/ready", "port": 8080}},
+        # The gateway's /readyz, which every face of `eyeops serve` answers: 503 until the model is
+        # loaded, no API key needed (the chart's predictor probes the same).
+        readinessProbe={"httpGet": {"path": READINESS_PATH, "port": 8080}, "periodSeconds": 5},
     )
     labels = {**pod_labels("model", release), "eyeops.io/model": k8s_name(version.name, max_len=45)}
     predictor: dict[str, Any] = {
@@ -380,7 +392,7 @@ def build_inference_service(
         "labels": labels,
         **pod_spec(
             predictor_container,
-            [tmp_volume()],
+            [tmp_volume(model_cache_size)],
             service_account=service_account,
             placement=pool.placement() if serve.gpu else None,
         ),
@@ -409,9 +421,12 @@ def build_rayservice(
     ray_version: str | None = None,
     service_account: str = RAY_SERVICE_ACCOUNT,
     release: str = RELEASE,
+    model_cache_size: str = MODEL_CACHE_SIZE,
 ) -> dict[str, Any]:
     """A KubeRay RayService running the eyeops Ray Serve app with the recipe's autoscaling; its Ray
-    pods are restricted, run as the Ray account and are labelled like the chart's RayService pods."""
+    pods are restricted, run as the Ray account and are labelled like the chart's RayService pods.
+    Its head mounts the account's token for KubeRay's autoscaler sidecar (the chart's
+    ray-autoscaler Role grants the Ray account what it needs; another account needs the same)."""
     serve = recipe.serve
     pool = pool or GpuPool()
     serve_config = {
@@ -447,7 +462,12 @@ def build_rayservice(
     worker = container(
         "ray-worker", image, env, _resources("2", "8Gi", serve.gpu, pool.accelerator), RAY_MOUNTS
     )
-    ray_pod = {"component": "model", "release": release, "service_account": service_account}
+    ray_pod = {
+        "component": "model",
+        "release": release,
+        "service_account": service_account,
+        "tmp_size": model_cache_size,
+    }
     return {
         "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
         "kind": "RayService",

@@ -11,6 +11,7 @@ the chart and fails when the two drift.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 from eyeops import __version__
@@ -23,6 +24,8 @@ RAY_TMP_SIZE = "10Gi"
 TMP_SIZE = "1Gi"
 # The NetworkPolicies select clients by these (mlflow-clients / s3-clients egress, MLflow ingress).
 CLIENT_LABELS = {"eyeops.io/mlflow-client": "true", "eyeops.io/s3-client": "true"}
+# Autoscaling Ray heads: the chart's ray-autoscaler NetworkPolicy lets them reach the API server.
+AUTOSCALER_LABELS = {"eyeops.io/ray-autoscaler": "true"}
 RayNode = Literal["head", "worker", "submitter"]
 
 
@@ -56,10 +59,11 @@ def tmp_volume(size: str = TMP_SIZE) -> dict[str, Any]:
 TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
 
 
-def ray_volumes(shm_size: str = RAY_SHM_SIZE) -> list[dict[str, Any]]:
-    """Ray writes sessions and logs to /tmp and keeps its object store in an in-memory /dev/shm."""
+def ray_volumes(shm_size: str = RAY_SHM_SIZE, tmp_size: str = RAY_TMP_SIZE) -> list[dict[str, Any]]:
+    """Ray writes sessions and logs to /tmp and keeps its object store in an in-memory /dev/shm;
+    serving pods also load their model into /tmp (``tmp_size``: the chart's modelCacheSize)."""
     return [
-        tmp_volume(RAY_TMP_SIZE),
+        tmp_volume(tmp_size),
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
     ]
 
@@ -139,7 +143,8 @@ def pod_spec(
     placement: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pod-spec fields of every pod built here: restricted security, the writable emptyDirs, an
-    account whose token is not mounted (these pods never call the Kubernetes API)."""
+    account whose token is not mounted (their own containers never call the Kubernetes API; see
+    :func:`with_autoscaler` for the one exception)."""
     spec: dict[str, Any] = {
         "serviceAccountName": service_account,
         "automountServiceAccountToken": False,
@@ -160,13 +165,26 @@ def ray_pod_template(
     service_account: str,
     placement: dict[str, Any] | None = None,
     restart_policy: str = "Never",
+    tmp_size: str = RAY_TMP_SIZE,
 ) -> dict[str, Any]:
     """A Ray head or worker pod template (chart: eyeops.rayPodTemplate)."""
-    spec = pod_spec(main, ray_volumes(), service_account=service_account, placement=placement)
+    volumes = ray_volumes(tmp_size=tmp_size)
+    spec = pod_spec(main, volumes, service_account=service_account, placement=placement)
     return {
         "metadata": {"labels": pod_labels(component, release, ray_node=ray_node)},
         "spec": {**spec, "restartPolicy": restart_policy},
     }
+
+
+def with_autoscaler(head_template: dict[str, Any]) -> dict[str, Any]:
+    """The head of a cluster with KubeRay's in-tree autoscaler: the sidecar KubeRay injects lists,
+    watches and patches pods and patches the RayCluster with this pod's ServiceAccount token, so the
+    token is mounted here (only here) and the label opens the API server to it under default-deny
+    (chart: eyeops.rayPodTemplate "autoscaler"; rbac.yaml's ray-autoscaler Role grants the account)."""
+    template = copy.deepcopy(head_template)
+    template["metadata"]["labels"].update(AUTOSCALER_LABELS)
+    template["spec"]["automountServiceAccountToken"] = True
+    return template
 
 
 def submitter_pod_template(image: str, *, service_account: str, release: str) -> dict[str, Any]:
