@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import API_KEY, CHAT_KEY, b64, start_server
+from serve_helpers import API_KEY, API_KEYS, CHAT_KEY, b64, start_server
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -119,3 +119,43 @@ def test_kserve_routes_check_auth_and_bad_input(server, registered, retina_jpeg)
     models = httpx.get(server.url + "/v1/models", headers=AUTH).json()
     assert models["models"] == [registered.model_name] and models["data"][0]["version"] == registered.version
     assert httpx.post(url, json=body, headers=AUTH, timeout=60).status_code == 200
+
+
+def _probe_port_and_path(pod: dict) -> tuple[int, str, list[str]]:
+    (c,) = pod["containers"]
+    probe = c["readinessProbe"]["httpGet"]
+    return probe["port"], probe["path"], c["args"]
+
+
+def test_the_predictors_readiness_probe_asks_what_the_server_answers(server, registered):
+    """The path the chart's and the pipeline-built predictor's readinessProbe ask, on the port their
+    ``eyeops serve --backend kserve`` listens on: the real KServe face answers it 200, without the
+    API key the kubelet does not have, once the model is loaded."""
+    from eyeops.cluster import build_inference_service
+    from eyeops.k8s import helm_template
+
+    chart = next(o for o in helm_template() if o["kind"] == "InferenceService")["spec"]["predictor"]
+    built = build_inference_service(registered.recipe, registered.version_ref, namespace="eyeops")
+    probes = [_probe_port_and_path(chart), _probe_port_and_path(built["spec"]["predictor"])]
+    (chart_port, chart_path, chart_args), (built_port, built_path, built_args) = probes
+    assert chart_path == built_path
+    assert f"--port={chart_port}" in chart_args and built_args[built_args.index("--port") + 1] == str(
+        built_port
+    )
+    r = httpx.get(server.url + built_path, timeout=10)
+    assert r.status_code == 200 and r.json() == {"status": "ready"}
+
+
+def test_readiness_is_503_until_a_model_is_loaded():
+    """The same route with no model behind it (still loading): not ready, so no traffic yet."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from eyeops.cluster.objects import READINESS_PATH
+    from eyeops.serve.gateway import install
+    from eyeops.serve.settings import ServeSettings
+
+    app = install(FastAPI(), None, ServeSettings(api_keys=API_KEYS))
+    with TestClient(app) as client:
+        r = client.get(READINESS_PATH)
+    assert r.status_code == 503 and "loading" in r.json()["error"]["message"]
