@@ -53,8 +53,13 @@ def bare_loop(recipe: Recipe, data_dir: Path, steps: int) -> float:
     model.train()
     done, start, samples = 0, None, 0
     while done < steps:
-        loader = DataLoader(train_set, batch_size=recipe.train.batch_size, shuffle=True, generator=generator,
-                            collate_fn=family.collate_fn(recipe))
+        loader = DataLoader(
+            train_set,
+            batch_size=recipe.train.batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=family.collate_fn(recipe),
+        )
         for batch in loader:
             loss = family.loss(model, batch)
             loss.backward()
@@ -75,9 +80,17 @@ def bare_loop(recipe: Recipe, data_dir: Path, steps: int) -> float:
 def ray_loop(recipe: Recipe, dataset: DatasetRef, steps: int, storage: Path) -> float:
     from eyeops.train import train
 
-    ref = train(recipe, dataset, run_name="overhead", storage_path=str(storage),
-                overrides={"train.num_workers": 1, "train.max_steps": steps,
-                           "train.checkpoint_every_steps": steps + 1})
+    ref = train(
+        recipe,
+        dataset,
+        run_name="overhead",
+        storage_path=str(storage),
+        overrides={
+            "train.num_workers": 1,
+            "train.max_steps": steps,
+            "train.checkpoint_every_steps": steps + 1,
+        },
+    )
     return ref.metrics["train_samples_per_s"]
 
 
@@ -91,12 +104,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="eyeops-bench-") as tmp:
         os.environ["EYEOPS_STORAGE_ROOT"] = str(Path(tmp) / "root")
-        dataset = prepare(DataSpec(source="synthetic", n=128, image_size=max(64, args.image_size), seed=0),
-                          str(Path(tmp) / "data"), name="bench")
-        recipe = load_recipe("fundus-classifier").with_overrides({
-            "model.image_size": args.image_size, "train.batch_size": args.batch,
-            # The Ray worker gets as many CPUs (so OMP/torch threads) as the bare loop uses.
-            "train.resources_per_worker": {"CPU": args.threads}})
+        dataset = prepare(
+            DataSpec(source="synthetic", n=128, image_size=max(64, args.image_size), seed=0),
+            str(Path(tmp) / "data"),
+            name="bench",
+        )
+        recipe = load_recipe("fundus-classifier").with_overrides(
+            {
+                "model.image_size": args.image_size,
+                "train.batch_size": args.batch,
+                # The Ray worker gets as many CPUs (so OMP/torch threads) as the bare loop uses.
+                "train.resources_per_worker": {"CPU": args.threads},
+            }
+        )
         torch.set_num_threads(args.threads)
         before = bare_loop(recipe, Path(dataset.uri), args.steps)
         under_ray = ray_loop(recipe, dataset, args.steps, Path(tmp) / "runs")
@@ -104,10 +124,12 @@ def main() -> None:
 
     bare = (before + after) / 2
     overhead = (bare - under_ray) / bare * 100
-    print(f"train_overhead: bare {bare:.1f} samples/s (runs {before:.1f}, {after:.1f}), "
-          f"eyeops loop on Ray (1 worker) {under_ray:.1f} samples/s, overhead {overhead:+.1f}% "
-          f"(goal <= 5%) | efficientnet_lite0 {args.image_size}px batch {args.batch} {args.steps} steps "
-          f"{args.threads} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print(
+        f"train_overhead: bare {bare:.1f} samples/s (runs {before:.1f}, {after:.1f}), "
+        f"eyeops loop on Ray (1 worker) {under_ray:.1f} samples/s, overhead {overhead:+.1f}% "
+        f"(goal <= 5%) | efficientnet_lite0 {args.image_size}px batch {args.batch} {args.steps} steps "
+        f"{args.threads} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}"
+    )
 
 
 if __name__ == "__main__":

@@ -89,8 +89,10 @@ def main() -> None:
         served = endpoint_rates(args.endpoint, args.model_name, retina, args.new_tokens, args.batch)
         for batch, rate in zip((1, args.batch), served, strict=True):
             base = plain(batch)
-            print(f"endpoint, {batch} concurrent: {rate:.1f} tok/s vs plain generate batch {batch} "
-                  f"{base:.1f} tok/s, ratio {rate / base:.2f}")
+            print(
+                f"endpoint, {batch} concurrent: {rate:.1f} tok/s vs plain generate batch {batch} "
+                f"{base:.1f} tok/s, ratio {rate / base:.2f}"
+            )
 
 
 def endpoint_rates(url: str, model: str, image, tokens: int, n: int) -> tuple[float, float]:

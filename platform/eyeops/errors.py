@@ -34,14 +34,17 @@ class DataError(EyeopsError):
     http_status = 400
     code = "invalid_data"
 
-    def __init__(self, message: str, *, file: str | None = None, row: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, file: str | None = None, row: int | None = None, field: str | None = None
+    ) -> None:
         where = ", ".join(
-            part for part in (
+            part
+            for part in (
                 f"file {file}" if file else "",
                 f"row {row}" if row is not None else "",
                 f"field {field!r}" if field else "",
-            ) if part
+            )
+            if part
         )
         super().__init__(f"{where}: {message}" if where else message)
         self.file, self.row, self.field = file, row, field

@@ -37,8 +37,7 @@ class Family(Protocol):
         """Torch datasets keyed by split name ('train', 'val', 'test') from a prepared dataset."""
         ...
 
-    def collate_fn(self, recipe: Recipe) -> Callable[[list[Any]], Mapping[str, Any]]:
-        ...
+    def collate_fn(self, recipe: Recipe) -> Callable[[list[Any]], Mapping[str, Any]]: ...
 
     def loss(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
         """Scalar training loss for one micro-batch (already on the model's device)."""

@@ -36,8 +36,7 @@ class CheckpointRef(_Ref):
     run_name: str
     step: int = Field(description="Optimizer steps taken in total (across resumes).")
     resumed_from_step: int | None = Field(None, description="Step of the checkpoint a retry resumed from.")
-    metrics: dict[str, float] = Field(
-        default_factory=dict, description="Last reported training metrics.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Last reported training metrics.")
     dataset_fingerprint: str = ""
     ray_checkpoint_uri: str | None = Field(None, description="Latest Ray Train checkpoint (for resume).")
 
@@ -49,12 +48,15 @@ class EvalReport(_Ref):
     split: str
     num_samples: int
     metrics: dict[str, float] = Field(
-        description="Flat metrics, e.g. macro_auc, f1/D, modality/fundus/macro_auc.")
+        description="Flat metrics, e.g. macro_auc, f1/D, modality/fundus/macro_auc."
+    )
     primary_metric: str
     tables: dict[str, list[dict[str, str | float | int]]] = Field(
-        default_factory=dict, description="Breakdown tables (per class, per modality, per eye) as rows.")
+        default_factory=dict, description="Breakdown tables (per class, per modality, per eye) as rows."
+    )
     artifacts: dict[str, str] = Field(
-        default_factory=dict, description="name -> path of plots / card / tables.")
+        default_factory=dict, description="name -> path of plots / card / tables."
+    )
 
     @property
     def primary_value(self) -> float:

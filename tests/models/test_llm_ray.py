@@ -47,8 +47,10 @@ def trained() -> dict[str, dict[str, dict[str, torch.Tensor]]]:
 
 
 def _weights(model_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
-    return {"base": load_file(str(model_dir / "model" / "model.safetensors")),
-            "adapter": load_file(str(model_dir / ADAPTER))}
+    return {
+        "base": load_file(str(model_dir / "model" / "model.safetensors")),
+        "adapter": load_file(str(model_dir / ADAPTER)),
+    }
 
 
 def test_a_new_zero2_stage_releases_the_previous_engines_gradient_hooks(tiny, tmp_path, monkeypatch):
@@ -61,8 +63,10 @@ def test_a_new_zero2_stage_releases_the_previous_engines_gradient_hooks(tiny, tm
         monkeypatch.setenv(key, value)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
-        stages = [{"name": "lora", "trainable": ["lora"], "max_steps": 1},
-                  {"name": "all", "trainable": ["all"], "max_steps": 1}]
+        stages = [
+            {"name": "lora", "trainable": ["lora"], "max_steps": 1},
+            {"name": "all", "trainable": ["all"], "max_steps": 1},
+        ]
         spec = tiny_recipe(tiny[0], stages=stages)
         spec["train"].update(STRATEGIES["deepspeed"])
         recipe, family = parse_recipe(spec), get_family("llm")
@@ -87,8 +91,9 @@ def test_two_workers_pretrain_then_lora_and_evaluate(ray_session, tiny, trained,
 
     base, data = tiny
     spec = tiny_recipe(base)
-    spec["train"].update(num_workers=2, batch_size=2, checkpoint_every_steps=100, log_every_steps=1,
-                         **STRATEGIES[strategy])
+    spec["train"].update(
+        num_workers=2, batch_size=2, checkpoint_every_steps=100, log_every_steps=1, **STRATEGIES[strategy]
+    )
     recipe = parse_recipe(spec)
     storage, run = str(tmp_path / "runs"), f"tiny-llm-{strategy}"
     checkpoint = train(recipe, data, run_name=run, storage_path=storage)
@@ -114,14 +119,16 @@ def test_two_workers_pretrain_then_lora_and_evaluate(ray_session, tiny, trained,
         return  # DDP resume is covered by tests/train; here: ZeRO-2 shards with a frozen base + LoRA
     shards = {p.name for p in (Path(checkpoint.ray_checkpoint_uri) / "deepspeed").iterdir()}
     assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= shards  # a shard per rank
-    longer = recipe.with_overrides({"train.stages": [*spec["train"]["stages"][:1],
-                                                     {**spec["train"]["stages"][1], "max_steps": 3}]})
+    longer = recipe.with_overrides(
+        {"train.stages": [*spec["train"]["stages"][:1], {**spec["train"]["stages"][1], "max_steps": 3}]}
+    )
     again = train(longer, data, run_name=run, storage_path=storage)
     assert again.resumed_from_step == 4 and again.step == 5  # one more SFT step, not a restart
     resumed = _weights(Path(again.uri))
     for key, value in weights["base"].items():  # the base stayed frozen through the resumed SFT
         assert torch.equal(resumed["base"][key], value), key
     assert any(not torch.equal(resumed["adapter"][k], v) for k, v in weights["adapter"].items())
-    request = GenerationRequest(messages=[Message(role="user", content="What is glaucoma?")],
-                                max_new_tokens=4)
+    request = GenerationRequest(
+        messages=[Message(role="user", content="What is glaucoma?")], max_new_tokens=4
+    )
     assert get_family("llm").load(Path(again.uri)).generate_batch([request])[0].completion_tokens >= 1

@@ -15,8 +15,9 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 def synthetic_dataset(out, n: int, image_size: int = 64, seed: int = 0) -> DatasetRef:
     """Procedural fundus images with ODIR labels, patient-disjoint splits (the data room's generator)."""
-    return prepare(DataSpec(source="synthetic", n=n, image_size=image_size, seed=seed), str(out),
-                   name=f"synthetic-{n}")
+    return prepare(
+        DataSpec(source="synthetic", n=n, image_size=image_size, seed=seed), str(out), name=f"synthetic-{n}"
+    )
 
 
 @pytest.fixture(scope="module")

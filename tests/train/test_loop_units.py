@@ -19,18 +19,26 @@ from eyeops.train.strategies import deepspeed_config, lr_factor, resolve_precisi
 @pytest.fixture(scope="module")
 def recipe():
     return load_recipe("fundus-classifier").with_overrides(
-        {"model.image_size": 32, "train.batch_size": 4, "train.epochs": 2})
+        {"model.image_size": 32, "train.batch_size": 4, "train.epochs": 2}
+    )
 
 
 def _first_ids(stream, n):
-    return [tuple(b["labels"].flatten().tolist()) + tuple(b["image"][:, 0, 0, 0].tolist())
-            for b in itertools.islice(stream, n)]
+    return [
+        tuple(b["labels"].flatten().tolist()) + tuple(b["image"][:, 0, 0, 0].tolist())
+        for b in itertools.islice(stream, n)
+    ]
 
 
 def test_stages_split_the_step_counter(recipe, small_dataset):
-    staged = recipe.with_overrides({"train.stages": [
-        {"name": "head", "trainable": ["head"], "max_steps": 3, "lr": 0.01},
-        {"name": "all", "trainable": ["all"], "epochs": 1}]})
+    staged = recipe.with_overrides(
+        {
+            "train.stages": [
+                {"name": "head", "trainable": ["head"], "max_steps": 3, "lr": 0.01},
+                {"name": "all", "trainable": ["all"], "epochs": 1},
+            ]
+        }
+    )
     plans = plan_stages(staged, FAMILY, small_dataset.uri, world_size=2)
     per_rank_batches = plans[1].batches_per_epoch
     expected = [(0, 3, 0.01), (3, 3 + per_rank_batches, recipe.train.lr)]
@@ -48,7 +56,7 @@ def test_ranks_get_disjoint_shards_and_resume_skips_exactly(recipe, small_datase
     b = _first_ids(_micro_batches(plan, recipe, FAMILY, 1, 2, skip=0), plan.batches_per_epoch)
     assert not set(a[: plan.batches_per_epoch]) & set(b)  # the two workers never share a batch
     resumed = _first_ids(_micro_batches(plan, recipe, FAMILY, 0, 2, skip=3), plan.batches_per_epoch - 1)
-    assert resumed == a[3: plan.batches_per_epoch + 2]  # crosses the epoch boundary identically
+    assert resumed == a[3 : plan.batches_per_epoch + 2]  # crosses the epoch boundary identically
 
 
 def test_precision_policy(recipe):
@@ -62,26 +70,37 @@ def test_precision_policy(recipe):
 def test_deepspeed_config_from_recipe(recipe):
     from eyeops.train.strategies import StepPlan
 
-    spec = {"zero_stage": 2, "offload_optimizer": True,
-            "extra": {"zero_optimization": {"reduce_bucket_size": 1000}}}
+    spec = {
+        "zero_stage": 2,
+        "offload_optimizer": True,
+        "extra": {"zero_optimization": {"reduce_bucket_size": 1000}},
+    }
     ds = recipe.with_overrides(
-        {"train.strategy": "deepspeed", "train.grad_accum_steps": 2, "train.deepspeed": spec})
+        {"train.strategy": "deepspeed", "train.grad_accum_steps": 2, "train.deepspeed": spec}
+    )
     config = deepspeed_config(ds, StepPlan(lr=1e-3, total_steps=10, warmup_steps=0, precision="fp32"))
     assert config["train_micro_batch_size_per_gpu"] == 4 and config["gradient_accumulation_steps"] == 2
-    assert config["zero_optimization"] == {"stage": 2, "overlap_comm": False, "reduce_bucket_size": 1000,
-                                           "offload_optimizer": {"device": "cpu"}}
+    assert config["zero_optimization"] == {
+        "stage": 2,
+        "overlap_comm": False,
+        "reduce_bucket_size": 1000,
+        "offload_optimizer": {"device": "cpu"},
+    }
     assert not config["bf16"]["enabled"] and not config["fp16"]["enabled"]
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"train.num_workers": 0}, "train.num_workers"),
-    ({"train.strategy": "horovod"}, "train.strategy"),
-    ({"train.lr": -1}, "train.lr"),
-    ({"train.scheduler": "exp"}, "train.scheduler"),
-    ({"train.stages": [{"name": "s", "max_steps": 0}]}, "train.stages.0.max_steps"),
-    ({"train.deepspeed": {"zero_stage": 4}}, "train.deepspeed.zero_stage"),
-    ({"train.bogus": 1}, "train.bogus"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.num_workers": 0}, "train.num_workers"),
+        ({"train.strategy": "horovod"}, "train.strategy"),
+        ({"train.lr": -1}, "train.lr"),
+        ({"train.scheduler": "exp"}, "train.scheduler"),
+        ({"train.stages": [{"name": "s", "max_steps": 0}]}, "train.stages.0.max_steps"),
+        ({"train.deepspeed": {"zero_stage": 4}}, "train.deepspeed.zero_stage"),
+        ({"train.bogus": 1}, "train.bogus"),
+    ],
+)
 def test_bad_recipe_values_are_named_before_ray_starts(recipe, small_dataset, overrides, message):
     with pytest.raises(RecipeError, match=message.replace(".", r"\.")):
         train(recipe, small_dataset, overrides=overrides)

@@ -41,8 +41,18 @@ def test_cli_trains_two_stages_on_two_ddp_workers_then_a_rerun_resumes(ray_sessi
         "{name: all, trainable: [all], max_steps: 2}]",
         "train.checkpoint_every_steps=3",
     ]
-    args = ["train", "fundus-classifier", "--data", small_dataset.uri, "--run-name", "ddp",
-            "--storage", str(storage), "--ref-out", str(tmp_path / "ref.json")]
+    args = [
+        "train",
+        "fundus-classifier",
+        "--data",
+        small_dataset.uri,
+        "--run-name",
+        "ddp",
+        "--storage",
+        str(storage),
+        "--ref-out",
+        str(tmp_path / "ref.json"),
+    ]
     for item in sets:
         args += ["--set", item]
     result = CliRunner().invoke(app, args)
@@ -56,9 +66,15 @@ def test_cli_trains_two_stages_on_two_ddp_workers_then_a_rerun_resumes(ray_sessi
     assert FAMILY.load(Path(ref.uri)).classify([_disc()])[0].probabilities.keys() == set("NDGCAHMO")
 
     # Same run name, a longer second stage: training continues from step 4 instead of restarting.
-    longer = load_recipe("fundus-classifier").with_overrides({**TINY, "train.stages": [
-        {"name": "head", "trainable": ["head"], "max_steps": 2, "lr": 0.01},
-        {"name": "all", "trainable": ["all"], "max_steps": 4}]})
+    longer = load_recipe("fundus-classifier").with_overrides(
+        {
+            **TINY,
+            "train.stages": [
+                {"name": "head", "trainable": ["head"], "max_steps": 2, "lr": 0.01},
+                {"name": "all", "trainable": ["all"], "max_steps": 4},
+            ],
+        }
+    )
     again = train(longer, small_dataset, run_name="ddp", storage_path=str(storage))
     assert again.resumed_from_step == 4 and again.step == 6
     second = load_file(str(Path(again.uri) / "model.safetensors"))
@@ -78,8 +94,11 @@ def _alive_train_worker_pids() -> list[int]:
     # Ray's GCS actor table (this session only): the dashboard-backed state API is off in tests.
     from ray._private.state import actors
 
-    return [a["Pid"] for a in actors(actor_state_name="ALIVE").values()
-            if a["ActorClassName"].endswith("RayTrainWorker") and a["Pid"]]
+    return [
+        a["Pid"]
+        for a in actors(actor_state_name="ALIVE").values()
+        if a["ActorClassName"].endswith("RayTrainWorker") and a["Pid"]
+    ]
 
 
 def test_killing_a_worker_resumes_from_the_last_checkpoint(ray_session, recipe, small_dataset, tmp_path):
@@ -107,8 +126,13 @@ def test_killing_a_worker_resumes_from_the_last_checkpoint(ray_session, recipe, 
 
     killer = threading.Thread(target=kill_one_worker_after_first_checkpoint, daemon=True)
     killer.start()
-    ref = train(recipe, small_dataset, run_name="killed", storage_path=str(storage),
-                overrides={"train.max_steps": 24, "train.checkpoint_every_steps": 3, "train.max_failures": 1})
+    ref = train(
+        recipe,
+        small_dataset,
+        run_name="killed",
+        storage_path=str(storage),
+        overrides={"train.max_steps": 24, "train.checkpoint_every_steps": 3, "train.max_failures": 1},
+    )
     killer.join(timeout=5)
     assert "pid" in killed, f"no worker was killed before the run ended: {killed}"
     assert ref.step == 24
@@ -117,11 +141,16 @@ def test_killing_a_worker_resumes_from_the_last_checkpoint(ray_session, recipe, 
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_on_two_cpu_workers_checkpoints_and_resumes(ray_session, recipe, small_dataset,
-                                                                    tmp_path):
+def test_deepspeed_zero2_on_two_cpu_workers_checkpoints_and_resumes(
+    ray_session, recipe, small_dataset, tmp_path
+):
     storage = tmp_path / "runs"
-    ds = {"train.strategy": "deepspeed", "train.deepspeed": {"zero_stage": 2},
-          "train.checkpoint_every_steps": 2, "train.max_steps": 3}
+    ds = {
+        "train.strategy": "deepspeed",
+        "train.deepspeed": {"zero_stage": 2},
+        "train.checkpoint_every_steps": 2,
+        "train.max_steps": 3,
+    }
     ref = train(recipe, small_dataset, run_name="zero2", storage_path=str(storage), overrides=ds)
     assert ref.step == 3 and ref.resumed_from_step is None
     files = {p.name for p in (Path(ref.ray_checkpoint_uri) / "deepspeed").iterdir()}
@@ -129,6 +158,11 @@ def test_deepspeed_zero2_on_two_cpu_workers_checkpoints_and_resumes(ray_session,
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= files
     assert FAMILY.load(Path(ref.uri)).classify([_disc()])
 
-    again = train(recipe, small_dataset, run_name="zero2", storage_path=str(storage),
-                  overrides={**ds, "train.max_steps": 5})
+    again = train(
+        recipe,
+        small_dataset,
+        run_name="zero2",
+        storage_path=str(storage),
+        overrides={**ds, "train.max_steps": 5},
+    )
     assert again.resumed_from_step == 3 and again.step == 5

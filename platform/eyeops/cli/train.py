@@ -46,11 +46,17 @@ def train_command(
     console = Console(stderr=True)
     chosen = load_recipe(recipe).with_overrides(parse_sets(sets)) if sets else load_recipe(recipe)
     manifest = read_manifest(data)
-    dataset = DatasetRef(uri=data, fingerprint=manifest.fingerprint, name=manifest.name,
-                         num_samples=sum(manifest.counts.values()))
+    dataset = DatasetRef(
+        uri=data,
+        fingerprint=manifest.fingerprint,
+        name=manifest.name,
+        num_samples=sum(manifest.counts.values()),
+    )
     cfg = chosen.train
-    console.print(f"[bold]training[/bold] {chosen.name} ({chosen.family}, {cfg.strategy}) on "
-                  f"{cfg.num_workers} worker(s), dataset {manifest.name} ({dataset.num_samples} samples)")
+    console.print(
+        f"[bold]training[/bold] {chosen.name} ({chosen.family}, {cfg.strategy}) on "
+        f"{cfg.num_workers} worker(s), dataset {manifest.name} ({dataset.num_samples} samples)"
+    )
     ref = train(chosen, dataset, run_name=run_name, storage_path=storage)
 
     table = Table(title=f"run {ref.run_name}", show_header=True)

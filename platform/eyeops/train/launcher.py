@@ -30,8 +30,14 @@ from eyeops.refs import CheckpointRef, DatasetRef
 from eyeops.train.loop import MODEL_DIR, train_loop_per_worker
 
 
-def train(recipe: Recipe, dataset: DatasetRef, *, run_name: str | None = None,
-          storage_path: str | None = None, overrides: dict[str, Any] | None = None) -> CheckpointRef:
+def train(
+    recipe: Recipe,
+    dataset: DatasetRef,
+    *,
+    run_name: str | None = None,
+    storage_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> CheckpointRef:
     """Train ``recipe`` on a prepared dataset with Ray Train; returns the final model checkpoint.
 
     ``run_name`` defaults to ``<recipe>-<UTC timestamp>``; running again with an existing name
@@ -42,8 +48,9 @@ def train(recipe: Recipe, dataset: DatasetRef, *, run_name: str | None = None,
         recipe = recipe.with_overrides(overrides)
     get_family(recipe.family)  # unknown family: fail here, not inside a worker
     if not recipe.train.use_gpu and recipe.train.mixed_precision == "fp16":
-        raise ConfigError("train.mixed_precision 'fp16' needs train.use_gpu: true "
-                          "(use bf16, auto or no on CPU)")
+        raise ConfigError(
+            "train.mixed_precision 'fp16' needs train.use_gpu: true (use bf16, auto or no on CPU)"
+        )
     settings = get_settings()
     data_dir = local_dataset_dir(dataset.uri)  # s3 datasets are downloaded (and verified) once
     run_name = run_name or f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
@@ -53,22 +60,32 @@ def train(recipe: Recipe, dataset: DatasetRef, *, run_name: str | None = None,
     try:
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"recipe": recipe.model_dump(mode="json"), "data_dir": str(data_dir),
-                               "dataset_uri": dataset.uri, "run_name": run_name},
+            train_loop_config={
+                "recipe": recipe.model_dump(mode="json"),
+                "data_dir": str(data_dir),
+                "dataset_uri": dataset.uri,
+                "run_name": run_name,
+            },
             scaling_config=ray.train.ScalingConfig(
-                num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                resources_per_worker=dict(cfg.resources_per_worker), accelerator_type=cfg.accelerator_type),
+                num_workers=cfg.num_workers,
+                use_gpu=cfg.use_gpu,
+                resources_per_worker=dict(cfg.resources_per_worker),
+                accelerator_type=cfg.accelerator_type,
+            ),
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
             run_config=ray.train.RunConfig(
-                name=run_name, **_storage_kwargs(storage, settings),
+                name=run_name,
+                **_storage_kwargs(storage, settings),
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep)),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
+            ),
         )
         try:
             result = trainer.fit()
         except ray.train.TrainingFailedError as exc:
-            raise TrainingError(f"run {run_name!r} failed after {cfg.max_failures} retries: "
-                                f"{_root_cause(exc)}") from None
+            raise TrainingError(
+                f"run {run_name!r} failed after {cfg.max_failures} retries: {_root_cause(exc)}"
+            ) from None
     finally:
         if started_ray:
             ray.shutdown()
@@ -78,10 +95,17 @@ def train(recipe: Recipe, dataset: DatasetRef, *, run_name: str | None = None,
     model_path = f"{result.checkpoint.path.rstrip('/')}/{MODEL_DIR}"
     resumed = metrics.get("resumed_from_step")
     return CheckpointRef(
-        uri=_as_uri(model_path, storage), fingerprint=_fingerprint(result.checkpoint.filesystem, model_path),
-        recipe_name=recipe.name, family=recipe.family, run_name=run_name, step=int(metrics.get("step", 0)),
-        resumed_from_step=None if resumed is None else int(resumed), metrics=metrics,
-        dataset_fingerprint=dataset.fingerprint, ray_checkpoint_uri=_as_uri(result.checkpoint.path, storage))
+        uri=_as_uri(model_path, storage),
+        fingerprint=_fingerprint(result.checkpoint.filesystem, model_path),
+        recipe_name=recipe.name,
+        family=recipe.family,
+        run_name=run_name,
+        step=int(metrics.get("step", 0)),
+        resumed_from_step=None if resumed is None else int(resumed),
+        metrics=metrics,
+        dataset_fingerprint=dataset.fingerprint,
+        ray_checkpoint_uri=_as_uri(result.checkpoint.path, storage),
+    )
 
 
 def _ensure_ray(settings: PlatformSettings, num_workers: int, per_worker: dict[str, float]) -> bool:
@@ -108,8 +132,11 @@ def _storage_kwargs(storage: str, settings: PlatformSettings) -> dict[str, Any]:
         return {"storage_path": str(local)}
     kwargs = settings.s3_client_kwargs()
     fs = pyarrow.fs.S3FileSystem(
-        access_key=kwargs.get("aws_access_key_id"), secret_key=kwargs.get("aws_secret_access_key"),
-        region=kwargs["region_name"], endpoint_override=kwargs.get("endpoint_url"))
+        access_key=kwargs.get("aws_access_key_id"),
+        secret_key=kwargs.get("aws_secret_access_key"),
+        region=kwargs["region_name"],
+        endpoint_override=kwargs.get("endpoint_url"),
+    )
     # With an explicit filesystem, Ray wants the path without its scheme.
     return {"storage_path": storage.removeprefix("s3://"), "storage_filesystem": fs}
 
@@ -132,7 +159,9 @@ def _fingerprint(fs: pyarrow.fs.FileSystem, directory: str) -> str:
         with fs.open_input_stream(name) as stream:
             while chunk := stream.read(1 << 20):
                 inner.update(chunk)
-        outer.update(f"{os.path.relpath(name, directory.removeprefix('s3://'))}\0{inner.hexdigest()}\n".encode())
+        outer.update(
+            f"{os.path.relpath(name, directory.removeprefix('s3://'))}\0{inner.hexdigest()}\n".encode()
+        )
     return outer.hexdigest()
 
 

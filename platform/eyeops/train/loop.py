@@ -64,22 +64,29 @@ def plan_stages(recipe: Recipe, family: Family, data_dir: Path, world_size: int)
     return plans
 
 
-def _micro_batches(plan: StagePlan, recipe: Recipe, family: Family, rank: int, world: int,
-                   skip: int) -> Iterator[Mapping[str, Any]]:
+def _micro_batches(
+    plan: StagePlan, recipe: Recipe, family: Family, rank: int, world: int, skip: int
+) -> Iterator[Mapping[str, Any]]:
     """An endless stream of this rank's micro-batches, epoch after epoch, after ``skip`` of them.
 
     Skipping works on sampler indices, so resuming mid-epoch decodes no images it throws away
     and sees exactly the batches the interrupted run would have seen next.
     """
     cfg = recipe.train
-    sampler = DistributedSampler(plan.train_set, num_replicas=world, rank=rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=False)
+    sampler = DistributedSampler(
+        plan.train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False
+    )
     epoch, offset = divmod(skip, plan.batches_per_epoch)
     while True:
         sampler.set_epoch(epoch)
-        indices = list(sampler)[offset * cfg.batch_size:]
-        loader = DataLoader(plan.train_set, batch_size=cfg.batch_size, sampler=indices,
-                            collate_fn=family.collate_fn(recipe), num_workers=cfg.dataloader_workers)
+        indices = list(sampler)[offset * cfg.batch_size :]
+        loader = DataLoader(
+            plan.train_set,
+            batch_size=cfg.batch_size,
+            sampler=indices,
+            collate_fn=family.collate_fn(recipe),
+            num_workers=cfg.dataloader_workers,
+        )
         yield from loader
         epoch, offset = epoch + 1, 0
 
@@ -137,17 +144,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if step >= plan.end and not last:
             continue  # finished before the checkpoint we resume from
         family.apply_stage(model, plan.spec)
-        engine = make_engine(model, recipe, StepPlan(plan.lr, plan.end - plan.start,
-                                                     min(cfg.warmup_steps, plan.end - plan.start), precision),
-                             device)
+        engine = make_engine(
+            model,
+            recipe,
+            StepPlan(plan.lr, plan.end - plan.start, min(cfg.warmup_steps, plan.end - plan.start), precision),
+            device,
+        )
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 # Optimizer state only fits the stage that wrote it; a later stage keeps just weights.
                 engine.load(Path(directory), full=meta.get("stage") == plan.index)
             checkpoint = None
         model.train()
-        stream = _micro_batches(plan, recipe, family, rank, world,
-                                skip=max(0, step - plan.start) * cfg.grad_accum_steps)
+        stream = _micro_batches(
+            plan, recipe, family, rank, world, skip=max(0, step - plan.start) * cfg.grad_accum_steps
+        )
         window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
         while step < plan.end:
             for micro in range(cfg.grad_accum_steps):
@@ -168,32 +179,58 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if step % cfg.log_every_steps == 0 or is_ckpt or step == plan.end:
                 elapsed = time.perf_counter() - window_start
                 metrics = {
-                    "step": step, "stage": plan.index,
+                    "step": step,
+                    "stage": plan.index,
                     "epoch": (step - plan.start) * cfg.grad_accum_steps / plan.batches_per_epoch,
-                    "loss": _mean_across_workers(window_loss / max(window_n, 1), device), "lr": engine.lr(),
+                    "loss": _mean_across_workers(window_loss / max(window_n, 1), device),
+                    "lr": engine.lr(),
                     "samples_per_s": window_n / cfg.grad_accum_steps * samples / max(elapsed, 1e-9),
                     **extra_metrics,
                 }
                 if rank == 0:
-                    print(f"[eyeops] {config['run_name']} step {step}/{total} stage {plan.spec.name} "
-                          f"loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-                          f"{metrics['samples_per_s']:.1f} samples/s", flush=True)
+                    print(
+                        f"[eyeops] {config['run_name']} step {step}/{total} stage {plan.spec.name} "
+                        f"loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+                        f"{metrics['samples_per_s']:.1f} samples/s",
+                        flush=True,
+                    )
                 if is_ckpt:
-                    _report_checkpoint(engine, family, recipe, rank, metrics, final=False,
-                                       meta={"step": step, "stage": plan.index})
+                    _report_checkpoint(
+                        engine,
+                        family,
+                        recipe,
+                        rank,
+                        metrics,
+                        final=False,
+                        meta={"step": step, "stage": plan.index},
+                    )
                 else:
                     ray.train.report(metrics)
                 window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
 
     timed = time.perf_counter() - (first_step_done or run_start)
-    final = {"step": step, "total_steps": float(total), "train_seconds": time.perf_counter() - run_start,
-             "train_samples_per_s": timed_samples / timed if timed_samples else 0.0, **extra_metrics}
-    _report_checkpoint(engine, family, recipe, rank, final, final=True,
-                       meta={"step": step, "stage": stages[-1].index})
+    final = {
+        "step": step,
+        "total_steps": float(total),
+        "train_seconds": time.perf_counter() - run_start,
+        "train_samples_per_s": timed_samples / timed if timed_samples else 0.0,
+        **extra_metrics,
+    }
+    _report_checkpoint(
+        engine, family, recipe, rank, final, final=True, meta={"step": step, "stage": stages[-1].index}
+    )
 
 
-def _report_checkpoint(engine, family: Family, recipe: Recipe, rank: int, metrics: dict[str, Any], *,
-                       final: bool, meta: dict[str, Any]) -> None:
+def _report_checkpoint(
+    engine,
+    family: Family,
+    recipe: Recipe,
+    rank: int,
+    metrics: dict[str, Any],
+    *,
+    final: bool,
+    meta: dict[str, Any],
+) -> None:
     """Save the training state (and, when ``final``, the model dir) and report it to Ray Train."""
     with tempfile.TemporaryDirectory(prefix="eyeops-ckpt-") as tmp:
         directory = Path(tmp)

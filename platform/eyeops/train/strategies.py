@@ -56,8 +56,10 @@ def build_optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float) -> to
     # No weight decay on biases and norm scales (1-D tensors): the usual AdamW practice.
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": recipe.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": recipe.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
@@ -81,7 +83,8 @@ def lr_factor(kind: str, step: int, warmup: int, total: int) -> float:
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, plan: StepPlan):
     kind = recipe.train.scheduler
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, functools.partial(lr_factor, kind, warmup=plan.warmup_steps, total=plan.total_steps))
+        optimizer, functools.partial(lr_factor, kind, warmup=plan.warmup_steps, total=plan.total_steps)
+    )
 
 
 def follow_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, base_lr: float) -> None:
@@ -143,8 +146,9 @@ class DDPEngine(Engine):
         # Between boundaries skip DDP's gradient all-reduce: gradients just add up locally.
         skip_sync = not boundary and hasattr(self.model, "no_sync")  # a single worker has no DDP wrapper
         sync = self.model.no_sync() if skip_sync else contextlib.nullcontext()
-        autocast = (torch.autocast(self.device.type, dtype=self._dtype) if self._dtype
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self._dtype) if self._dtype else contextlib.nullcontext()
+        )
         with sync, autocast:
             yield
 
@@ -172,9 +176,16 @@ class DDPEngine(Engine):
     def save(self, directory: Path, rank: int, extra: dict[str, Any]) -> bool:
         if rank != 0:  # DDP replicas are identical: one copy is the whole state
             return False
-        torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                    "extra": extra}, directory / STATE_FILE)
+        torch.save(
+            {
+                "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "extra": extra,
+            },
+            directory / STATE_FILE,
+        )
         return True
 
     def load(self, directory: Path, full: bool = True) -> dict[str, Any]:
@@ -207,8 +218,8 @@ class DeepSpeedEngine(Engine):
         optimizer = build_optimizer(params, recipe, plan.lr)
         scheduler = build_scheduler(optimizer, recipe, plan)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=config,
-            dist_init_required=False)
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
+        )
         _LIVE_DS_ENGINES[id(module)] = self.model
 
     def accumulate(self, boundary: bool) -> contextlib.AbstractContextManager:
@@ -234,8 +245,13 @@ class DeepSpeedEngine(Engine):
         return True
 
     def load(self, directory: Path, full: bool = True) -> dict[str, Any]:
-        _, client = self.model.load_checkpoint(str(directory), tag=DS_TAG, load_module_only=not full,
-                                               load_optimizer_states=full, load_lr_scheduler_states=full)
+        _, client = self.model.load_checkpoint(
+            str(directory),
+            tag=DS_TAG,
+            load_module_only=not full,
+            load_optimizer_states=full,
+            load_lr_scheduler_states=full,
+        )
         if client is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
         if full:
