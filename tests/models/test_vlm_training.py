@@ -6,19 +6,17 @@ diagnosis answers, "The appearance is most consistent with glaucoma."), stage 2 
 LoRA on closed QA (four-option diagnosis + yes/no). Closed-QA accuracy on held-out patients must
 beat the untrained model, chance + 0.1 and always giving the most frequent answer.
 
-Why a caption stage: trained on closed QA alone, 40 CPU steps learn the answer format and priors
-(always "A", always "No") but not the image: every example carries one answer token, and the
-letter depends on the image only through the shuffled options. A caption names the disease
-directly, so the connector learns to put it into the LLM's embedding space first.
-
-Measured (still skipped): a logistic-regression probe on the same frozen tower features separates
-the 8 synthetic classes at 0.91-0.95 on held-out patients, yet after 30 connector-only caption
-steps (loss 3.8 -> 0.5) every held-out caption names the same disease: within a CPU-test budget
-the connector learns the caption's wording and the class prior, not the class. 30 + 30 steps
-(closed QA mixed with captions in stage 2, lr 2e-3) end the same way: 0.36, always "D" / "No".
-With per-layer input LayerNorm in the connector (tokens ~4.7 vs word embeddings ~3.2, was ~13),
-this test's 15 + 25 steps reach align loss 1.05 (was 1.25) but held-out closed QA 0.34 vs chance
-0.375: still always "A" / "No". Input scale was not the bottleneck.
+It is skipped: within a CPU-test budget the model does not get there. What was measured (2 cores,
+teacher-forced accuracy on held-out patients, `benchmarks/vlm_learning.py` for the real path):
+- Perception is learnable but slow: connector-only caption alignment names the right disease in
+  0/16 held-out captions after 15-30 steps, 0.56-0.63 after 45-60 (lr 3e-3; 1e-2 and a 1-token
+  connector are no faster). A logistic probe on the frozen tower features gets 0.91-0.95.
+- The LLM is the bottleneck: a *text oracle* (the true diagnosis written into the prompt instead
+  of the image, LoRA only) needs ~60 steps to learn the yes/no comparison (0.48 -> 0.85) and does
+  not learn the four-option letter lookup in 60 (0.21-0.33 vs 0.25).
+- Together: 60 align + 50 instruct steps (4 min 12 s of training) give yes/no 0.625 vs chance 0.5
+  on 96 held-out questions (benchmark), 45 + 60 give 0.52-0.65 depending on the step; one joint
+  stage (captions + yes/no from the start, 90 steps) stays at chance. Not robust at ~8 CPU-min.
 """
 
 from __future__ import annotations
@@ -58,12 +56,15 @@ def test_answer_only_loss_equals_the_full_logits_loss(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(
-    reason="known gap (issue 8): after 15 caption-alignment + 25 closed-QA steps the model still answers "
-    "the priors ('A', 'No'): held-out closed-QA 0.34 (input-normalised connector; 0.36 without) vs chance "
-    "0.375 on 96 samples (closed QA alone: 0.27); the 4-minute CPU budget allows ~60 steps of ~5 CPU-s"
+@pytest.mark.skipif(
+    not os.environ.get("EYEOPS_LONG_TESTS"),
+    reason="known gap (issue 8), set EYEOPS_LONG_TESTS=1 to run (~7 CPU-min): the 135M LLM needs ~60 LoRA "
+    "steps to learn even the yes/no comparison from a text oracle and the connector ~50 caption steps to "
+    "name the disease; 60 + 50 steps reach yes/no 0.625 vs chance 0.5, not robustly above chance + 0.1 "
+    "(module docstring, benchmarks/vlm_learning.py)",
 )
 def test_closed_qa_accuracy_rises_above_chance(tmp_path, monkeypatch):
+    """The best schedule measured: 60 caption-alignment steps, then 50 on yes/no closed QA + captions."""
     from eyeops.data import prepare
     from eyeops.data.store import load_samples, write_samples
 
@@ -72,7 +73,7 @@ def test_closed_qa_accuracy_rises_above_chance(tmp_path, monkeypatch):
     torch.manual_seed(0)
     spec = DataSpec(
         source="synthetic",
-        n=240,
+        n=480,
         seed=3,
         image_size=128,
         tasks=["closed_qa", "open_qa"],
@@ -81,26 +82,28 @@ def test_closed_qa_accuracy_rises_above_chance(tmp_path, monkeypatch):
     )
     data = prepare(spec, str(tmp_path / "data"), name="vlm-closed-qa")
     data_dir = tmp_path / "data"
-    # Keep closed QA and the diagnosis captions (the data engine ids them "<image id>-diagnosis").
-    kept = [s for s in load_samples(data_dir) if s.task == "closed_qa" or s.id.endswith("-diagnosis")]
+    # Keep yes/no closed QA and the diagnosis captions (the data engine ids them "<image id>-<kind>").
+    kept = [s for s in load_samples(data_dir) if s.id.endswith(("-yesno", "-diagnosis"))]
     write_samples(kept, data_dir)
     recipe = load_recipe("eye-vlm").with_overrides(
         {
             "model.system_prompt": "Answer concisely.",  # SmolLM2's default one is 3x longer
             "model.max_seq_len": 160,
+            "model.eval_max_new_tokens": 4,
+            "model.connector.grid": 1,
             "train.stages": [
                 {
                     "name": "align",
                     "trainable": ["connector"],
                     "data_tasks": ["open_qa"],
-                    "max_steps": 15,
+                    "max_steps": 60,
                     "lr": 3e-3,
                 },
                 {
                     "name": "instruct",
                     "trainable": ["connector", "lora"],
-                    "data_tasks": ["closed_qa"],
-                    "max_steps": 25,
+                    "data_tasks": ["closed_qa", "open_qa"],
+                    "max_steps": 50,
                     "lr": 1e-3,
                 },
             ],
@@ -130,7 +133,8 @@ def test_closed_qa_accuracy_rises_above_chance(tmp_path, monkeypatch):
         FAMILY.apply_stage(model, stage)
         model.train()
         train = FAMILY.datasets(recipe, data_dir, stage)["train"]
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage.lr)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=recipe.train.weight_decay)
         for _ in range(stage.max_steps):
             idx = torch.randperm(len(train), generator=generator)[:8].tolist()
             loss = FAMILY.loss(model, collate_fn([train[i] for i in idx]))
