@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from eyeops.k8s import CHART_DIR
+from eyeops.refs import ModelVersionRef
 
 CI = CHART_DIR / "ci"
 # name -> values files; "defaults" renders values.yaml alone. Here, not in conftest.py: another
@@ -16,6 +17,19 @@ SCENARIOS: dict[str, list[Path]] = {
     "external": [CI / "external-values.yaml"],
     "evaluation": [CI / "evaluation-values.yaml"],
 }
+
+# The registered model the serving builders are handed in these tests.
+CHAMPION = ModelVersionRef(
+    name="eyeops-fundus-classifier",
+    version=3,
+    alias="champion",
+    run_id="r",
+    model_uri="models:/eyeops-fundus-classifier/3",
+    gate_passed=True,
+    gate_reason="first version",
+    metric="macro_auc",
+    value=0.9,
+)
 
 
 def find(objects: list[dict], kind: str, name: str | None = None) -> list[dict]:

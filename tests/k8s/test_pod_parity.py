@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import yaml
-from k8s_helpers import SCENARIOS, find, one
+from k8s_helpers import CHAMPION, SCENARIOS, find, one
 
 from eyeops.cluster import CONFIG_MAP, build_inference_service, build_rayjob, build_rayservice
 from eyeops.cluster.objects import MODEL_CACHE_SIZE, READINESS_PATH
@@ -34,21 +34,10 @@ from eyeops.k8s.policy import (
 )
 from eyeops.k8s.validate import validate_custom
 from eyeops.recipes import parse_recipe
-from eyeops.refs import DatasetRef, ModelVersionRef
+from eyeops.refs import DatasetRef
 
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text(encoding="utf-8"))
 DATASET = DatasetRef(uri="s3://eyeops/root/datasets/odir", fingerprint="f" * 64, name="odir")
-VERSION = ModelVersionRef(
-    name="eyeops-fundus-classifier",
-    version=3,
-    alias="champion",
-    run_id="r",
-    model_uri="models:/eyeops-fundus-classifier/3",
-    gate_passed=True,
-    gate_reason="first version",
-    metric="macro_auc",
-    value=0.9,
-)
 
 
 def _recipe(gpu: bool):
@@ -83,14 +72,14 @@ def _built(settings: PlatformSettings | None = None) -> list[dict]:
         objects.append(
             build_inference_service(
                 recipe,
-                VERSION,
+                CHAMPION,
                 namespace="eyeops",
                 service_account=s.kube_model_service_account,
                 release=s.kube_release,
                 model_cache_size=s.kube_model_cache_size,
             )
         )
-        objects.append(build_rayservice(recipe, VERSION, model_cache_size=s.kube_model_cache_size, **ray))
+        objects.append(build_rayservice(recipe, CHAMPION, model_cache_size=s.kube_model_cache_size, **ray))
     return objects
 
 
@@ -246,7 +235,7 @@ def test_service_accounts_are_the_charts(rendered):
         assert built_pods == chart_pods and len(built_pods) == 1, kind
     # The builders' own defaults are the same accounts (a caller passing nothing gets the chart's).
     recipe = _recipe(False)
-    isvc = build_inference_service(recipe, VERSION, namespace="eyeops")
+    isvc = build_inference_service(recipe, CHAMPION, namespace="eyeops")
     assert isvc["spec"]["predictor"]["serviceAccountName"] == "eyeops-model"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k8s_helpers import container, env_of, one
+from k8s_helpers import CHAMPION, container, env_of, one
 
 from eyeops import __version__
 from eyeops.cluster import (
@@ -30,7 +30,7 @@ from eyeops.cluster import (
 from eyeops.config import PlatformSettings
 from eyeops.k8s import CHART_DIR, helm_template
 from eyeops.recipes import parse_recipe
-from eyeops.refs import DatasetRef, ModelVersionRef
+from eyeops.refs import DatasetRef
 from eyeops.train.job import _parser
 
 STORAGE_ROOT = "s3://eyeops/root"  # values.yaml s3.storageRoot
@@ -191,20 +191,9 @@ def test_default_images_are_the_ones_the_chart_runs(chart_job, rendered):
 
 
 def _serving_objects() -> list[dict]:
-    version = ModelVersionRef(
-        name="eyeops-fundus-classifier",
-        version=3,
-        alias="champion",
-        run_id="r",
-        model_uri="models:/eyeops-fundus-classifier/3",
-        gate_passed=True,
-        gate_reason="first version",
-        metric="macro_auc",
-        value=0.9,
-    )
     return [
-        build_inference_service(_recipe(), version, namespace="eyeops"),
-        build_rayservice(_recipe(), version, namespace="eyeops"),
+        build_inference_service(_recipe(), CHAMPION, namespace="eyeops"),
+        build_rayservice(_recipe(), CHAMPION, namespace="eyeops"),
     ]
 
 
