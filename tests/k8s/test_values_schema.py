@@ -40,6 +40,8 @@ def _values(tmp_path, data: dict):
         ({"models": [{**MODEL, "backend": "triton"}]}, "models.0.backend"),
         ({"models": [{**MODEL, "gpu": 0.5}]}, "models.0.gpu: Invalid type. Expected: integer"),
         ({"s3": {"storageRoot": "/data"}}, "s3.storageRoot: Does not match pattern"),
+        # a Kubernetes quantity the pipeline's settings would refuse when they read it back
+        ({"modelCacheSize": "500m"}, "modelCacheSize: Does not match pattern"),
         (
             {
                 "training": {
@@ -114,3 +116,16 @@ def test_missing_crds_fail_with_install_hint():
 def test_crd_check_can_be_waived_for_offline_rendering():
     objs = helm_template(api_versions=(), set_values={"preflight.requireCRDs": "false"})
     assert any(o["kind"] == "InferenceService" for o in objs)
+
+
+def test_model_cache_size_pattern_is_the_settings_one():
+    """The chart and PlatformSettings accept the same sizes: the value travels through eyeops-config."""
+    import json
+
+    from eyeops.config import PlatformSettings
+    from eyeops.k8s import CHART_DIR
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text(encoding="utf-8"))
+    field = PlatformSettings.model_fields["kube_model_cache_size"]
+    patterns = [m.pattern for m in field.metadata if hasattr(m, "pattern")]
+    assert patterns == [schema["$defs"]["storageSize"]["pattern"]]
