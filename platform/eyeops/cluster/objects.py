@@ -210,6 +210,15 @@ def _ray_cluster(
     }
 
 
+def _ray_head(image: str, env: list[dict[str, Any]], ports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The head container: small (it schedules, ``num-cpus 0``), exposing ``ports``."""
+    return container("ray-head", image, env, _resources("1", "4Gi"), RAY_MOUNTS, ports=ports)
+
+
+def _ray_worker(image: str, env: list[dict[str, Any]], resources: dict[str, Any]) -> dict[str, Any]:
+    return container("ray-worker", image, env, resources, RAY_MOUNTS)
+
+
 def _resources(cpu: str, memory: str, gpus: int = 0, accelerator: str = "nvidia.com/gpu") -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
@@ -283,25 +292,18 @@ def build_rayjob(
             "RAY_USAGE_STATS_ENABLED": "0",
         },
     )
-    head = container(
-        "ray-head",
+    head = _ray_head(
         image,
         env,
-        _resources("1", "4Gi"),
-        RAY_MOUNTS,
-        ports=[
+        [
             {"containerPort": 6379, "name": "gcs"},
             {"containerPort": 8265, "name": "dashboard"},
             {"containerPort": 10001, "name": "client"},
         ],
     )
     cpus = str(max(1, int(recipe.train.resources_per_worker.get("CPU", 1))))
-    worker = container(
-        "ray-worker",
-        image,
-        env,
-        _resources(cpus, "8Gi", pool.gpus_per_worker if use_gpu else 0, pool.accelerator),
-        RAY_MOUNTS,
+    worker = _ray_worker(
+        image, env, _resources(cpus, "8Gi", pool.gpus_per_worker if use_gpu else 0, pool.accelerator)
     )
     ray_pod = {"component": "training", "release": release, "service_account": service_account}
     spec: dict[str, Any] = {
@@ -451,17 +453,10 @@ def build_rayservice(
         ]
     }
     env = _env(secret_env, _serving_env(version))
-    head = container(
-        "ray-head",
-        image,
-        env,
-        _resources("1", "4Gi"),
-        RAY_MOUNTS,
-        ports=[{"containerPort": 8000, "name": "serve"}, {"containerPort": 8265, "name": "dashboard"}],
+    head = _ray_head(
+        image, env, [{"containerPort": 8000, "name": "serve"}, {"containerPort": 8265, "name": "dashboard"}]
     )
-    worker = container(
-        "ray-worker", image, env, _resources("2", "8Gi", serve.gpu, pool.accelerator), RAY_MOUNTS
-    )
+    worker = _ray_worker(image, env, _resources("2", "8Gi", serve.gpu, pool.accelerator))
     ray_pod = {
         "component": "model",
         "release": release,
