@@ -480,11 +480,14 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     if not path.is_file():
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
         raise NotFoundError(f"recipe {str(name_or_path)!r} not found (known: {', '.join(known) or 'none'})")
+    return parse_recipe(_read_yaml(path), origin=str(path))
+
+
+def _read_yaml(path: Path) -> Any:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise RecipeError(f"invalid recipe {path}: not valid YAML: {exc}") from None
-    return parse_recipe(data, origin=str(path))
 
 
 def load_saved_recipe(path: str | Path) -> Recipe:
@@ -495,12 +498,10 @@ def load_saved_recipe(path: str | Path) -> Recipe:
     existed, and the saved weights have no LayerNorms for it.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"invalid recipe {path}: not valid YAML: {exc}") from None
-    connector = data.get("model", {}).get("connector") if isinstance(data, dict) else None
-    if isinstance(connector, dict):
+    data = _read_yaml(path)
+    model = data.get("model") if isinstance(data, dict) else None
+    connector = model.get("connector") if isinstance(model, dict) else None
+    if isinstance(connector, dict):  # a malformed file is left to parse_recipe's error
         connector.setdefault("input_norm", False)
     return parse_recipe(data, origin=str(path))
 
