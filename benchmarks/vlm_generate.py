@@ -41,7 +41,7 @@ def main() -> None:
     import eyeops.data  # noqa: F401 - import order: the data package before recipes
     from eyeops.data.schema import Message
     from eyeops.inference import GenerationRequest
-    from eyeops.models.vlm import FAMILY
+    from eyeops.models.vlm.family import FAMILY
     from eyeops.recipes import load_recipe
 
     torch.manual_seed(0)

@@ -46,7 +46,7 @@ def main() -> None:
     from eyeops.data import prepare
     from eyeops.data.store import load_samples, write_samples
     from eyeops.evaluate.runner import EvalContext, read_split
-    from eyeops.models.vlm import FAMILY
+    from eyeops.models.vlm.family import FAMILY
     from eyeops.recipes import DataSpec, load_recipe
 
     torch.manual_seed(args.seed)

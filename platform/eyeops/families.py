@@ -1,29 +1,84 @@
 """How the shared machinery (train loop, evaluation, registry, serving) meets a model family.
 
-Each family (classifier, llm, vlm, ophglm, healthgpt) provides one object satisfying
-:class:`Family`. The train loop, evaluator and registry call only these methods, so adding a
-family never touches them. Families are looked up by the recipe's typed ``model.family`` field.
+A family is one package under ``eyeops/models/<family>/`` with two entry modules:
+
+- ``spec.py`` exposes ``SPEC``, the pydantic class of the recipe's ``model:`` section (pure
+  pydantic, so :mod:`eyeops.recipes` assembles the ``model`` union without importing torch);
+- ``family.py`` exposes ``FAMILY``, an object satisfying :class:`Family`.
+
+The train loop, evaluator, registry and servers call only :class:`Family` (and the
+:class:`eyeops.inference.InferenceModel` its ``load`` returns), so adding a family is one folder
+and one line in :data:`FAMILIES`. Families are looked up by the recipe's typed ``model.family``.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from eyeops.errors import ConfigError
 
 if TYPE_CHECKING:
+    import pandas as pd
     import torch
     from torch.utils.data import Dataset
 
-    from eyeops.inference import InferenceModel
+    from eyeops.data.schema import Manifest
+    from eyeops.inference import Capability, InferenceModel
     from eyeops.recipes import Recipe, StageSpec
+
+# The one registry: family name (the recipe's ``model.family``) -> its package.
+FAMILIES: Mapping[str, str] = {
+    "classifier": "eyeops.models.classifier",
+    "llm": "eyeops.models.llm",
+    "vlm": "eyeops.models.vlm",
+    "ophglm": "eyeops.models.ophglm",
+    "healthgpt": "eyeops.models.healthgpt",
+}
+
+Rows = list[dict[str, str | float | int]]
+PyfuncTask = Literal["classify", "chat"]
+
+
+class EvalOutput(BaseModel):
+    """What a family's ``evaluate`` returns: flat metrics, breakdown tables, notes, extra files."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    num_samples: int
+    metrics: dict[str, float] = Field(description="Defined metrics only, e.g. macro_auc, eye/OD/kappa.")
+    undefined: list[str] = Field(default_factory=list, description="Metric names that had no defined value.")
+    tables: dict[str, Rows] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+    artifacts: dict[str, str] = Field(default_factory=dict, description="name -> path under out_dir.")
+    labels: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """Everything a family's ``evaluate`` needs; ``samples`` holds the eval split's rows."""
+
+    recipe: Recipe
+    model: InferenceModel
+    data_dir: Path
+    samples: pd.DataFrame
+    out_dir: Path
+    manifest: Manifest | None
+    batch_size: int = 32
 
 
 class Family(Protocol):
+    """A model family: build, train (stages, data, loss), save/load, and judge its models."""
+
     name: str
+    capabilities: frozenset[Capability]
+    """What the loaded models answer (``classify``, ``chat``, ``generate_image``)."""
+    pyfunc_task: PyfuncTask
+    """The MLflow pyfunc interface the registry logs: images → label probabilities, or prompt → text."""
 
     def build_model(self, recipe: Recipe) -> torch.nn.Module:
         """A fresh model with pretrained backbones loaded as the recipe says."""
@@ -51,20 +106,23 @@ class Family(Protocol):
         """Reload a saved model for inference."""
         ...
 
+    def evaluate(self, ctx: EvalContext) -> EvalOutput:
+        """Score the loaded model on the eval split: the family's metrics, tables and notes."""
+        ...
 
-_FAMILY_MODULES = {
-    "classifier": "eyeops.models.classifier",
-    "llm": "eyeops.models.llm",
-    "vlm": "eyeops.models.vlm",
-    "ophglm": "eyeops.models.ophglm",
-    "healthgpt": "eyeops.models.healthgpt",
-}
+
+def _package(name: str) -> str:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ConfigError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})") from None
 
 
 def get_family(name: str) -> Family:
-    """The family object for a recipe's ``model.family`` (each module exposes ``FAMILY``)."""
-    try:
-        module_name = _FAMILY_MODULES[name]
-    except KeyError:
-        raise ConfigError(f"unknown model family {name!r} (known: {', '.join(_FAMILY_MODULES)})") from None
-    return importlib.import_module(module_name).FAMILY
+    """The family object for a recipe's ``model.family`` (``<package>.family.FAMILY``)."""
+    return importlib.import_module(f"{_package(name)}.family").FAMILY
+
+
+def model_specs() -> list[type[BaseModel]]:
+    """Every family's recipe ``model:`` class (``<package>.spec.SPEC``), in registry order."""
+    return [importlib.import_module(f"{package}.spec").SPEC for package in FAMILIES.values()]

@@ -76,7 +76,7 @@ def teach_answer(model: Any, tokenizer: Any, messages: list[dict], answer: str, 
     greedy decoding gives visible text instead of a random model's whitespace or special tokens."""
     import torch
 
-    from eyeops.models.generation import render_chat
+    from eyeops.models.common.generation import render_chat
 
     prompt = render_chat(tokenizer, messages, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]

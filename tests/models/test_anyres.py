@@ -7,7 +7,14 @@ import torch
 from PIL import Image
 
 from eyeops.errors import ConfigError
-from eyeops.models.anyres import GLOBAL_ONLY, AnyResMerger, ViewPlan, make_views, select_grid, to_tensor
+from eyeops.models.common.anyres import (
+    GLOBAL_ONLY,
+    AnyResMerger,
+    ViewPlan,
+    make_views,
+    select_grid,
+    to_tensor,
+)
 
 GRIDS = [(1, 1), (1, 2), (2, 1), (2, 2), (1, 3), (3, 1)]
 

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from eyeops.data import prepare
 from eyeops.errors import ConfigError, DataError, InvalidRequest
 from eyeops.inference import GenerationRequest, InferenceModel
-from eyeops.models.classifier import (
+from eyeops.models.classifier.family import (
     FAMILY,
     FundusTransform,
     _packaged_lite0_state,
@@ -18,7 +18,8 @@ from eyeops.models.classifier import (
     crop_fundus_border,
     load_packaged_weights,
 )
-from eyeops.recipes import ClassifierModel, DataSpec, StageSpec, load_recipe
+from eyeops.models.classifier.spec import ClassifierModel
+from eyeops.recipes import DataSpec, StageSpec, load_recipe
 
 
 @pytest.fixture(scope="module")

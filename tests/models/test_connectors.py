@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from eyeops.errors import ConfigError
-from eyeops.models.connectors import build_connector, tokens_per_view
-from eyeops.models.towers import build_tower, tower_geometry
-from eyeops.recipes import ConnectorSpec, VisionTowerSpec
+from eyeops.models.common.connectors import build_connector, tokens_per_view
+from eyeops.models.common.specs import ConnectorSpec, VisionTowerSpec
+from eyeops.models.common.towers import build_tower, tower_geometry
 
 SIGLIP = VisionTowerSpec(
     kind="siglip",

@@ -14,8 +14,8 @@ from PIL import Image
 from eyeops.data.schema import Manifest, Message, Sample
 from eyeops.errors import ConfigError, InvalidRequest
 from eyeops.inference import GenerationRequest, InferenceModel
-from eyeops.models.healthgpt import FAMILY, START, group_parameter_names, index_token
-from eyeops.models.hlora import HLoraLinear
+from eyeops.models.common.hlora import HLoraLinear
+from eyeops.models.healthgpt.family import FAMILY, START, group_parameter_names, index_token
 from eyeops.recipes import parse_recipe
 
 Q = Message(role="user", content="<image>\nIs there glaucoma? Answer yes or no.")
@@ -63,7 +63,7 @@ def _write_dataset(root):
 
 
 def test_image_tokens_mean_initialised_and_hlora_on_llm_only(recipe, model):
-    from eyeops.models.healthgpt import _tokenizer
+    from eyeops.models.healthgpt.family import _tokenizer
 
     tok = _tokenizer(recipe.model)
     start, idx0 = tok.convert_tokens_to_ids([START, index_token(0)])
@@ -130,7 +130,7 @@ def test_save_load_and_mixed_task_generation(recipe, model, tmp_path):
         logits = {}
         for task in ("comprehension", "generation"):
             inputs = predictor._inputs([chat], [task])
-            from eyeops.models.hlora import route_tasks
+            from eyeops.models.common.hlora import route_tasks
 
             with route_tasks(predictor.model.lm, [task]):
                 logits[task] = predictor.model.lm(**inputs).logits

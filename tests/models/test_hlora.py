@@ -11,8 +11,16 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from eyeops.errors import ConfigError, InvalidRequest
-from eyeops.models.hlora import HLoraConfig, HLoraLinear, apply_hlora, refuse_merge, route_tasks, set_task
-from eyeops.recipes import HLoRASpec, parse_recipe
+from eyeops.models.common.hlora import (
+    HLoraConfig,
+    HLoraLinear,
+    apply_hlora,
+    refuse_merge,
+    route_tasks,
+    set_task,
+)
+from eyeops.models.common.specs import HLoRASpec
+from eyeops.recipes import parse_recipe
 
 IN, OUT = 6, 5
 

@@ -11,8 +11,8 @@ from _llm_tiny import save_tiny_llm, text_samples, tiny_recipe, write_dataset
 from eyeops.data.schema import Message, Sample, Split, Task
 from eyeops.errors import ConfigError, DataError, NotFoundError
 from eyeops.families import get_family
-from eyeops.models import _llm_data as D
-from eyeops.models._hf import load_tokenizer, resolve_base
+from eyeops.models.common.hub import load_tokenizer, resolve_base
+from eyeops.models.llm import data as D
 from eyeops.recipes import StageSpec, load_recipe, parse_recipe
 
 FAMILY = get_family("llm")

@@ -11,8 +11,8 @@ from PIL import Image
 from eyeops.data.schema import Manifest, Message, Sample
 from eyeops.errors import ConfigError, NotFoundError
 from eyeops.inference import GenerationRequest, InferenceModel
-from eyeops.models.ophglm import FAMILY, group_parameter_names
-from eyeops.models.vlm_processing import IMAGE_TOKEN_ID
+from eyeops.models.common.processing import IMAGE_TOKEN_ID
+from eyeops.models.ophglm.family import FAMILY, group_parameter_names
 from eyeops.recipes import StageSpec, parse_recipe
 
 Q = Message(role="user", content="<image>\nIs there glaucoma? Answer yes or no.")
@@ -148,7 +148,7 @@ def test_three_steps_freeze_and_prefix_fuses_image_and_question(llm_dir, data, t
 
 
 def test_image_checkpoint_reuses_a_trained_fundus_classifier(llm_dir, tmp_path):
-    from eyeops.models.classifier import FAMILY as CLASSIFIER
+    from eyeops.models.classifier.family import FAMILY as CLASSIFIER
 
     cls_recipe = parse_recipe(
         {"name": "fc", "model": {"family": "classifier", **ENCODER}, "register": {"model_name": "fc"}}

@@ -8,8 +8,8 @@ from _vlm_helpers import save_tiny_llm, tiny_recipe
 from test_vlm import _write_dataset
 
 from eyeops.evaluate.runner import checkpoint_ref, dataset_ref, evaluate
-from eyeops.models.vlm import FAMILY
-from eyeops.models.vlm_eval import disease_keywords, parse_yes_no, report_check
+from eyeops.models.common.vqa_eval import disease_keywords, parse_yes_no, report_check
+from eyeops.models.vlm.family import FAMILY
 from eyeops.recipes import parse_recipe
 
 

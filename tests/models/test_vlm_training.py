@@ -31,8 +31,8 @@ from PIL import Image
 from eyeops.data.schema import Message
 from eyeops.evaluate.runner import EvalContext, read_split
 from eyeops.inference import GenerationRequest
-from eyeops.models.vlm import FAMILY, _tokenizer
-from eyeops.models.vlm_processing import collate, open_image
+from eyeops.models.common.processing import collate, open_image
+from eyeops.models.vlm.family import FAMILY, _tokenizer
 from eyeops.recipes import DataSpec, load_recipe, parse_recipe
 
 

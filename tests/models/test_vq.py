@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from eyeops.errors import ConfigError, NotFoundError
-from eyeops.models.vq import (
+from eyeops.models.common.specs import VQSpec
+from eyeops.models.common.vq import (
     VQModel,
     build_vq,
     evaluate_vq,
@@ -21,7 +22,6 @@ from eyeops.models.vq import (
     tokens_to_png,
     train_vq,
 )
-from eyeops.recipes import VQSpec
 
 SPEC = VQSpec(image_size=32, downsample=2, hidden=16, codebook_size=64, embed_dim=16, train_steps=80)
 

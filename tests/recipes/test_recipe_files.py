@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eyeops.families import _FAMILY_MODULES
+from eyeops.families import FAMILIES
 from eyeops.recipes import RECIPES_DIR, list_recipes, load_recipe, parse_recipe
 
 RECIPES = list_recipes()
@@ -19,7 +19,7 @@ def test_the_recipe_folder_is_not_empty():
 def test_recipe_loads_and_round_trips(name):
     recipe = load_recipe(name)
     assert recipe.name == name, f"recipes/{name}.yaml declares name {recipe.name!r}"
-    assert recipe.family in _FAMILY_MODULES
+    assert recipe.family in FAMILIES
     assert parse_recipe(recipe.model_dump(mode="json")) == recipe
     assert recipe.register.model_name
 

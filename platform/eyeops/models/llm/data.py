@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from eyeops.data.schema import IMAGE_TOKEN, Sample, Task
 from eyeops.errors import DataError, NotFoundError
-from eyeops.models.generation import render_chat
+from eyeops.models.common.generation import render_chat
 
 if TYPE_CHECKING:
     import torch

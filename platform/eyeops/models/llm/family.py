@@ -8,7 +8,7 @@
   other stage does SFT on text_qa / mcq / dialogue / open_qa samples with loss on answers only.
 - ``save`` writes ``llm.json`` naming the format: ``adapter`` (base reference + adapter),
   ``base+adapter`` (a base changed by pretraining + adapter), ``merged`` or ``full``.
-- ``load`` returns a :class:`~eyeops.models.generation.ChatModel` (batched KV-cache generation,
+- ``load`` returns a :class:`~eyeops.models.common.generation.ChatModel` (batched KV-cache generation,
   streaming); ``evaluate`` scores MCQ accuracy and essay metrics per dataset and per topic.
 """
 
@@ -25,10 +25,13 @@ import yaml
 
 from eyeops.data.schema import Task
 from eyeops.errors import ConfigError, DataError, NotFoundError
-from eyeops.models import _llm_data as D
-from eyeops.models._hf import load_causal_lm, load_tokenizer, torch_dtype
-from eyeops.models.generation import ChatModel
-from eyeops.recipes import LLMModel, Recipe, StageSpec, parse_recipe
+from eyeops.models.common.generation import ChatModel
+from eyeops.models.common.hub import load_causal_lm, load_tokenizer, torch_dtype
+from eyeops.models.common.language_model import add_lora
+from eyeops.models.common.stages import stages_of, trains
+from eyeops.models.llm import data as D
+from eyeops.models.llm.spec import LLMModel
+from eyeops.recipes import Recipe, StageSpec, parse_recipe
 
 if TYPE_CHECKING:
     import torch
@@ -50,17 +53,13 @@ def _spec(recipe: Recipe) -> LLMModel:
     return recipe.model
 
 
-def _stages(recipe: Recipe) -> list[StageSpec]:
-    return list(recipe.train.stages) or [StageSpec(name="train")]
-
-
 def uses_lora(recipe: Recipe) -> bool:
-    return any("lora" in s.trainable for s in _stages(recipe))
+    return trains(recipe, "lora")
 
 
 def base_is_trained(recipe: Recipe) -> bool:
     """Whether any stage updates base weights (then the saved model must carry them)."""
-    return any(g != "lora" for s in _stages(recipe) for g in s.trainable)
+    return any(g != "lora" for s in stages_of(recipe) for g in s.trainable)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -82,7 +81,7 @@ class LLMFamily:
     def build_model(self, recipe: Recipe) -> torch.nn.Module:
         spec = _spec(recipe)
         if spec.quantization != "none":
-            extra = sorted({g for s in _stages(recipe) for g in s.trainable} - {"lora"})
+            extra = sorted({g for s in stages_of(recipe) for g in s.trainable} - {"lora"})
             if extra:
                 raise ConfigError(
                     f"model.quantization={spec.quantization!r} freezes the base in low precision; "
@@ -98,27 +97,7 @@ class LLMFamily:
         model.config.use_cache = False  # no KV cache while training: it only costs memory
         if not uses_lora(recipe):
             return model
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-        if spec.quantization != "none":
-            model = prepare_model_for_kbit_training(model)
-        config = LoraConfig(
-            r=spec.lora.r,
-            lora_alpha=spec.lora.alpha,
-            lora_dropout=spec.lora.dropout,
-            target_modules=list(spec.lora.target_modules),
-            task_type="CAUSAL_LM",
-        )
-        try:
-            return get_peft_model(model, config)
-        except ValueError as exc:
-            linear = sorted(
-                {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"}
-            )
-            raise ConfigError(
-                f"model.lora.target_modules {spec.lora.target_modules}: {exc} "
-                f"(Linear layers of this model: {linear})"
-            ) from None
+        return add_lora(model, spec.lora, quantized=spec.quantization != "none")
 
     def apply_stage(self, model: torch.nn.Module, stage: StageSpec) -> None:
         model = _unwrap(model)
@@ -282,7 +261,7 @@ class LLMFamily:
 
     # --- evaluation hook (eyeops.evaluate.runner) ---------------------------------------------------
     def evaluate(self, ctx: EvalContext) -> EvalOutput:
-        from eyeops.models._llm_eval import evaluate_text
+        from eyeops.models.llm.evaluation import evaluate_text
 
         return evaluate_text(ctx)
 

@@ -36,7 +36,7 @@ from torch import nn
 from eyeops.errors import ConfigError, NotFoundError
 
 if TYPE_CHECKING:
-    from eyeops.recipes import VQSpec
+    from eyeops.models.common.specs import VQSpec
 
 log = logging.getLogger(__name__)
 _EMA_DECAY = 0.99
@@ -311,7 +311,7 @@ def build_vq(spec: VQSpec, *, seed: int = 0, n_images: int = 96) -> tuple[VQMode
     """
     from safetensors.torch import load_file, save_file
 
-    from eyeops.models._hf import _file_lock, model_cache_dir
+    from eyeops.models.common.hub import _file_lock, model_cache_dir
 
     model = VQModel(spec)
     if spec.checkpoint:

@@ -1,4 +1,4 @@
-"""Stage plumbing the multimodal families share: unwrap a DDP/DeepSpeed-wrapped model, freeze by group."""
+"""Stage plumbing the families share: the recipe's stages, unwrap a DDP/DeepSpeed model, freeze by group."""
 
 from __future__ import annotations
 
@@ -8,9 +8,19 @@ from typing import TypeVar
 from torch import nn
 
 from eyeops.errors import ConfigError
-from eyeops.recipes import StageSpec
+from eyeops.recipes import Recipe, StageSpec
 
 M = TypeVar("M", bound=nn.Module)
+
+
+def stages_of(recipe: Recipe) -> list[StageSpec]:
+    """The recipe's stages; a recipe with none trains one stage of every group."""
+    return list(recipe.train.stages) or [StageSpec(name="train", trainable=["all"])]
+
+
+def trains(recipe: Recipe, group: str) -> bool:
+    """Whether any stage trains ``group`` (e.g. 'lora': then the model needs an adapter)."""
+    return any(group in stage.trainable for stage in stages_of(recipe))
 
 
 def unwrap(model: nn.Module, cls: type[M]) -> M:

@@ -27,8 +27,8 @@ from torch import nn
 from eyeops.errors import ConfigError
 
 if TYPE_CHECKING:
-    from eyeops.models.towers import TowerGeometry, VisionTower
-    from eyeops.recipes import ConnectorSpec
+    from eyeops.models.common.specs import ConnectorSpec
+    from eyeops.models.common.towers import TowerGeometry, VisionTower
 
 
 def _mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:

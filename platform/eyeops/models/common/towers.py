@@ -20,7 +20,7 @@ from torch import nn
 from eyeops.errors import ConfigError
 
 if TYPE_CHECKING:
-    from eyeops.recipes import VisionTowerSpec
+    from eyeops.models.common.specs import VisionTowerSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -192,8 +192,8 @@ def _hf_tower(spec: VisionTowerSpec) -> HFViTTower:
 def _timm_tower(spec: VisionTowerSpec) -> TimmCNNTower:
     # The classifier family owns timm backbones and their weight sources (the packaged ImageNet
     # efficientnet_lite0, timm's download, a local file): reuse it, keep the body, drop the head.
-    from eyeops.models.classifier import build_classifier
-    from eyeops.recipes import ClassifierModel
+    from eyeops.models.classifier.family import build_classifier
+    from eyeops.models.classifier.spec import ClassifierModel
 
     net = build_classifier(ClassifierModel(backbone=spec.name, weights=spec.weights, drop_rate=0.0)).net
     if not all(hasattr(net, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):

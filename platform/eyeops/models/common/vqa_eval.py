@@ -21,7 +21,7 @@ from eyeops.data.schema import ODIR_LABEL_NAMES, ODIR_LABELS, Message
 from eyeops.errors import DataError
 from eyeops.evaluate import text_metrics as tm
 from eyeops.inference import GenerationRequest
-from eyeops.models.vlm_processing import open_image
+from eyeops.models.common.processing import open_image
 
 if TYPE_CHECKING:
     from eyeops.evaluate.runner import EvalContext, EvalOutput

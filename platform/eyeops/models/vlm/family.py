@@ -29,19 +29,21 @@ from torch.utils.data import Dataset
 
 from eyeops.errors import ConfigError, InvalidRequest, NotFoundError
 from eyeops.inference import ClassifyResult, GenerationRequest, GenerationResult
-from eyeops.models._stages import train_only, unwrap
-from eyeops.models.anyres import AnyResMerger, ViewPlan
-from eyeops.models.connectors import Connector, build_connector, tokens_per_view
-from eyeops.models.generation import stream_generation
-from eyeops.models.towers import VisionTower, build_tower, tower_geometry
-from eyeops.models.vlm_processing import (
+from eyeops.models.common.anyres import AnyResMerger, ViewPlan
+from eyeops.models.common.connectors import Connector, build_connector, tokens_per_view
+from eyeops.models.common.generation import stream_generation
+from eyeops.models.common.language_model import add_lora, build_language_model
+from eyeops.models.common.processing import (
     IGNORE_INDEX,
     IMAGE_TOKEN_ID,
     VLMDataset,
     VLMProcessor,
     collate,
 )
-from eyeops.recipes import Recipe, StageSpec, VLMModel, load_saved_recipe
+from eyeops.models.common.stages import train_only, trains, unwrap
+from eyeops.models.common.towers import VisionTower, build_tower, tower_geometry
+from eyeops.models.vlm.spec import VLMModel
+from eyeops.recipes import Recipe, StageSpec, load_saved_recipe
 
 GROUPS = ("connector", "lora", "vision_last_blocks", "vision", "llm", "all")
 DEFAULT_TASKS = ("closed_qa", "open_qa", "report")
@@ -149,47 +151,13 @@ def _spec(recipe: Recipe) -> VLMModel:
     return recipe.model
 
 
-def _build_lm(spec: VLMModel, tokenizer: Any) -> nn.Module:
-    from eyeops.models._hf import load_causal_lm, torch_dtype
-
-    if spec.llm_config is None:
-        return load_causal_lm(spec.llm, dtype=spec.dtype)
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = dict(spec.llm_config)
-    model_type = cfg.pop("model_type", "llama")
-    cfg.setdefault("vocab_size", len(tokenizer))
-    try:
-        config = AutoConfig.for_model(model_type, **cfg)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"model.llm_config: {exc}") from None
-    return AutoModelForCausalLM.from_config(config, dtype=torch_dtype(spec.dtype))
-
-
-def _uses(recipe: Recipe, group: str) -> bool:
-    stages = recipe.train.stages or [StageSpec(name="all", trainable=["all"])]
-    return any(group in s.trainable for s in stages)
-
-
 def build_vlm(recipe: Recipe, tokenizer: Any) -> EyeVLM:
     """The model with pretrained tower and LM loaded, LoRA attached when any stage trains it."""
     spec = _spec(recipe)
     tower = build_tower(spec.vision)
-    lm = _build_lm(spec, tokenizer)
-    if _uses(recipe, "lora"):
-        from peft import LoraConfig, get_peft_model
-
-        lora = spec.lora
-        lm = get_peft_model(
-            lm,
-            LoraConfig(
-                r=lora.r,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout,
-                target_modules=list(lora.target_modules),
-                task_type="CAUSAL_LM",
-            ),
-        )
+    lm = build_language_model(spec, len(tokenizer))
+    if trains(recipe, "lora"):
+        lm = add_lora(lm, spec.lora)
     dim = lm.get_input_embeddings().embedding_dim
     connector = build_connector(spec.connector, tower, dim)
     tower.truncate(max(connector.layers) + 1)
@@ -218,7 +186,7 @@ def _processor(spec: VLMModel, tokenizer: Any, mean: tuple, std: tuple, tokens: 
 
 
 def _tokenizer(spec: VLMModel) -> Any:
-    from eyeops.models._hf import load_tokenizer
+    from eyeops.models.common.hub import load_tokenizer
 
     return load_tokenizer(spec.llm)
 
@@ -350,7 +318,7 @@ class VLMFamily:
 
     def evaluate(self, ctx: Any) -> Any:
         """The evaluation runner's hook: Eyecare-Bench style metrics and tables (see ``vlm_eval``)."""
-        from eyeops.models.vlm_eval import evaluate_vlm
+        from eyeops.models.common.vqa_eval import evaluate_vlm
 
         return evaluate_vlm(ctx)
 

@@ -25,7 +25,8 @@ from torchvision.transforms import v2 as T
 from eyeops.data import load_samples, read_manifest
 from eyeops.errors import ConfigError, DataError, InvalidRequest, NotFoundError
 from eyeops.inference import ClassifyResult, GenerationRequest, GenerationResult
-from eyeops.recipes import ClassifierModel, Recipe, StageSpec, load_saved_recipe
+from eyeops.models.classifier.spec import ClassifierModel
+from eyeops.recipes import Recipe, StageSpec, load_saved_recipe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -15,7 +15,7 @@ from eyeops.data.schema import Sample, Task
 from eyeops.errors import DataError
 from eyeops.evaluate import text_metrics as tm
 from eyeops.inference import GenerationRequest, GenerationResult
-from eyeops.models import _llm_data as D
+from eyeops.models.llm import data as D
 
 if TYPE_CHECKING:
     from eyeops.evaluate.runner import EvalContext, EvalOutput

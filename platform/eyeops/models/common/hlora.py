@@ -31,7 +31,7 @@ from torch import nn
 from eyeops.errors import ConfigError, InvalidRequest
 
 if TYPE_CHECKING:
-    from eyeops.recipes import HLoRASpec
+    from eyeops.models.common.specs import HLoRASpec
 
 ROUTER = "lora_router"
 

@@ -1,0 +1,1 @@
+"""fundus-classifier: timm backbone + multi-label BCE head (also OphGLM's image encoder)."""

@@ -1,0 +1,1 @@
+"""Pieces several model families share (see :mod:`eyeops.models`)."""

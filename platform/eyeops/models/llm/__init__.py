@@ -1,0 +1,1 @@
+"""eye-llm (Ophtimus): any Hugging Face causal LM; packed continued pretraining, then LoRA SFT."""

@@ -1,0 +1,1 @@
+"""OphGLM: fundus-classifier embedding + BERT [CLS] -> fusion MLP -> LLM prefix tokens."""

@@ -1,0 +1,1 @@
+"""eye-vlm (EyecareGPT): vision tower -> layer-wise dense connector -> causal LM, with AnyRes."""
