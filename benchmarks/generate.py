@@ -27,8 +27,9 @@ import torch
 
 from eyeops.data.schema import Message
 from eyeops.inference import GenerationRequest
-from eyeops.models.common.generation import ChatModel, render_chat
+from eyeops.models.common.generation import render_chat
 from eyeops.models.common.hub import load_causal_lm, load_tokenizer
+from eyeops.models.llm.inference import ChatModel
 from eyeops.serve.predictor import load_predictor
 
 PROMPTS = [

@@ -10,8 +10,8 @@ from PIL import Image, ImageDraw
 from eyeops.data import prepare
 from eyeops.errors import ConfigError, DataError, InvalidRequest
 from eyeops.inference import GenerationRequest, InferenceModel
-from eyeops.models.classifier.family import (
-    FAMILY,
+from eyeops.models.classifier.family import FAMILY
+from eyeops.models.classifier.modeling import (
     FundusTransform,
     _packaged_lite0_state,
     build_classifier,

@@ -15,7 +15,8 @@ from eyeops.data.schema import Manifest, Message, Sample
 from eyeops.errors import ConfigError, InvalidRequest
 from eyeops.inference import GenerationRequest, InferenceModel
 from eyeops.models.common.hlora import HLoraLinear
-from eyeops.models.healthgpt.family import FAMILY, START, group_parameter_names, index_token
+from eyeops.models.healthgpt.family import FAMILY
+from eyeops.models.healthgpt.modeling import START, group_parameter_names, index_token
 from eyeops.recipes import parse_recipe
 
 Q = Message(role="user", content="<image>\nIs there glaucoma? Answer yes or no.")
@@ -63,7 +64,7 @@ def _write_dataset(root):
 
 
 def test_image_tokens_mean_initialised_and_hlora_on_llm_only(recipe, model):
-    from eyeops.models.healthgpt.family import _tokenizer
+    from eyeops.models.healthgpt.modeling import _tokenizer
 
     tok = _tokenizer(recipe.model)
     start, idx0 = tok.convert_tokens_to_ids([START, index_token(0)])

@@ -12,8 +12,9 @@ from PIL import Image
 from eyeops.data.schema import Message
 from eyeops.errors import InvalidRequest
 from eyeops.inference import GenerationRequest, InferenceModel
-from eyeops.models.common.generation import ChatModel, strip_stream
+from eyeops.models.common.generation import strip_stream
 from eyeops.models.common.hub import load_causal_lm, load_tokenizer
+from eyeops.models.llm.inference import ChatModel
 
 PROMPTS = ["What is glaucoma?", "Describe the lens and cataract surgery in a few words please.", "Hi"]
 

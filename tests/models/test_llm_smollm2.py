@@ -17,9 +17,9 @@ import torch
 from eyeops.data import Split, Task, load_samples, prepare
 from eyeops.families import get_family
 from eyeops.inference import GenerationRequest
-from eyeops.models.common.generation import ChatModel
 from eyeops.models.common.hub import load_causal_lm, load_tokenizer, resolve_base
 from eyeops.models.llm import data as D
+from eyeops.models.llm.inference import ChatModel
 from eyeops.recipes import DataSpec, parse_recipe
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,8 @@ from eyeops.data.schema import Manifest, Message, Sample
 from eyeops.errors import ConfigError, NotFoundError
 from eyeops.inference import GenerationRequest, InferenceModel
 from eyeops.models.common.processing import IMAGE_TOKEN_ID
-from eyeops.models.ophglm.family import FAMILY, group_parameter_names
+from eyeops.models.ophglm.family import FAMILY
+from eyeops.models.ophglm.modeling import group_parameter_names
 from eyeops.recipes import StageSpec, parse_recipe
 
 Q = Message(role="user", content="<image>\nIs there glaucoma? Answer yes or no.")

@@ -14,7 +14,8 @@ from eyeops.data.schema import Manifest, Message, Sample
 from eyeops.errors import ConfigError, DataError, InvalidRequest
 from eyeops.inference import GenerationRequest, InferenceModel
 from eyeops.models.common.processing import IGNORE_INDEX, IMAGE_TOKEN_ID, collate
-from eyeops.models.vlm.family import FAMILY, group_parameter_names
+from eyeops.models.vlm.family import FAMILY
+from eyeops.models.vlm.modeling import group_parameter_names
 from eyeops.recipes import StageSpec, parse_recipe
 
 Q = Message(role="user", content="<image>\nIs there glaucoma? Answer yes or no.")
@@ -44,7 +45,7 @@ def _batch(recipe, images_per_sample=(1, 1)):
 
 
 def _tok(recipe):
-    from eyeops.models.vlm.family import _tokenizer
+    from eyeops.models.vlm.modeling import _tokenizer
 
     return _tokenizer(recipe.model)
 

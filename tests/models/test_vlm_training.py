@@ -32,7 +32,8 @@ from eyeops.data.schema import Message
 from eyeops.evaluate.runner import EvalContext, read_split
 from eyeops.inference import GenerationRequest
 from eyeops.models.common.processing import collate, open_image
-from eyeops.models.vlm.family import FAMILY, _tokenizer
+from eyeops.models.vlm.family import FAMILY
+from eyeops.models.vlm.modeling import _tokenizer
 from eyeops.recipes import DataSpec, load_recipe, parse_recipe
 
 

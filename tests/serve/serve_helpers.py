@@ -92,7 +92,7 @@ def _train_save_register(root: Path) -> Registered:
     recipe = _recipe()
     family = get_family("classifier")
     model = family.build_model(recipe)
-    from eyeops.models.classifier.family import FundusTransform
+    from eyeops.models.classifier.modeling import FundusTransform
 
     transform = FundusTransform(64, train=True)
     train = list(generate(16, seed=0, size=64))

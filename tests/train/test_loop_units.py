@@ -9,7 +9,8 @@ import ray
 import torch
 
 from eyeops.errors import ConfigError, RecipeError
-from eyeops.models.classifier.family import FAMILY, FundusTransform
+from eyeops.models.classifier.family import FAMILY
+from eyeops.models.classifier.modeling import FundusTransform
 from eyeops.recipes import load_recipe
 from eyeops.train import train
 from eyeops.train.loop import _micro_batches, plan_stages

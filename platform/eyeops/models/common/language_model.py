@@ -54,6 +54,5 @@ def add_lora(model: nn.Module, lora: LoRASpec, *, quantized: bool = False) -> nn
             {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"}
         )
         raise ConfigError(
-            f"model.lora.target_modules {lora.target_modules}: {exc} "
-            f"(Linear layers of this model: {linear})"
+            f"model.lora.target_modules {lora.target_modules}: {exc} (Linear layers of this model: {linear})"
         ) from None

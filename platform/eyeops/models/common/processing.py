@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from eyeops.data.schema import IMAGE_TOKEN, Message, Sample
 from eyeops.errors import DataError, InvalidRequest
-from eyeops.models.classifier.family import crop_fundus_border
+from eyeops.models.classifier.modeling import crop_fundus_border
 from eyeops.models.common.anyres import GLOBAL_ONLY, ViewPlan, make_views, select_grid, to_tensor
 
 IMAGE_TOKEN_ID = -200  # never a vocabulary id: marks image-feature slots (LLaVA's convention)

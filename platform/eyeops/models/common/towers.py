@@ -192,7 +192,7 @@ def _hf_tower(spec: VisionTowerSpec) -> HFViTTower:
 def _timm_tower(spec: VisionTowerSpec) -> TimmCNNTower:
     # The classifier family owns timm backbones and their weight sources (the packaged ImageNet
     # efficientnet_lite0, timm's download, a local file): reuse it, keep the body, drop the head.
-    from eyeops.models.classifier.family import build_classifier
+    from eyeops.models.classifier.modeling import build_classifier
     from eyeops.models.classifier.spec import ClassifierModel
 
     net = build_classifier(ClassifierModel(backbone=spec.name, weights=spec.weights, drop_rate=0.0)).net

@@ -25,11 +25,11 @@ import yaml
 
 from eyeops.data.schema import Task
 from eyeops.errors import ConfigError, DataError, NotFoundError
-from eyeops.models.common.generation import ChatModel
 from eyeops.models.common.hub import load_causal_lm, load_tokenizer, torch_dtype
 from eyeops.models.common.language_model import add_lora
 from eyeops.models.common.stages import stages_of, trains
 from eyeops.models.llm import data as D
+from eyeops.models.llm.inference import ChatModel
 from eyeops.models.llm.spec import LLMModel
 from eyeops.recipes import Recipe, StageSpec, parse_recipe
 
