@@ -31,7 +31,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
-.PHONY: help install demo test test-fast lint format bench pipelines images clean
+.PHONY: help install demo test test-fast lint format bench pipelines chart images clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -76,7 +76,11 @@ bench: install  ## run every benchmark; figures go to benchmarks/RESULTS.md by h
 pipelines: install  ## regenerate pipelines/compiled/*.yaml
 	$(VENV)/bin/eyeops pipeline compile --all
 
-# The names the chart (image.registry/repository, tag = appVersion) and eyeops.cluster
+chart: install  ## copy kube/pod_settings.yaml into the chart, regenerate manifests/base
+	$(PY) -m eyeops.chart.pod_settings
+	$(PY) -m eyeops.chart.manifests
+
+# The names the chart (image.registry/repository, tag = appVersion) and eyeops.kube
 # (TRAINER_IMAGE, SERVER_IMAGE) pull; a git tag on top identifies the exact build.
 IMAGE_REGISTRY ?= ghcr.io/eyeops
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' platform/eyeops/__init__.py)

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from eyeops.cluster.objects import TRAINER_IMAGE
+from eyeops.kube.objects import TRAINER_IMAGE
 
 
 def train(

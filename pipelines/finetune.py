@@ -11,7 +11,7 @@ from kfp import kubernetes as kfp_k8s
 from pydantic import BaseModel, ConfigDict, Field
 
 from components import deploy, evaluate, prepare_data, register, train
-from eyeops.cluster.objects import (
+from eyeops.kube.objects import (
     DEFAULT_CONFIG_ENV,
     DEFAULT_SECRET_ENV,
     SERVER_IMAGE,

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from k8s_helpers import SCENARIOS
 
-from eyeops.k8s import default_crd_dir, helm_template, load_crd_schemas
+from eyeops.chart import helm_template
+from eyeops.kube.schema import load_crd_schemas
 
 COMPILED = Path(__file__).resolve().parents[2] / "pipelines" / "compiled"
 
@@ -49,8 +50,5 @@ def rendered(set_files) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="session")
 def crd_schemas():
-    """Upstream CRD schemas from ../shared/crds; tests needing them skip (with why) when absent."""
-    crd_dir = default_crd_dir()
-    if not crd_dir.is_dir():
-        pytest.skip(f"{crd_dir} does not exist: custom resources are not validated against CRD schemas")
-    return load_crd_schemas(crd_dir)
+    """Strict schemas of the vendored upstream CRDs (eyeops/kube/crds): never skipped."""
+    return load_crd_schemas()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eyeops.k8s import CHART_DIR
+from eyeops.chart import CHART_DIR
 from eyeops.refs import ModelVersionRef
 
 CI = CHART_DIR / "ci"

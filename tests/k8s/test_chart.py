@@ -10,8 +10,9 @@ import pytest
 import yaml
 from k8s_helpers import SCENARIOS, container, env_of, find, one
 
-from eyeops.k8s import check_all, helm_lint
-from eyeops.k8s.validate import validate_core, validate_custom
+from eyeops.chart import check_all, helm_lint
+from eyeops.chart.validate import validate_core
+from eyeops.kube.schema import validate_custom
 
 CUSTOM_KINDS = {"InferenceService", "RayJob", "RayCluster", "RayService"}
 
@@ -214,7 +215,7 @@ def test_rayservice_variant(rendered):
         "--host=0.0.0.0",
         "--port=8080",
     ]
-    assert app["import_path"] == "eyeops.k8s.ray_service:app_builder"
+    assert app["import_path"] == "eyeops.kube.ray_service:app_builder"
     test_pod = one(objs, "Pod", "eyeops-test")["spec"]["containers"][0]
     assert "--require-api=ray.io/v1=rayjobs,rayservices" not in test_pod["args"]
     assert {
@@ -254,7 +255,7 @@ def test_evaluation_install(rendered, compiled_pipeline):
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == [
         "python",
         "-m",
-        "eyeops.k8s.kfp_upload",
+        "eyeops.kube.kfp_upload",
     ]
     assert one(objs, "NetworkPolicy", "eyeops-netpol-postgres")["spec"]["ingress"][0]["ports"] == [
         {"port": 5432, "protocol": "TCP"}

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from eyeops.errors import ConfigError
-from eyeops.k8s.kfp_upload import compiled_pipelines, main
+from eyeops.kube.kfp_upload import compiled_pipelines, main
 
 
 def test_finds_compiled_pipelines(tmp_path, compiled_pipeline):

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from k8s_helpers import one
 
-from eyeops.k8s import MANIFESTS_DIR, check_all, kustomize_build
-from eyeops.k8s.manifests import drift
-from eyeops.k8s.validate import validate_core, validate_custom
+from eyeops.chart import MANIFESTS_DIR, check_all, kustomize_build
+from eyeops.chart.manifests import drift
+from eyeops.chart.validate import validate_core
+from eyeops.kube.schema import validate_custom
 
 CUSTOM_KINDS = {"InferenceService", "RayJob", "RayCluster", "RayService"}
 OVERLAYS = ("cpu-dev", "gpu")
@@ -20,7 +21,7 @@ def built() -> dict[str, list[dict]]:
 
 
 def test_base_matches_the_chart():
-    assert drift() == [], "run `python -m eyeops.k8s.manifests` and commit manifests/base"
+    assert drift() == [], "run `python -m eyeops.chart.manifests` and commit manifests/base"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

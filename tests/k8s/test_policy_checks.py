@@ -8,10 +8,11 @@ import copy
 import pytest
 from k8s_helpers import one
 
+from eyeops.chart import check_no_inline_secrets, check_objects, check_pod_security, helm_template
+from eyeops.chart.policy import check_network_policies, check_rbac_namespaced
+from eyeops.chart.validate import validate_core
 from eyeops.errors import ClusterError
-from eyeops.k8s import check_no_inline_secrets, check_objects, check_pod_security, helm_template
-from eyeops.k8s.policy import check_network_policies, check_rbac_namespaced
-from eyeops.k8s.validate import strict_schema, validate_core, validate_custom
+from eyeops.kube.schema import strict_schema, validate_custom
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from k8s_helpers import one
 from ray import serve
 
 from eyeops.errors import ConfigError
-from eyeops.k8s.ray_service import app_builder, parse_args
+from eyeops.kube.ray_service import app_builder, parse_args
 
 
 def test_args_become_the_serve_spec(rendered):

@@ -1,4 +1,4 @@
-"""The chart's RayJob template and ``eyeops.cluster.build_rayjob`` must not drift apart.
+"""The chart's RayJob template and ``eyeops.kube.build_rayjob`` must not drift apart.
 
 They serve different consumers (the ``eyeops-rayjob-template`` ConfigMap is for whoever submits
 RayJobs with the platform team's settings; ``build_rayjob`` is what the pipeline's train step
@@ -16,7 +16,9 @@ import yaml
 from k8s_helpers import CHAMPION, container, env_of, one
 
 from eyeops import __version__
-from eyeops.cluster import (
+from eyeops.chart import CHART_DIR, helm_template
+from eyeops.config import PlatformSettings
+from eyeops.kube import (
     CONFIG_KEYS,
     CONFIG_MAP,
     SERVER_IMAGE,
@@ -27,8 +29,6 @@ from eyeops.cluster import (
     build_rayjob,
     build_rayservice,
 )
-from eyeops.config import PlatformSettings
-from eyeops.k8s import CHART_DIR, helm_template
 from eyeops.recipes import parse_recipe
 from eyeops.refs import DatasetRef
 from eyeops.train.job import _parser

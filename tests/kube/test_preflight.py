@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from eyeops.errors import ClusterError
-from eyeops.k8s.preflight import ApiRequirement, main
+from eyeops.kube.preflight import ApiRequirement, main
 
 DISCOVERY = {
     "/apis/ray.io/v1": {

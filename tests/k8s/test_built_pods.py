@@ -1,6 +1,7 @@
-"""The pods the pipeline creates (``eyeops.cluster`` builders) are admitted and reachable where the
-chart installs eyeops: the same security contexts, emptyDirs, ServiceAccounts and NetworkPolicy
-labels as the chart's own pods, checked against what the chart renders so the two cannot drift."""
+"""The pods the pipeline creates (``eyeops.kube`` builders) are admitted and reachable where the
+chart installs eyeops: they pass the chart's policy checks and the CRD schemas, run as the chart's
+ServiceAccounts, and the release's NetworkPolicies select them. (That both sides take their
+security contexts, emptyDirs and labels from pod_settings.yaml is test_pod_settings.py.)"""
 
 from __future__ import annotations
 
@@ -8,23 +9,10 @@ import copy
 
 import pytest
 import yaml
-from k8s_helpers import CHAMPION, SCENARIOS, find, one
+from k8s_helpers import CHAMPION, find, one
 
-from eyeops.cluster import CONFIG_MAP, build_inference_service, build_rayjob, build_rayservice
-from eyeops.cluster.objects import MODEL_CACHE_SIZE, READINESS_PATH
-from eyeops.cluster.pods import (
-    AUTOSCALER_LABELS,
-    RAY_MOUNTS,
-    TMP_MOUNT,
-    container_security_context,
-    pod_security_context,
-    ray_autoscaler_options,
-    ray_volumes,
-    tmp_volume,
-)
-from eyeops.config import PlatformSettings
-from eyeops.k8s import CHART_DIR, helm_template
-from eyeops.k8s.policy import (
+from eyeops.chart import CHART_DIR, helm_template
+from eyeops.chart.policy import (
     check_labels,
     check_network_policies,
     check_no_inline_secrets,
@@ -32,7 +20,11 @@ from eyeops.k8s.policy import (
     pod_specs,
     selects,
 )
-from eyeops.k8s.validate import validate_custom
+from eyeops.config import PlatformSettings
+from eyeops.kube import CONFIG_MAP, build_inference_service, build_rayjob, build_rayservice
+from eyeops.kube.objects import MODEL_CACHE_SIZE, READINESS_PATH
+from eyeops.kube.pods import pod_settings, tmp_volume
+from eyeops.kube.schema import validate_custom
 from eyeops.recipes import parse_recipe
 from eyeops.refs import DatasetRef
 
@@ -91,12 +83,6 @@ def _with_template(objects: list[dict]) -> list[dict]:
     ]
 
 
-@pytest.fixture(scope="module")
-def chart_objects(rendered) -> list[dict]:
-    """Every object of every values file, the RayJob template's RayJob included."""
-    return _with_template([o for name in SCENARIOS for o in rendered[name]])
-
-
 def _pods(objects: list[dict]) -> list[tuple[dict, str, dict]]:
     return [(obj, where, pod) for obj in objects for where, pod in pod_specs(obj)]
 
@@ -122,73 +108,10 @@ def test_built_objects_validate_against_the_crds(crd_schemas):
         assert validate_custom(obj, crd_schemas) == []
 
 
-def test_security_contexts_are_the_charts(chart_objects):
-    """One definition: every container the chart renders, and every pod running an eyeops image,
-    has exactly the contexts the builders use, and the Ray autoscaler sidecar the same settings."""
-    pods = _pods(chart_objects)
-    assert len(pods) > 10
-    for obj, where, pod in pods:
-        at = f"{obj['kind']}/{obj['metadata']['name']} {where}"
-        # The eyeops images' user; other images (postgres) run as their own.
-        if all("/eyeops-" in c["image"] for c in pod["containers"]):
-            assert pod["securityContext"] == pod_security_context(), at
-        for c in [*pod.get("initContainers", []), *pod["containers"]]:
-            assert c["securityContext"] == container_security_context(), f"{at} {c['name']}"
-    assert pod_security_context()["runAsUser"] == VALUES["podSecurity"]["runAsUser"]
-    ray_clusters = [o["spec"] for o in find(chart_objects, "RayCluster")]
-    for kind, field in (("RayJob", "rayClusterSpec"), ("RayService", "rayClusterConfig")):
-        ray_clusters += [o["spec"][field] for o in find(chart_objects, kind)]
-    options = [c["autoscalerOptions"] for c in ray_clusters if c.get("enableInTreeAutoscaling")]
-    assert options and all(o == ray_autoscaler_options() for o in options)
-    rayservice = find(_built(), "RayService")[0]["spec"]["rayClusterConfig"]
-    assert rayservice["enableInTreeAutoscaling"] is True
-    assert rayservice["autoscalerOptions"] == ray_autoscaler_options()
-
-
-def _volumes_and_mounts(pod: dict) -> tuple[list, list]:
-    (c,) = pod["containers"]
-    return pod["volumes"], c["volumeMounts"]
-
-
-def test_writable_paths_are_the_charts(chart_objects):
-    """Read-only root filesystems: Ray pods get /tmp and an in-memory /dev/shm (the object store),
-    the predictor and the job submitter /tmp, the same emptyDirs as the chart gives its pods. Pods
-    that load a model (RayService, predictor) have a /tmp of modelCacheSize: HOME=/tmp, the model
-    is downloaded and its base weights converted there."""
-    assert ray_volumes()[1]["emptyDir"]["sizeLimit"] == VALUES["training"]["shmSize"]
-    assert VALUES["modelCacheSize"] == MODEL_CACHE_SIZE == "20Gi"
-    chart = {(o["kind"], w.split("[")[0].rsplit(".", 1)[-1]): p for o, w, p in _pods(chart_objects)}
-    built = {(o["kind"], w.split("[")[0].rsplit(".", 1)[-1]): p for o, w, p in _pods(_built())}
-    ray = [(kind, group) for kind, group in built if group in ("headGroupSpec", "workerGroupSpecs")]
-    assert len(ray) == 4
-    for kind, group in ray:
-        tmp = MODEL_CACHE_SIZE if kind == "RayService" else "10Gi"
-        assert (
-            _volumes_and_mounts(built[kind, group])
-            == _volumes_and_mounts(chart[kind, group])
-            == (ray_volumes(tmp_size=tmp), RAY_MOUNTS)
-        )
-    for key, tmp in (
-        (("InferenceService", "predictor"), MODEL_CACHE_SIZE),
-        (("RayJob", "submitterPodTemplate"), "1Gi"),
-    ):
-        assert (
-            _volumes_and_mounts(built[key])
-            == _volumes_and_mounts(chart[key])
-            == ([tmp_volume(tmp)], [TMP_MOUNT])
-        )
-    # The chart's own gateway loads a model too.
-    gateway = next(
-        p
-        for o, _, p in _pods(chart_objects)
-        if o["kind"] == "Deployment" and "gateway" in o["metadata"]["name"]
-    )
-    assert _volumes_and_mounts(gateway) == ([tmp_volume(MODEL_CACHE_SIZE)], [TMP_MOUNT])
-
-
 def test_model_cache_size_is_one_setting(prod_release):
     """values modelCacheSize reaches the chart's model pods and, through the ConfigMap's
     EYEOPS_KUBE_MODEL_CACHE_SIZE, the predictors and RayServices the pipeline deploys."""
+    assert VALUES["modelCacheSize"] == MODEL_CACHE_SIZE == "20Gi"
     objects = helm_template(release="prod", namespace="ml", set_values={"modelCacheSize": "64Gi"})
     data = one(objects, "ConfigMap", CONFIG_MAP)["data"]
     assert data["EYEOPS_KUBE_MODEL_CACHE_SIZE"] == "64Gi"
@@ -317,7 +240,7 @@ def test_only_autoscaling_heads_mount_a_token_and_their_account_may_scale(render
     # The built RayJob does not autoscale (fixed worker count): its head keeps no token.
     job_head = find(_built(), "RayJob")[0]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
     assert job_head["spec"]["automountServiceAccountToken"] is False
-    assert not AUTOSCALER_LABELS.items() <= job_head["metadata"]["labels"].items()
+    assert not pod_settings()["labels"]["autoscaler"].items() <= job_head["metadata"]["labels"].items()
     # The check can fail: the model account (predictors) holds no such grant.
     assert _grants(rendered["defaults"], "eyeops-model", "eyeops") == set()
 

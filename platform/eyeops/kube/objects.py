@@ -5,7 +5,7 @@
 ``build_rayservice`` (KubeRay RayService running the eyeops Ray Serve app). They return plain
 dicts, ready for the Kubernetes API, and are validated against the upstream CRD schemas in tests.
 Credentials never appear in an object: containers read them from Secrets through ``secretKeyRef``.
-Their pods are assembled by :mod:`eyeops.cluster.pods`: restricted, with the chart's emptyDirs,
+Their pods are assembled by :mod:`eyeops.kube.pods`: restricted, with the chart's emptyDirs,
 ServiceAccounts and NetworkPolicy labels, so the chart's namespace admits and reaches them.
 """
 
@@ -20,7 +20,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from eyeops import __version__
-from eyeops.cluster.pods import (
+from eyeops.config import PlatformSettings
+from eyeops.errors import ClusterError
+from eyeops.kube.pods import (
     RAY_MOUNTS,
     TMP_MOUNT,
     container,
@@ -33,8 +35,6 @@ from eyeops.cluster.pods import (
     tmp_volume,
     with_autoscaler,
 )
-from eyeops.config import PlatformSettings
-from eyeops.errors import ClusterError
 from eyeops.recipes import Recipe
 from eyeops.refs import DatasetRef, ModelVersionRef
 
@@ -436,7 +436,7 @@ def build_rayservice(
             {
                 "name": k8s_name(version.name),
                 "route_prefix": "/",
-                "import_path": "eyeops.k8s.ray_service:app_builder",
+                "import_path": "eyeops.kube.ray_service:app_builder",
                 "args": {"model_uri": version.model_uri, "model_name": version.name},
                 "deployments": [
                     {

@@ -1,4 +1,4 @@
-"""The chart's upload Job: ``python -m eyeops.k8s.kfp_upload --host URL --dir DIR --version V``.
+"""The chart's upload Job: ``python -m eyeops.kube.kfp_upload --host URL --dir DIR --version V``.
 
 Uploads every compiled pipeline ``<recipe>.yaml`` in ``DIR`` (the mounted ConfigMap) to the KFP
 API: a new pipeline named ``eyeops-<recipe>`` the first time, a new version ``<recipe>-<V>`` after
@@ -69,7 +69,7 @@ def _upload(client, pipelines: dict[str, Path], version: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m eyeops.k8s.kfp_upload", description=__doc__.split("\n")[0]
+        prog="python -m eyeops.kube.kfp_upload", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--host", required=True, help="KFP API URL")
     parser.add_argument("--dir", required=True, help="directory of compiled <recipe>.yaml files")

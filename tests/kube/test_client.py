@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from eyeops.cluster import KubeClient, describe_rayjob, rayjob_done
 from eyeops.errors import ClusterError
+from eyeops.kube import KubeClient, describe_rayjob, rayjob_done
 
 OBJ = {
     "apiVersion": "ray.io/v1",

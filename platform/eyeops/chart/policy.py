@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from eyeops.k8s.validate import object_name
+from eyeops.kube.schema import object_name
 
 Obj = dict[str, Any]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from eyeops.cluster import KubeClient, deploy_on_cluster, train_on_cluster
-from eyeops.cluster.refio import write_ref
 from eyeops.config import get_settings
 from eyeops.errors import ClusterError
+from eyeops.kube import KubeClient, deploy_on_cluster, train_on_cluster
+from eyeops.kube.refio import write_ref
 from eyeops.recipes import parse_recipe
 from eyeops.refs import CheckpointRef, DatasetRef, ModelVersionRef
 

@@ -1,4 +1,4 @@
-"""``helm test`` checks, run inside the cluster: ``python -m eyeops.k8s.preflight``.
+"""``helm test`` checks, run inside the cluster: ``python -m eyeops.kube.preflight``.
 
 1. The API groups the release needs are served (KServe, KubeRay). API discovery
    (``GET /apis/<group>/<version>``) is open to every authenticated account, so the test pod
@@ -116,7 +116,7 @@ def in_cluster() -> tuple[str, str | None, ssl.SSLContext | None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m eyeops.k8s.preflight", description=__doc__.split("\n")[0]
+        prog="python -m eyeops.kube.preflight", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--require-api", action="append", default=[], metavar="GROUP/VERSION[=RES,...]")
     parser.add_argument("--url", action="append", default=[], help="URL that must answer 200 (e.g. /readyz)")

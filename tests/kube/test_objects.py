@@ -8,7 +8,8 @@ import shlex
 import pytest
 import yaml
 
-from eyeops.cluster import (
+from eyeops.errors import ClusterError, ConfigError
+from eyeops.kube import (
     GpuPool,
     Toleration,
     build_inference_service,
@@ -18,13 +19,12 @@ from eyeops.cluster import (
     k8s_name,
     validate_object,
 )
-from eyeops.errors import ClusterError
+from eyeops.kube.schema import CRD_DIR
 from eyeops.recipes import parse_recipe
 from eyeops.refs import DatasetRef, ModelVersionRef
 from eyeops.train.job import _parser
 
-CRDS = find_crd_dir()
-needs_crds = pytest.mark.skipif(CRDS is None, reason="no ../shared/crds here: CRD schema check skipped")
+CRDS = find_crd_dir()  # the vendored upstream CRDs: present in every checkout and install
 
 
 def _recipe(**train):
@@ -144,7 +144,6 @@ def test_rayservice_carries_autoscaling():
     assert svc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplicas"] == 2
 
 
-@needs_crds
 def test_objects_validate_against_upstream_crds():
     for obj in (
         _rayjob(),
@@ -152,10 +151,9 @@ def test_objects_validate_against_upstream_crds():
         build_inference_service(_recipe(), VERSION, namespace="ml"),
         build_rayservice(_recipe(), VERSION, namespace="ml"),
     ):
-        assert validate_object(obj, CRDS) is True
+        validate_object(obj, CRDS)
 
 
-@needs_crds
 def test_schema_violation_names_the_path():
     job = _rayjob()
     job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "three"
@@ -167,7 +165,6 @@ def test_schema_violation_names_the_path():
         validate_object(job, CRDS)
 
 
-@needs_crds
 def test_unknown_field_fails_instead_of_being_pruned():
     # The API server would drop the typo silently; the shared strict validator refuses it.
     job = _rayjob()
@@ -176,20 +173,36 @@ def test_unknown_field_fails_instead_of_being_pruned():
         validate_object(job, CRDS)
 
 
-def test_cluster_path_imports_without_dev_only_validators():
-    """The images install no dev extras: eyeops.cluster must import without kubernetes-validate."""
+def test_runtime_imports_without_dev_only_validators_or_chart_tooling():
+    """The images install no dev extras and hold no chart: eyeops.kube must import without
+    kubernetes-validate, and without the checkout-only eyeops.chart."""
     import subprocess
     import sys
 
-    code = "import sys; sys.modules['kubernetes_validate'] = None; import eyeops.cluster"
+    code = (
+        "import sys; sys.modules['kubernetes_validate'] = None; import eyeops.kube; "
+        "assert 'eyeops.chart' not in sys.modules, 'eyeops.kube imported eyeops.chart'"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_missing_crd_dir_means_not_validated(tmp_path, monkeypatch):
+def test_crds_are_vendored_and_an_override_must_exist(tmp_path, monkeypatch):
+    """Validation never skips: the default is the packaged copy; EYEOPS_CRD_DIR (another
+    KServe/KubeRay release's CRDs) replaces it, and a wrong one is an error, not a silent skip."""
+    assert CRDS == CRD_DIR and sorted(p.name for p in CRDS.glob("*.yaml")) == [
+        "ray.io_rayclusters.yaml",
+        "ray.io_rayjobs.yaml",
+        "ray.io_rayservices.yaml",
+        "serving.kserve.io_inferenceservices.yaml",
+        "serving.kserve.io_servingruntimes.yaml",
+    ]
     monkeypatch.setenv("EYEOPS_CRD_DIR", str(tmp_path / "absent"))
-    if CRDS is None:
-        assert validate_object(_rayjob()) is False
+    with pytest.raises(ConfigError, match="EYEOPS_CRD_DIR"):
+        validate_object(_rayjob())
+    monkeypatch.setenv("EYEOPS_CRD_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="no CustomResourceDefinition"):
+        validate_object(_rayjob())
 
 
 def test_k8s_names():
@@ -215,7 +228,7 @@ def test_rayservice_import_path_and_args_are_accepted_by_the_app_builder():
     """The serveConfigV2 entry must name a real builder that accepts the args we generate."""
     import importlib
 
-    from eyeops.k8s.ray_service import parse_args
+    from eyeops.kube.ray_service import parse_args
 
     app = build_rayservice(_recipe(), VERSION, namespace="ml", image="img:1")["spec"]["serveConfigV2"]
     application = yaml.safe_load(app)["applications"][0] if isinstance(app, str) else app["applications"][0]

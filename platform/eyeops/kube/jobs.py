@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from eyeops.cluster.client import KubeClient, StatusCallback
-from eyeops.cluster.objects import (
+from eyeops.config import get_settings
+from eyeops.errors import ClusterError
+from eyeops.kube.client import KubeClient, StatusCallback
+from eyeops.kube.objects import (
     SERVER_IMAGE,
     TRAINER_IMAGE,
     GpuPool,
@@ -20,10 +22,8 @@ from eyeops.cluster.objects import (
     build_rayjob,
     build_rayservice,
 )
-from eyeops.cluster.refio import read_ref
-from eyeops.config import get_settings
-from eyeops.errors import ClusterError
-from eyeops.k8s.validate import validate_object
+from eyeops.kube.refio import read_ref
+from eyeops.kube.schema import validate_object
 from eyeops.recipes import Recipe
 from eyeops.refs import CheckpointRef, DatasetRef, Endpoint, ModelVersionRef
 
@@ -98,8 +98,7 @@ def train_on_cluster(
         service_account=service_account or settings.kube_service_account,
         release=settings.kube_release,
     )
-    if not validate_object(job):
-        log.info("no CRD directory found: RayJob not validated against the KubeRay schema")
+    validate_object(job)
     client = client or KubeClient.from_environment()
     existing = client.get(job)
     if existing is not None:

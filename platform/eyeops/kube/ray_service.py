@@ -1,5 +1,5 @@
 """The Ray Serve application builder a RayService names in ``serveConfigV2``:
-``import_path: eyeops.k8s.ray_service:app_builder`` with ``args`` from the chart's ``models`` entry.
+``import_path: eyeops.kube.ray_service:app_builder`` with ``args`` from the chart's ``models`` entry.
 
 Ray Serve calls it with the ``args`` mapping; it validates them into a
 :class:`~eyeops.recipes.ServeSpec` and returns :func:`eyeops.serve.ray_app.build_app`'s

@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
+from eyeops.chart.tools import find_helm, find_kubectl
 from eyeops.errors import ConfigError
-from eyeops.k8s.tools import find_helm, find_kubectl
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CHART_DIR = REPO_ROOT / "helm" / "eyeops"
