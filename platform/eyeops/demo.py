@@ -96,13 +96,16 @@ def run_demo(
     *, n: int | None = None, keep_serving: bool = False, console: Console | None = None
 ) -> DemoResult:
     """Run the demo; returns what it did (the CLI prints as it goes)."""
-    from eyeops.pipeline.local import ensure_api_key
+    from eyeops.pipeline.local import ensure_api_key, local_key_file
     from eyeops.serve.local import stop
 
     console = console or Console()
     start = time.perf_counter()
     settings = get_settings()
-    api_key = ensure_api_key() or os.environ.get("EYEOPS_API_KEY")
+    # A kept key file (not a key in this process only): a --keep-serving endpoint stays callable.
+    key_file = local_key_file()
+    local_key = ensure_api_key(key_file)
+    api_key = local_key or os.environ.get("EYEOPS_API_KEY")
     console.rule("[bold]eyeops demo[/bold]: fundus-classifier, everything on this machine")
     console.print(f"storage root: {settings.storage_root}")
     with console.status("pipeline: prepare → train (Ray) → evaluate → register (MLflow) → deploy …"):
@@ -119,6 +122,8 @@ def run_demo(
         )
         console.print(f"pipeline run: {summary.pipeline_root}/{summary.pipeline_run}")
         console.print(f"task logs:    {summary.log}")
+        if local_key:
+            console.print(f"API key:      {key_file} (Authorization: Bearer <the part before ':'>)")
         if summary.version:
             v = summary.version
             console.print(f"registry:     {v.name} v{v.version} @{v.alias}: {v.gate_reason}")

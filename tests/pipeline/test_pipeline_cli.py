@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -52,3 +53,43 @@ def test_user_mistakes_are_one_clear_line():
         [sys.executable, "-m", "eyeops", "demo", "--help"], capture_output=True, text=True
     )
     assert help_out.returncode == 0 and "--keep-serving" in help_out.stdout
+
+
+def _cli_env(storage_root, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EYEOPS_")}
+    return env | {"EYEOPS_STORAGE_ROOT": str(storage_root), "COLUMNS": "200"} | extra
+
+
+def test_run_without_api_keys_makes_a_local_key_then_reports_the_failed_stage(tmp_path):
+    """The real pipeline entry, no serving auth configured and a broken input: the CLI says which
+    local key the endpoint would take before anything runs, then the stage's own error (not a
+    log path only)."""
+    root = tmp_path / "eyeops"
+    out = subprocess.run(
+        [sys.executable, "-m", "eyeops", "pipeline", "run", "fundus-classifier", "-d", "synthetic:many"],
+        capture_output=True,
+        text=True,
+        env=_cli_env(root),
+        timeout=300,
+    )
+    key_file = root / "serve" / "api-key"
+    assert f"the endpoint takes the local key in {key_file}" in out.stdout, out.stdout
+    key, _, scopes = key_file.read_text().strip().rpartition(":")
+    assert len(key) >= 16 and scopes == "classify,chat" and key not in out.stdout + out.stderr
+    assert out.returncode == 2, out.stderr
+    error = " ".join(out.stderr.split())
+    assert "failed at stage 'prepare'" in error and "synthetic:N needs an integer" in error, error
+    assert "task logs:" in error and "Traceback" not in error
+
+
+def test_malformed_api_keys_fail_before_the_pipeline_starts(tmp_path):
+    root = tmp_path / "eyeops"
+    out = subprocess.run(
+        [sys.executable, "-m", "eyeops", "pipeline", "run", "fundus-classifier"],
+        capture_output=True,
+        text=True,
+        env=_cli_env(root, EYEOPS_API_KEYS="too-short:classify"),
+        timeout=120,
+    )
+    assert out.returncode == 2 and "key shorter than 16 characters" in " ".join(out.stderr.split())
+    assert not (root / "pipeline-runs").exists() and not (root / "serve" / "api-key").exists()

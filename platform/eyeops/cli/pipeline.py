@@ -23,10 +23,16 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override KEY=JSON, e.g. --set train.max_steps=5."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream every task's log here."),
 ) -> None:
-    """Run prepare → train → evaluate → register → (gate) → deploy and print a summary table."""
+    """Run prepare → train → evaluate → register → (gate) → deploy and print a summary table.
+
+    Without configured serving auth, the endpoint the run deploys gets a local API key, kept in
+    ``<storage_root>/serve/api-key`` (created once, reused by later runs).
+    """
     from eyeops.cli import console
     from eyeops.errors import ConfigError
     from eyeops.pipeline import run_local, summary_table
+    from eyeops.pipeline.local import ensure_api_key, local_key_file
+    from eyeops.recipes import load_recipe
 
     if not local:
         raise ConfigError(
@@ -34,6 +40,14 @@ def run(
             "pipelines/compiled/<recipe>.yaml to Kubeflow Pipelines"
         )
     overrides = parse_sets(set_)
+    load_recipe(recipe)  # an unknown recipe fails before a key file is made
+    if ensure_api_key(key_file := local_key_file()) is not None:
+        console.print(
+            f"no EYEOPS_API_KEYS or EYEOPS_API_KEYS_FILE set: the endpoint takes the local key in {key_file} "
+            f"(scopes classify, chat); to call it: export EYEOPS_API_KEY=$(cut -d: -f1 {key_file})",
+            highlight=False,
+            soft_wrap=True,
+        )
     if verbose:
         summary = run_local(recipe, data_source=data_source, overrides=overrides)
     else:
@@ -41,7 +55,7 @@ def run(
             summary = run_local(recipe, data_source=data_source, overrides=overrides, quiet=True)
     console.print(summary_table(summary))
     if summary.log:
-        console.print(f"task logs: {summary.log}")
+        console.print(f"task logs: {summary.log}", highlight=False, soft_wrap=True)
 
 
 def parse_sets(items: list[str]) -> dict:

@@ -36,7 +36,7 @@ class PipelineSummary(BaseModel):
     report: EvalReport | None = None
     version: ModelVersionRef | None = None
     endpoint: Endpoint | None = None
-    log: str | None = Field(None, description="Task logs of a quiet run.")
+    log: str | None = Field(None, description="kfp.local's task logs of the run.")
 
     def stage(self, name: str) -> StageRow:
         return next(row for row in self.stages if row.stage == name)

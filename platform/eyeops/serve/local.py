@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -65,19 +66,75 @@ def _state_file(model_name: str) -> Path:
     return _state_dir() / f"{model_name}.json"
 
 
-def wait_ready(url: str, process: subprocess.Popen | None = None, timeout_s: float = 180) -> None:
-    """Poll ``/readyz`` until 200; fail early if the process exits."""
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Lines that say nothing about the failure itself (pydantic's link under every validation error).
+_NOISE = re.compile(r"^\s*For further information visit https://errors\.pydantic\.dev")
+
+
+def root_cause(log_text: str, *, max_lines: int = 12, max_chars: int = 1500) -> str:
+    """Why a process stopped, read from the end of its output; "" when the output is empty.
+
+    The last failure report wins: the exception line(s) a Python traceback ends with, or the
+    ``error: …`` line the eyeops CLI prints for an :class:`EyeopsError` (rejoined where the console
+    wrapped it). Without either, the last few lines. Returned as one line.
+    """
+    lines = [_ANSI.sub("", line).rstrip() for line in log_text.splitlines()]
+    lines = [line for line in lines if line.strip() and not _NOISE.match(line)]
+    starts = [
+        i
+        for i, line in enumerate(lines)
+        if line.startswith(("error: ", "Traceback (most recent call last):"))
+    ]
+    if not starts:
+        tail = lines[-3:]
+    elif lines[starts[-1]].startswith("error: "):
+        tail = lines[starts[-1] :]
+    else:  # frames are indented: the exception starts at the first line back at column 0
+        after = lines[starts[-1] + 1 :]
+        first = next((i for i, line in enumerate(after) if not line.startswith(" ")), None)
+        tail = after[first:] if first is not None else after[-2:]
+    text = " ".join(" ".join(tail[:max_lines]).split())
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def _log_reason(log_path: Path | None, offset: int) -> str:
+    if log_path is None:
+        return ""
+    try:
+        with open(log_path, "rb") as handle:  # this process's part of the log, and its end only
+            handle.seek(max(offset, log_path.stat().st_size - 64_000))
+            cause = root_cause(handle.read().decode("utf-8", errors="replace"))
+    except OSError:
+        return f" (log: {log_path})"
+    return f": {cause} (log: {log_path})" if cause else f" (log: {log_path}, empty)"
+
+
+def wait_ready(
+    url: str,
+    process: subprocess.Popen | None = None,
+    timeout_s: float = 180,
+    *,
+    log_path: Path | None = None,
+    log_offset: int = 0,
+) -> None:
+    """Poll ``/readyz`` until 200; fail early if the process exits.
+
+    The error carries the reason the process wrote to ``log_path`` (from byte ``log_offset`` on).
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise ModelNotReady(f"serving process exited with status {process.returncode} before ready")
+            raise ModelNotReady(
+                f"serving process exited with status {process.returncode} before ready"
+                + _log_reason(log_path, log_offset)
+            )
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise ModelNotReady(f"{url} not ready after {timeout_s:g} s")
+    raise ModelNotReady(f"{url} not ready after {timeout_s:g} s" + _log_reason(log_path, log_offset))
 
 
 def deploy(
@@ -123,9 +180,10 @@ def deploy(
     env.setdefault("EYEOPS_MAX_BATCH_SIZE", str(recipe.serve.max_batch_size))
     env.setdefault("EYEOPS_BATCH_WAIT_TIMEOUT_S", str(recipe.serve.batch_wait_timeout_s))
     with open(log_path, "ab") as log:
+        log_offset = log.tell()
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        wait_ready(url, process, timeout_s)
+        wait_ready(url, process, timeout_s, log_path=log_path, log_offset=log_offset)
     except ModelNotReady:
         _terminate(process.pid)
         raise
