@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from kfp import dsl
 
 from eyeops.errors import ConfigError
-from eyeops.pipeline.compile import REPO_ROOT
-
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from components import deploy, evaluate, prepare_data, register, train
+from eyeops.pipeline.components import deploy, evaluate, prepare_data, register, train
 
 TINY = "synthetic:12"
 OVERRIDES = json.dumps({"data.image_size": 64})

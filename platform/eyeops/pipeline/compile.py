@@ -6,26 +6,29 @@ CI can verify it is current.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from eyeops.errors import ConfigError
 from eyeops.recipes import list_recipes, load_recipe
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-COMPILED_DIR = REPO_ROOT / "pipelines" / "compiled"
+_CHECKOUT = Path(__file__).resolve().parents[3]
+
+
+def default_out_dir() -> Path:
+    """``pipelines/compiled`` of the eyeops checkout this runs from, else of the working directory
+    (an installed eyeops compiles anywhere: the pipeline and its components are package code)."""
+    checkout = _CHECKOUT / "pipelines" / "compiled"
+    return checkout if checkout.is_dir() else Path.cwd() / "pipelines" / "compiled"
+
+
+COMPILED_DIR = default_out_dir()
 
 
 def load_pipelines_module() -> Any:
-    """``pipelines.finetune`` from the repository (components/ and pipelines/ live beside platform/)."""
-    if not (REPO_ROOT / "pipelines" / "finetune.py").is_file():
-        raise ConfigError(f"pipelines/finetune.py not found under {REPO_ROOT}: run from an eyeops checkout")
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    import pipelines.finetune
+    """The fine-tuning pipeline definition, :mod:`eyeops.pipeline.finetune`."""
+    from eyeops.pipeline import finetune
 
-    return pipelines.finetune
+    return finetune
 
 
 def cluster_target(recipe_name: str, image: str | None = None) -> Any:
@@ -46,7 +49,7 @@ def compile_pipeline(
 
     finetune = load_pipelines_module()
     target = cluster_target(recipe_name, image)
-    out = Path(out_dir) if out_dir else COMPILED_DIR
+    out = Path(out_dir) if out_dir else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{recipe_name}.yaml"
     compiler.Compiler().compile(
@@ -59,5 +62,5 @@ def compile_pipeline(
 
 
 def compile_all(out_dir: str | Path | None = None, *, image: str | None = None) -> list[Path]:
-    """Compile every recipe under ``recipes/``."""
+    """Compile every recipe :func:`~eyeops.recipes.list_recipes` knows."""
     return [compile_pipeline(name, out_dir, image=image) for name in list_recipes()]

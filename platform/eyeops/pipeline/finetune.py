@@ -10,7 +10,6 @@ from kfp import dsl
 from kfp import kubernetes as kfp_k8s
 from pydantic import BaseModel, ConfigDict, Field
 
-from components import deploy, evaluate, prepare_data, register, train
 from eyeops.kube.objects import (
     DEFAULT_CONFIG_ENV,
     DEFAULT_SECRET_ENV,
@@ -20,6 +19,7 @@ from eyeops.kube.objects import (
     GpuPool,
     SecretEnv,
 )
+from eyeops.pipeline.components import deploy, evaluate, prepare_data, register, train
 
 PIPELINE_NAME = "eyeops-finetune"
 

@@ -5,6 +5,6 @@ eyeops image a cluster run uses) and ``op`` (built on the trainer image, ``TRAIN
 train or evaluate on GPUs).
 """
 
-from components import deploy, evaluate, prepare_data, register, train
+from eyeops.pipeline.components import deploy, evaluate, prepare_data, register, train
 
 __all__ = ["deploy", "evaluate", "prepare_data", "register", "train"]
