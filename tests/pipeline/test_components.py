@@ -106,3 +106,19 @@ def test_prepare_data_under_kfp_local(tmp_path):
     ref = json.loads(Path(artifact.path).read_text())
     assert artifact.metadata["fingerprint"] == ref["fingerprint"]
     assert ref["uri"].startswith(str(tmp_path / "eyeops" / "datasets"))  # the test's storage root reached it
+
+
+def test_checkout_folders_re_export_the_package():
+    """components/ and pipelines/ at the repository root are the package's objects, not copies."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import components, pipelines.finetune as f, eyeops.pipeline.components as c, "
+        "eyeops.pipeline.finetune as p\n"
+        "assert all(getattr(components, n).op is getattr(c, n).op for n in c.__all__)\n"
+        "assert f.build_pipeline is p.build_pipeline and f.ClusterTarget is p.ClusterTarget"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
