@@ -34,7 +34,7 @@ def test_the_recipe_model_union_is_assembled_from_the_registry():
 def test_an_unknown_family_names_the_known_ones():
     from eyeops.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="unknown model family 'gan'.*classifier"):
+    with pytest.raises(ConfigError, match=r"unknown model family 'gan'.*classifier"):
         get_family("gan")
 
 
@@ -45,11 +45,8 @@ def test_the_built_package_carries_the_recipes(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path, root],
-        check=True,
-        capture_output=True,
-    )
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip_wheel, "-w", tmp_path, root], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("eyeops-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {p.name for p in (root / "recipes").glob("*.yaml")}

@@ -22,6 +22,8 @@ from torch.utils.data import Dataset
 
 from eyeops.data import load_samples, read_manifest
 from eyeops.errors import ConfigError, DataError, NotFoundError
+from eyeops.families import EvalContext, EvalOutput, PyfuncTask
+from eyeops.models.classifier.evaluation import evaluate_classifier
 from eyeops.models.classifier.inference import ClassifierPredictor
 from eyeops.models.classifier.modeling import (
     CONFIG_FILE,
@@ -106,6 +108,8 @@ class ClassifierFamily:
     """The :class:`eyeops.families.Family` for ``model.family: classifier``."""
 
     name = "classifier"
+    capabilities = ClassifierPredictor.capabilities
+    pyfunc_task: PyfuncTask = "classify"
 
     def build_model(self, recipe: Recipe) -> FundusClassifier:
         return build_classifier(_spec(recipe))
@@ -172,6 +176,10 @@ class ClassifierFamily:
         model = FundusClassifier(spec)
         model.net.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)))
         return ClassifierPredictor(model, spec, recipe.evaluate.threshold, device)
+
+    def evaluate(self, ctx: EvalContext) -> EvalOutput:
+        """Multi-label metrics, ODIR-5K figures, breakdowns per modality and eye, plots."""
+        return evaluate_classifier(ctx)
 
 
 def _spec(recipe: Recipe) -> ClassifierModel:

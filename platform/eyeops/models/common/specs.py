@@ -74,6 +74,11 @@ class VisionTowerSpec(Strict):
     )
     image_size: int = Field(224, ge=16, le=1024, description="Side of every view fed to the tower.")
 
+    @property
+    def random_init(self) -> bool:
+        """Whether the tower starts from random weights (then a saved model must carry them)."""
+        return self.config is not None if self.kind != "timm" else self.weights == "none"
+
 
 class ConnectorSpec(Strict):
     """Vision features -> LLM embeddings: LLaVA's mlp2x_gelu or the layer-wise dense connector."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
-from torch import nn
+import yaml
+from torch import Tensor, nn
 
 from eyeops.errors import ConfigError
 from eyeops.recipes import Recipe, StageSpec
@@ -38,3 +41,27 @@ def train_only(model: nn.Module, stage: StageSpec, names_of: Callable[[str], set
         param.requires_grad_(name in trainable)
     model.train(model.training)  # re-apply the family's train() rules (frozen BatchNorms stay in eval)
     return trainable
+
+
+def check_group(family: str, group: str, known: Sequence[str]) -> None:
+    """Refuse a trainable group the family does not define, naming the ones it does."""
+    if group not in known:
+        raise ConfigError(
+            f"train.stages[].trainable: unknown group {group!r} for family {family} "
+            f"(known: {', '.join(known)})"
+        )
+
+
+def write_model_dir(
+    out_dir: Path, recipe: Recipe, weights: dict[str, Tensor], files: tuple[str, str, str], meta: dict
+) -> Path:
+    """Write a saved model's core files: ``files`` = (weights, recipe, meta) names in ``out_dir``."""
+    from safetensors.torch import save_file
+
+    weights_file, recipe_file, meta_file = files
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out / weights_file))
+    (out / recipe_file).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    (out / meta_file).write_text(json.dumps(meta, indent=2))
+    return out

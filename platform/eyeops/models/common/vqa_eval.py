@@ -15,16 +15,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from eyeops.data.schema import ODIR_LABEL_NAMES, ODIR_LABELS, Message
 from eyeops.errors import DataError
 from eyeops.evaluate import text_metrics as tm
+from eyeops.families import EvalContext, EvalOutput
 from eyeops.inference import GenerationRequest
 from eyeops.models.common.processing import open_image
-
-if TYPE_CHECKING:
-    from eyeops.evaluate.runner import EvalContext, EvalOutput
 
 TASKS = ("closed_qa", "open_qa", "report")
 SECTIONS = ("Examination Type", "Image Description", "Diagnostic Recommendation")
@@ -152,7 +150,6 @@ def _summary(task: str, table: list[dict]) -> dict[str, float]:
 
 def evaluate_vlm(ctx: EvalContext) -> EvalOutput:
     """The Family.evaluate hook: generate for every VLM task sample of the split and score it."""
-    from eyeops.evaluate.runner import EvalOutput
 
     frame = ctx.samples
     # pandas holds list columns as numpy arrays: back to plain lists before any truth test.

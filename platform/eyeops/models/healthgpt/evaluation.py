@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
+from eyeops.families import EvalContext
 from eyeops.inference import GenerationRequest
 from eyeops.models.common.processing import open_image
 from eyeops.models.common.vq import to_pixels
@@ -15,7 +15,7 @@ from eyeops.models.healthgpt.inference import HealthGPTPredictor
 from eyeops.models.healthgpt.modeling import GENERATE_PROMPT
 
 
-def generation_metrics(ctx: Any, limit: int = 4) -> dict[str, float]:
+def generation_metrics(ctx: EvalContext, limit: int = 4) -> dict[str, float]:
     """Mean PSNR of generated images vs their inputs, and of the tokenizer's own round trip."""
     from eyeops.data.schema import Message
     from eyeops.models.common.vq import psnr

@@ -21,20 +21,19 @@ Parameter groups (``StageSpec.trainable``): ``connector``, ``hlora`` (both tasks
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
 from eyeops.errors import ConfigError, NotFoundError
+from eyeops.families import EvalContext, EvalOutput, PyfuncTask
 from eyeops.models.common.processing import VLMProcessor, collate, open_image
-from eyeops.models.common.stages import train_only, unwrap
+from eyeops.models.common.stages import stages_of, train_only, unwrap, write_model_dir
 from eyeops.models.common.vq import VQModel, build_vq, image_tokens
 from eyeops.models.healthgpt.evaluation import generation_metrics
 from eyeops.models.healthgpt.inference import HealthGPTPredictor
@@ -97,7 +96,11 @@ def collate_tasks(batch: Sequence[tuple[str, Any]], pad_id: int) -> dict[str, An
 
 
 class HealthGPTFamily:
+    """The :class:`eyeops.families.Family` for ``model.family: healthgpt``."""
+
     name = "healthgpt"
+    capabilities = HealthGPTPredictor.capabilities
+    pyfunc_task: PyfuncTask = "chat"
 
     def build_model(self, recipe: Recipe) -> HealthGPT:
         return build_healthgpt(recipe, _tokenizer(_spec(recipe)))
@@ -146,38 +149,30 @@ class HealthGPTFamily:
         from safetensors.torch import save_file
 
         hg, spec = unwrap(model, HealthGPT), _spec(recipe)
-        stages = recipe.train.stages or [StageSpec(name="all", trainable=["all"])]
+        stages = stages_of(recipe)
         groups = {g for s in stages for g in s.trainable} | {"hlora", "embeddings", "lm_head", "connector"}
         if spec.llm_config is not None:
             groups.add("llm")
-        if (spec.vision.config is not None) if spec.vision.kind != "timm" else spec.vision.weights == "none":
+        if spec.vision.random_init:
             groups.add("vision")
         keys = set().union(*(group_parameter_names(hg, g) for g in groups))
         keys |= {k for k in hg.state_dict() if k.startswith(("tower.", "connectors.")) and "vision" in groups}
         state = {k: v.detach().contiguous().cpu() for k, v in hg.state_dict().items() if k in keys}
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(out / WEIGHTS_FILE))
-        save_file({k: v.contiguous().cpu() for k, v in hg.vq.state_dict().items()}, str(out / VQ_FILE))
-        (out / RECIPE_FILE).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
         _, vq_report = build_vq(spec.vq, seed=recipe.train.seed)
-        (out / META_FILE).write_text(
-            json.dumps(
-                {
-                    "groups": sorted(groups),
-                    "format": "base+hlora-adapters",
-                    "vq": vq_report,
-                    "tasks": list(TASKS),
-                },
-                indent=2,
-            )
-        )
+        meta = {
+            "groups": sorted(groups),
+            "format": "base+hlora-adapters",
+            "vq": vq_report,
+            "tasks": list(TASKS),
+        }
+        out = write_model_dir(out_dir, recipe, state, (WEIGHTS_FILE, RECIPE_FILE, META_FILE), meta)
+        save_file({k: v.contiguous().cpu() for k, v in hg.vq.state_dict().items()}, str(out / VQ_FILE))
         _tokenizer(spec).save_pretrained(str(out / "tokenizer"))
 
     def load(self, model_dir: Path, device: str = "cpu") -> HealthGPTPredictor:
         return HealthGPTPredictor.from_dir(Path(model_dir), device=device)
 
-    def evaluate(self, ctx: Any) -> Any:
+    def evaluate(self, ctx: EvalContext) -> EvalOutput:
         """Comprehension as the VLM family scores it, plus generation PSNR against each input image."""
         from eyeops.models.common.vqa_eval import evaluate_vlm
 

@@ -14,6 +14,7 @@ from eyeops.models.common.hlora import apply_hlora, route_tasks
 from eyeops.models.common.language_model import build_language_model
 from eyeops.models.common.processing import IMAGE_TOKEN_ID, VLMProcessor
 from eyeops.models.common.specs import ResolutionSpec
+from eyeops.models.common.stages import check_group
 from eyeops.models.common.towers import VisionTower, build_tower, tower_geometry
 from eyeops.models.common.vq import VQModel, build_vq
 from eyeops.models.healthgpt.spec import HealthGPTModel
@@ -185,11 +186,7 @@ def _processor(spec: HealthGPTModel, tokenizer: Any) -> VLMProcessor:
 
 # --- parameter groups ----------------------------------------------------------------------------
 def group_parameter_names(model: HealthGPT, group: str) -> set[str]:
-    if group not in GROUPS:
-        raise ConfigError(
-            f"train.stages[].trainable: unknown group {group!r} for family healthgpt "
-            f"(known: {', '.join(GROUPS)})"
-        )
+    check_group("healthgpt", group, GROUPS)
     names = dict(model.named_parameters())
     if group == "all":
         return {n for n in names if not n.startswith("vq.")}

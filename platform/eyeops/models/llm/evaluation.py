@@ -9,16 +9,13 @@ the ``mcq_generations`` / ``essay_generations`` tables that the registry logs to
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from eyeops.data.schema import Sample, Task
 from eyeops.errors import DataError
 from eyeops.evaluate import text_metrics as tm
+from eyeops.families import EvalContext, EvalOutput
 from eyeops.inference import GenerationRequest, GenerationResult
 from eyeops.models.llm import data as D
-
-if TYPE_CHECKING:
-    from eyeops.evaluate.runner import EvalContext, EvalOutput
 
 
 def _topic(sample: Sample) -> str:
@@ -55,7 +52,6 @@ def _question(sample: Sample) -> str:
 def evaluate_text(ctx: EvalContext) -> EvalOutput:
     """Metrics and tables for one split (see the module docstring)."""
     from eyeops.data.store import load_samples
-    from eyeops.evaluate.runner import EvalOutput
 
     spec = ctx.recipe.model
     wanted = set(ctx.samples["id"])

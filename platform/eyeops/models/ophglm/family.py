@@ -15,21 +15,20 @@ LLM prefix tokens.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
 from eyeops.errors import ConfigError, NotFoundError
+from eyeops.families import EvalContext, EvalOutput, PyfuncTask
 from eyeops.models.classifier.family import classify_items
 from eyeops.models.classifier.modeling import FundusTransform
 from eyeops.models.common.processing import VLMProcessor, collate, open_image
-from eyeops.models.common.stages import train_only, unwrap
+from eyeops.models.common.stages import stages_of, train_only, unwrap, write_model_dir
 from eyeops.models.ophglm.inference import OphGLMPredictor
 from eyeops.models.ophglm.modeling import (
     META_FILE,
@@ -90,7 +89,11 @@ def collate_any(batch: Sequence[Any], pad_id: int, bert_pad: int) -> dict[str, A
 
 
 class OphGLMFamily:
+    """The :class:`eyeops.families.Family` for ``model.family: ophglm``."""
+
     name = "ophglm"
+    capabilities = OphGLMPredictor.capabilities
+    pyfunc_task: PyfuncTask = "chat"
 
     def build_model(self, recipe: Recipe) -> OphGLM:
         return build_ophglm(recipe)
@@ -131,23 +134,16 @@ class OphGLMFamily:
         return model(**batch).loss
 
     def save(self, model: nn.Module, recipe: Recipe, out_dir: Path) -> None:
-        from safetensors.torch import save_file
-
         og, spec = unwrap(model, OphGLM), _spec(recipe)
-        groups = {g for s in (recipe.train.stages or [StageSpec(name="all")]) for g in s.trainable} | {
-            "fusion"
-        }
+        groups = {g for s in stages_of(recipe) for g in s.trainable} | {"fusion"}
         if spec.llm_config is not None:
             groups.add("llm")
         keys = set().union(*(group_parameter_names(og, g) for g in groups))
         if "image_encoder" in groups or "all" in groups:
             keys |= {k for k in og.state_dict() if k.startswith("classifier.")}  # BatchNorm statistics too
         state = {k: v.detach().contiguous().cpu() for k, v in og.state_dict().items() if k in keys}
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(out / WEIGHTS_FILE))
-        (out / RECIPE_FILE).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-        (out / META_FILE).write_text(json.dumps({"groups": sorted(groups), "tensors": len(state)}, indent=2))
+        meta = {"groups": sorted(groups), "tensors": len(state)}
+        write_model_dir(out_dir, recipe, state, (WEIGHTS_FILE, RECIPE_FILE, META_FILE), meta)
 
     def load(self, model_dir: Path, device: str = "cpu") -> OphGLMPredictor:
         from safetensors.torch import load_file
@@ -165,7 +161,8 @@ class OphGLMFamily:
             )
         return OphGLMPredictor(recipe, model, device)
 
-    def evaluate(self, ctx: Any) -> Any:
+    def evaluate(self, ctx: EvalContext) -> EvalOutput:
+        """Closed QA, open QA and reports scored like the VLM family (Eyecare-Bench style)."""
         from eyeops.models.common.vqa_eval import evaluate_vlm
 
         return evaluate_vlm(ctx)

@@ -17,7 +17,7 @@ from eyeops.models.classifier.modeling import FundusClassifier, build_classifier
 from eyeops.models.common.language_model import add_lora, build_language_model
 from eyeops.models.common.processing import IMAGE_TOKEN_ID, VLMProcessor
 from eyeops.models.common.specs import ResolutionSpec
-from eyeops.models.common.stages import trains
+from eyeops.models.common.stages import check_group, trains
 from eyeops.models.common.towers import IMAGENET_MEAN, IMAGENET_STD
 from eyeops.models.ophglm.spec import OphGLMModel
 from eyeops.recipes import Recipe
@@ -197,11 +197,7 @@ def _processor(spec: OphGLMModel, tokenizer: Any) -> VLMProcessor:
 
 
 def group_parameter_names(model: OphGLM, group: str) -> set[str]:
-    if group not in GROUPS:
-        raise ConfigError(
-            f"train.stages[].trainable: unknown group {group!r} for family ophglm "
-            f"(known: {', '.join(GROUPS)})"
-        )
+    check_group("ophglm", group, GROUPS)
     names = [n for n, _ in model.named_parameters() if not n.startswith("bert.")]
     prefix = {"image_encoder": "classifier.", "fusion": "fusion."}.get(group)
     if prefix:

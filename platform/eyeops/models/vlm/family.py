@@ -14,25 +14,24 @@ Parameter groups for ``StageSpec.trainable``: ``connector`` (connector + AnyRes 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
 from eyeops.errors import NotFoundError
+from eyeops.families import EvalContext, EvalOutput, PyfuncTask
 from eyeops.models.common.connectors import tokens_per_view
 from eyeops.models.common.processing import (
     VLMDataset,
     VLMProcessor,
     collate,
 )
-from eyeops.models.common.stages import train_only, unwrap
+from eyeops.models.common.stages import stages_of, train_only, unwrap, write_model_dir
 from eyeops.models.common.towers import tower_geometry
 from eyeops.models.vlm.inference import VLMPredictor
 from eyeops.models.vlm.modeling import (
@@ -53,7 +52,11 @@ from eyeops.recipes import Recipe, StageSpec
 
 # --- the family ----------------------------------------------------------------------------------
 class VLMFamily:
+    """The :class:`eyeops.families.Family` for ``model.family: vlm``."""
+
     name = "vlm"
+    capabilities = VLMPredictor.capabilities
+    pyfunc_task: PyfuncTask = "chat"
 
     def build_model(self, recipe: Recipe) -> EyeVLM:
         return build_vlm(recipe, _tokenizer(_spec(recipe)))
@@ -94,31 +97,23 @@ class VLMFamily:
 
     def save(self, model: nn.Module, recipe: Recipe, out_dir: Path) -> None:
         """Weights of every group a stage trained, plus whatever cannot be rebuilt from a reference."""
-        from safetensors.torch import save_file
-
         vlm, spec = unwrap(model, EyeVLM), _spec(recipe)
-        stages = recipe.train.stages or [StageSpec(name="all", trainable=["all"])]
+        stages = stages_of(recipe)
         groups = {g for s in stages for g in s.trainable}
         if spec.llm_config is not None:  # a randomly initialised LM is not reproducible from a name
             groups.add("llm")
-        random_tower = (
-            spec.vision.config is not None if spec.vision.kind != "timm" else spec.vision.weights == "none"
-        )
-        if random_tower:
+        if spec.vision.random_init:
             groups.add("vision")
         keys = _state_keys(vlm, groups)
         state = {k: v.detach().contiguous().cpu() for k, v in vlm.state_dict().items() if k in keys}
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(out / WEIGHTS_FILE))
-        (out / RECIPE_FILE).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-        (out / META_FILE).write_text(json.dumps({"groups": sorted(groups), "tensors": len(state)}, indent=2))
+        meta = {"groups": sorted(groups), "tensors": len(state)}
+        out = write_model_dir(out_dir, recipe, state, (WEIGHTS_FILE, RECIPE_FILE, META_FILE), meta)
         _tokenizer(spec).save_pretrained(str(out / "tokenizer"))
 
     def load(self, model_dir: Path, device: str = "cpu") -> VLMPredictor:
         return VLMPredictor.from_dir(Path(model_dir), device=device)
 
-    def evaluate(self, ctx: Any) -> Any:
+    def evaluate(self, ctx: EvalContext) -> EvalOutput:
         """The evaluation runner's hook: Eyecare-Bench style metrics and tables (see ``vlm_eval``)."""
         from eyeops.models.common.vqa_eval import evaluate_vlm
 

@@ -17,7 +17,7 @@ from eyeops.models.common.processing import (
     IMAGE_TOKEN_ID,
     VLMProcessor,
 )
-from eyeops.models.common.stages import trains
+from eyeops.models.common.stages import check_group, trains
 from eyeops.models.common.towers import VisionTower, build_tower
 from eyeops.models.vlm.spec import VLMModel
 from eyeops.recipes import Recipe
@@ -184,10 +184,7 @@ def group_modules(model: EyeVLM, group: str) -> list[nn.Module]:
 
 def group_parameter_names(model: EyeVLM, group: str) -> set[str]:
     """Fully qualified names of the parameters a trainable group covers."""
-    if group not in GROUPS:
-        raise ConfigError(
-            f"train.stages[].trainable: unknown group {group!r} for family vlm (known: {', '.join(GROUPS)})"
-        )
+    check_group("vlm", group, GROUPS)
     names = dict(model.named_parameters())
     if group == "lora":
         found = {n for n in names if "lora_" in n}
