@@ -23,15 +23,16 @@ def evaluate_command(
     from rich.console import Console
     from rich.table import Table
 
-    from eyeops.evaluate.runner import checkpoint_ref, dataset_ref, evaluate, local_model_dir
+    from eyeops.evaluate.runner import checkpoint_ref, dataset_ref, evaluate
     from eyeops.recipes import load_recipe
     from eyeops.refs import CheckpointRef
+    from eyeops.storage import local_copy
 
     if checkpoint.endswith(".json") and Path(checkpoint).is_file():
         ref = CheckpointRef.model_validate_json(Path(checkpoint).read_text(encoding="utf-8"))
-        chosen = load_recipe(recipe or _saved_recipe(local_model_dir(ref.uri)))
+        chosen = load_recipe(recipe or _saved_recipe(local_copy(ref.uri)))
     else:
-        chosen = load_recipe(recipe or _saved_recipe(local_model_dir(checkpoint)))
+        chosen = load_recipe(recipe or _saved_recipe(local_copy(checkpoint)))
         ref = checkpoint_ref(checkpoint, chosen)
     report = evaluate(chosen, ref, dataset_ref(data), out_dir=out)
 

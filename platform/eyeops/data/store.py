@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eyeops.config import get_settings
+from eyeops import storage
 from eyeops.data.schema import FileEntry, Manifest, Message, Sample
 from eyeops.errors import DataError, NotFoundError, StorageError
+from eyeops.storage import is_s3
 
 __all__ = [
     "MANIFEST",
@@ -59,23 +60,6 @@ PARQUET_SCHEMA = pa.schema(
         ("meta", pa.string()),
     ]
 )
-
-
-def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-
-def _split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise StorageError(f"{uri!r}: no bucket in s3 URI")
-    return bucket, prefix.strip("/")
-
-
-def _s3_client():
-    import boto3
-
-    return boto3.client("s3", **get_settings().s3_client_kwargs())
 
 
 def sha256_file(path: Path) -> str:
@@ -134,104 +118,42 @@ def publish(local_dir: str | Path, manifest: Manifest, dest: str | None = None) 
     manifest = manifest.model_copy(update={"files": entries, "fingerprint": fingerprint_files(entries)})
     (root / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     if dest and is_s3(dest):
-        _upload(root, dest, [e.path for e in entries])
+        storage.publish_dir(root, dest, last=MANIFEST)  # manifest last: it marks completeness
     return manifest
-
-
-def _upload(root: Path, dest: str, rel_paths: Sequence[str]) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, prefix = _split_s3(dest)
-    client = _s3_client()
-
-    def key(rel: str) -> str:
-        return f"{prefix}/{rel}" if prefix else rel
-
-    try:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda rel: client.upload_file(str(root / rel), bucket, key(rel)), rel_paths))
-        client.upload_file(str(root / MANIFEST), bucket, key(MANIFEST))  # last: marks completeness
-    except (BotoCoreError, ClientError) as exc:
-        raise StorageError(f"upload to {dest} failed: {exc}") from exc
 
 
 # --- read ---------------------------------------------------------------------------------------------
 def read_manifest(uri: str | Path) -> Manifest:
     """The manifest of a dataset at a local path, ``file://`` or ``s3://`` URI."""
-    uri = str(uri)
-    if is_s3(uri):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        bucket, prefix = _split_s3(uri)
-        try:
-            key = f"{prefix}/{MANIFEST}".lstrip("/")
-            body = _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
-                raise NotFoundError(f"no dataset at {uri} (no {MANIFEST})") from None
-            raise StorageError(f"reading {uri}/{MANIFEST} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"reading {uri}/{MANIFEST} failed: {exc}") from exc
-        text = body.decode("utf-8")
-    else:
-        path = Path(uri.removeprefix("file://")) / MANIFEST
-        if not path.is_file():
-            raise NotFoundError(f"no dataset at {uri} (no {MANIFEST})")
-        text = path.read_text(encoding="utf-8")
+    where = storage.join(uri, MANIFEST)
+    try:
+        text = storage.read_text(where)
+    except NotFoundError:
+        raise NotFoundError(f"no dataset at {uri} (no {MANIFEST})") from None
     try:
         return Manifest.model_validate_json(text)
     except ValueError as exc:
-        raise DataError(f"invalid manifest: {exc}", file=f"{uri}/{MANIFEST}") from None
+        raise DataError(f"invalid manifest: {exc}", file=where) from None
 
 
-def _cache_root() -> Path:
-    settings = get_settings()
-    if settings.is_local_storage:
-        return Path(settings.storage_root) / "cache" / "datasets"
-    return Path.home() / ".cache" / "eyeops" / "datasets"
-
-
-def _download(uri: str, manifest: Manifest) -> Path:
-    """Fetch an s3 dataset into the local cache (keyed by fingerprint), verifying every file."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    target = _cache_root() / manifest.fingerprint
-    if (target / MANIFEST).is_file():
-        return target
-    bucket, prefix = _split_s3(uri)
-    client = _s3_client()
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-
-    def fetch(entry: FileEntry) -> None:
-        dest = staging / entry.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(bucket, f"{prefix}/{entry.path}".lstrip("/"), str(dest))
-        if sha256_file(dest) != entry.sha256:
+def _verify(uri: str, manifest: Manifest, root: Path) -> None:
+    """Every downloaded file matches its manifest hash; then the manifest itself goes in."""
+    for entry in manifest.files:
+        if sha256_file(root / entry.path) != entry.sha256:
             raise StorageError(f"{uri}/{entry.path}: sha256 does not match the manifest")
-
-    try:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(fetch, manifest.files))
-    except (BotoCoreError, ClientError) as exc:
-        raise StorageError(f"downloading {uri} failed: {exc}") from exc
-    (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target
+    (root / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
 
 
 def local_dataset_dir(uri: str | Path) -> Path:
-    """A local directory holding the dataset (downloaded to the cache first when on S3)."""
+    """A local directory holding the dataset (downloaded and verified once when on S3)."""
     uri = str(uri)
     manifest = read_manifest(uri)
-    if is_s3(uri):
-        return _download(uri, manifest)
-    return Path(uri.removeprefix("file://")).resolve()
+    return storage.local_copy(
+        uri,
+        fingerprint=manifest.fingerprint,
+        files=[entry.path for entry in manifest.files],
+        finish=partial(_verify, uri, manifest),
+    ).resolve()
 
 
 def load_samples(uri: str | Path, split: str | None = None) -> list[Sample]:

@@ -23,10 +23,11 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
+from eyeops import storage
 from eyeops.config import get_settings
 from eyeops.data.schema import Manifest
 from eyeops.data.store import local_dataset_dir, read_manifest
-from eyeops.errors import ConfigError, DataError, NotFoundError, StorageError
+from eyeops.errors import ConfigError, DataError, NotFoundError
 from eyeops.evaluate import plots
 from eyeops.evaluate.card import render_card
 from eyeops.evaluate.metrics import ClassificationMetrics, breakdown, classification_metrics
@@ -70,52 +71,6 @@ Evaluator = Callable[[EvalContext], EvalOutput]
 
 
 # --- inputs -----------------------------------------------------------------------------------------
-def local_model_dir(uri: str) -> Path:
-    """A local copy of a model directory given as a path, ``file://`` or ``s3://`` URI.
-
-    S3 directories are downloaded once into the storage root's cache, keyed by the URI.
-    """
-    if uri.startswith("s3://"):
-        return _download_s3_dir(uri)
-    if "://" in uri and not uri.startswith("file://"):
-        raise StorageError(f"model directory {uri!r}: only local paths, file:// and s3:// are supported")
-    path = Path(uri.removeprefix("file://"))
-    if not path.is_dir():
-        raise NotFoundError(f"model directory {uri!r} not found")
-    return path
-
-
-def _download_s3_dir(uri: str) -> Path:
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    settings = get_settings()
-    cache = (
-        Path(settings.path("cache", "checkpoints"))
-        if settings.is_local_storage
-        else Path(tempfile.gettempdir()) / "eyeops-checkpoints"
-    )
-    target = cache / hashlib.sha256(uri.encode()).hexdigest()[:24]
-    if (target / ".complete").is_file():
-        return target
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    prefix = prefix.rstrip("/") + "/"
-    client = boto3.client("s3", **settings.s3_client_kwargs())
-    try:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-        if not keys:
-            raise NotFoundError(f"model directory {uri!r}: no objects under that prefix")
-        for key in keys:
-            dest = target / key[len(prefix) :]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, key, str(dest))
-    except (BotoCoreError, ClientError) as exc:
-        raise StorageError(f"downloading {uri} failed: {exc}") from exc
-    (target / ".complete").touch()
-    return target
-
-
 def dataset_ref(uri: str) -> DatasetRef:
     """A :class:`DatasetRef` for a prepared dataset directory (local or s3://), from its manifest."""
     manifest = read_manifest(uri)
@@ -132,7 +87,7 @@ def checkpoint_ref(model_dir: str, recipe: Recipe) -> CheckpointRef:
 
     The step and run name come from the Ray checkpoint around it (``../meta.json``) when present.
     """
-    path = local_model_dir(model_dir)
+    path = storage.local_copy(model_dir)
     files = sorted(p for p in path.rglob("*") if p.is_file())
     if not files:
         raise NotFoundError(f"model directory {model_dir!r} is empty")
@@ -369,7 +324,7 @@ def evaluate(
             f"checkpoint family {checkpoint.family!r} differs from recipe family {recipe.family!r}"
         )
     split = recipe.evaluate.split
-    model_dir = local_model_dir(checkpoint.uri)
+    model_dir = storage.local_copy(checkpoint.uri)  # s3 checkpoints are downloaded once
     data_dir = local_dataset_dir(dataset.uri)  # s3 datasets are downloaded and verified once
     out = Path(out_dir) if out_dir else _default_out_dir(checkpoint, split)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -23,9 +22,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
+from eyeops import storage
 from eyeops.config import get_settings
 from eyeops.errors import NotFoundError, RegistryError
-from eyeops.evaluate.runner import local_model_dir
 from eyeops.recipes import Recipe
 from eyeops.refs import CheckpointRef, DatasetRef, EvalReport, ModelVersionRef
 from eyeops.registry import _pyfunc
@@ -169,7 +168,7 @@ def register(
             info = mlflow.pyfunc.log_model(
                 name=_MODEL_NAME,
                 python_model=_pyfunc.EyeopsPyfunc(),
-                artifacts={"model_dir": str(local_model_dir(checkpoint.uri))},
+                artifacts={"model_dir": str(storage.local_copy(checkpoint.uri))},
                 model_config={"family": recipe.family, "task": task, "labels": labels},
                 signature=_pyfunc.classify_signature(labels) if labels else _pyfunc.chat_signature(),
                 input_example=_pyfunc.example_input() if labels else _pyfunc.chat_example_input(),
@@ -442,27 +441,17 @@ def load_model_dir(model_uri: str) -> Path:
     client()
     pinned = re.fullmatch(r"models:/([^/@]+)/(\d+)", model_uri)
     if pinned and settings.is_local_storage:
-        target = Path(settings.path("cache", "models", pinned[1], pinned[2]))
-        if (target / "MLmodel").is_file():
-            return _family_dir(target)
-        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=_mkdir(target.parent)))
+        target = storage.cache_dir("models") / pinned[1] / pinned[2]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        local = storage.fill_once(target, lambda staging: _download(model_uri, staging))
     else:
-        staging = Path(tempfile.mkdtemp(prefix="eyeops-model-"))
-        target = staging
-    with _mlflow_errors(f"downloading {model_uri}"):
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(staging)))
-    if target is not staging:
-        # Rename into place so a concurrent reader never sees a half-written cache entry.
-        try:
-            local.rename(target)
-        except OSError:
-            if not (target / "MLmodel").is_file():
-                raise
-        shutil.rmtree(staging, ignore_errors=True)
-        local = target
+        local = Path(tempfile.mkdtemp(prefix="eyeops-model-"))
+        _download(model_uri, local)
     return _family_dir(local)
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _download(model_uri: str, dest: Path) -> None:
+    with _mlflow_errors(f"downloading {model_uri}"):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    if local.resolve() != dest.resolve():
+        raise RegistryError(f"downloading {model_uri}: MLflow wrote it to {local}, not into {dest}")
