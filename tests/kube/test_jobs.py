@@ -7,9 +7,9 @@ import pytest
 from eyeops.config import get_settings
 from eyeops.errors import ClusterError
 from eyeops.kube import KubeClient, deploy_on_cluster, train_on_cluster
-from eyeops.kube.refio import write_ref
 from eyeops.recipes import parse_recipe
 from eyeops.refs import CheckpointRef, DatasetRef, ModelVersionRef
+from eyeops.storage import write_ref
 
 RECIPE = parse_recipe(
     {
@@ -47,30 +47,19 @@ DONE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    """A real S3-compatible server (moto) on 127.0.0.1, started once for this module."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{server._server.server_port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(moto_url, monkeypatch):
+def s3(moto_endpoint, monkeypatch):
     import boto3
 
     monkeypatch.setenv("EYEOPS_STORAGE_ROOT", "s3://eyeops-test/root")
-    monkeypatch.setenv("EYEOPS_S3_ENDPOINT_URL", moto_url)
+    monkeypatch.setenv("EYEOPS_S3_ENDPOINT_URL", moto_endpoint)
     monkeypatch.setenv("EYEOPS_MLFLOW_TRACKING_URI", "http://mlflow.invalid")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
     get_settings.cache_clear()
     s3 = boto3.client("s3", **get_settings().s3_client_kwargs())
     s3.create_bucket(Bucket="eyeops-test")
-    yield moto_url
+    yield moto_endpoint
     for item in s3.list_objects_v2(Bucket="eyeops-test").get("Contents", []):
         s3.delete_object(Bucket="eyeops-test", Key=item["Key"])
 

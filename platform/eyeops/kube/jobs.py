@@ -22,10 +22,10 @@ from eyeops.kube.objects import (
     build_rayjob,
     build_rayservice,
 )
-from eyeops.kube.refio import read_ref
 from eyeops.kube.schema import validate_object
 from eyeops.recipes import Recipe
 from eyeops.refs import CheckpointRef, DatasetRef, Endpoint, ModelVersionRef
+from eyeops.storage import read_ref
 
 log = logging.getLogger(__name__)
 

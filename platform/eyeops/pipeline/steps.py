@@ -11,13 +11,16 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from eyeops import storage
 from eyeops.config import get_settings
-from eyeops.errors import ConfigError, RecipeError
+from eyeops.errors import ConfigError, NotFoundError, RecipeError, StorageError
 from eyeops.pipeline import journal
 from eyeops.recipes import Recipe, load_recipe
 from eyeops.refs import CheckpointRef, DatasetRef, Endpoint, EvalReport, ModelVersionRef
+from eyeops.storage import decode_ref as decode
+from eyeops.storage import write_ref as write_ref_file
 
 RefT = TypeVar("RefT", bound=BaseModel)
 PIPELINE_NAME = "eyeops-finetune"
@@ -50,27 +53,12 @@ def resolve_recipe(recipe: str, overrides: str | dict[str, Any] = "{}", data_sou
     return base.with_overrides(merged) if merged else base
 
 
-def decode(text: str, cls: type[RefT], what: str) -> RefT:
-    """A ref from the JSON a previous component wrote (a file's text or a parameter)."""
-    try:
-        return cls.model_validate_json(text)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(
-            f"{what}: not a valid {cls.__name__} ({'.'.join(map(str, err['loc']))}: {err['msg']})"
-        ) from None
-
-
 def read_ref_file(path: str, cls: type[RefT], what: str) -> RefT:
     try:
-        return decode(Path(path).read_text(encoding="utf-8"), cls, what)
-    except OSError as exc:
+        text = storage.read_text(path)
+    except (NotFoundError, StorageError) as exc:
         raise ConfigError(f"{what}: cannot read input artifact {path}: {exc}") from None
-
-
-def write_ref_file(path: str, ref: BaseModel) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(ref.model_dump_json(indent=2), encoding="utf-8")
+    return decode(text, cls, what)
 
 
 def _run_tag(pipeline_run_id: str) -> str:

@@ -34,9 +34,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from eyeops.kube.refio import write_ref
         from eyeops.recipes import load_recipe, parse_recipe
         from eyeops.refs import DatasetRef
+        from eyeops.storage import write_ref
 
         try:
             overrides = json.loads(args.overrides)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -27,6 +26,7 @@ from eyeops.errors import ConfigError, TrainingError
 from eyeops.families import get_family
 from eyeops.recipes import Recipe
 from eyeops.refs import CheckpointRef, DatasetRef
+from eyeops.storage import arrow_s3_filesystem, parse
 from eyeops.train.loop import MODEL_DIR, train_loop_per_worker
 
 
@@ -75,7 +75,7 @@ def train(
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
             run_config=ray.train.RunConfig(
                 name=run_name,
-                **_storage_kwargs(storage, settings),
+                **_storage_kwargs(storage),
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
             ),
@@ -125,20 +125,14 @@ def _ensure_ray(settings: PlatformSettings, num_workers: int, per_worker: dict[s
     return True
 
 
-def _storage_kwargs(storage: str, settings: PlatformSettings) -> dict[str, Any]:
-    if not storage.startswith("s3://"):
-        local = Path(storage.removeprefix("file://")).expanduser().resolve()
+def _storage_kwargs(storage: str) -> dict[str, Any]:
+    location = parse(storage)
+    if location.path is not None:
+        local = location.path.resolve()
         local.mkdir(parents=True, exist_ok=True)
         return {"storage_path": str(local)}
-    kwargs = settings.s3_client_kwargs()
-    fs = pyarrow.fs.S3FileSystem(
-        access_key=kwargs.get("aws_access_key_id"),
-        secret_key=kwargs.get("aws_secret_access_key"),
-        region=kwargs["region_name"],
-        endpoint_override=kwargs.get("endpoint_url"),
-    )
     # With an explicit filesystem, Ray wants the path without its scheme.
-    return {"storage_path": storage.removeprefix("s3://"), "storage_filesystem": fs}
+    return {"storage_path": storage.removeprefix("s3://"), "storage_filesystem": arrow_s3_filesystem()}
 
 
 def _as_uri(path: str, storage: str) -> str:
