@@ -45,7 +45,8 @@ def main() -> None:
 
     from eyeops.data import prepare
     from eyeops.data.store import load_samples, write_samples
-    from eyeops.evaluate.runner import EvalContext, read_split
+    from eyeops.evaluate.runner import read_split
+    from eyeops.families import EvalContext
     from eyeops.models.vlm.family import FAMILY
     from eyeops.recipes import DataSpec, load_recipe
 

@@ -80,6 +80,10 @@ class Family(Protocol):
     pyfunc_task: PyfuncTask
     """The MLflow pyfunc interface the registry logs: images → label probabilities, or prompt → text."""
 
+    def labels(self, recipe: Recipe) -> list[str]:
+        """The labels a model of this recipe classifies into (empty when it cannot classify)."""
+        ...
+
     def build_model(self, recipe: Recipe) -> torch.nn.Module:
         """A fresh model with pretrained backbones loaded as the recipe says."""
         ...

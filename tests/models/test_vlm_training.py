@@ -29,7 +29,8 @@ from _vlm_helpers import save_tiny_llm, tiny_recipe
 from PIL import Image
 
 from eyeops.data.schema import Message
-from eyeops.evaluate.runner import EvalContext, read_split
+from eyeops.evaluate.runner import read_split
+from eyeops.families import EvalContext
 from eyeops.inference import GenerationRequest
 from eyeops.models.common.processing import collate, open_image
 from eyeops.models.vlm.family import FAMILY

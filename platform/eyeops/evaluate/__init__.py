@@ -1,13 +1,13 @@
 """The evaluate stage: metrics, breakdown tables, plots and a model card for one checkpoint.
 
-Public API: :func:`evaluate` (the stage), :func:`classification_metrics` / :func:`breakdown`
-(metrics on arrays), and the plug-in types :class:`EvalContext` / :class:`EvalOutput`: a family
-object may define ``evaluate(ctx: EvalContext) -> EvalOutput`` to replace the default
-:func:`classification_evaluator` (e.g. text metrics for LLM/VLM families).
+Public API: :func:`evaluate` (the stage) and :func:`classification_metrics` / :func:`breakdown`
+(metrics on arrays). What a model is scored on is its family's ``evaluate(EvalContext) ->
+EvalOutput`` hook (:mod:`eyeops.families`); both types are re-exported here.
 """
 
 from eyeops.evaluate.metrics import ClassificationMetrics, LabelMetrics, breakdown, classification_metrics
-from eyeops.evaluate.runner import EvalContext, EvalOutput, classification_evaluator, evaluate
+from eyeops.evaluate.runner import evaluate
+from eyeops.families import EvalContext, EvalOutput
 
 __all__ = [
     "ClassificationMetrics",
@@ -15,7 +15,6 @@ __all__ = [
     "EvalOutput",
     "LabelMetrics",
     "breakdown",
-    "classification_evaluator",
     "classification_metrics",
     "evaluate",
 ]

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from eyeops import storage
 from eyeops.config import get_settings
 from eyeops.errors import NotFoundError, RegistryError
+from eyeops.families import get_family
 from eyeops.recipes import Recipe
 from eyeops.refs import CheckpointRef, DatasetRef, EvalReport, ModelVersionRef
 from eyeops.registry import _pyfunc
@@ -213,9 +214,9 @@ def _check_report_dir(report: EvalReport) -> None:
 
 
 def _task_of(recipe: Recipe) -> tuple[str, list[str]]:
-    """The pyfunc interface from the typed model spec: a label set means a classifier, else chat."""
-    labels = getattr(recipe.model, "labels", None)
-    return ("classify", list(labels)) if labels else ("chat", [])
+    """The pyfunc interface the family declares, with the labels a classify interface returns."""
+    family = get_family(recipe.family)
+    return family.pyfunc_task, family.labels(recipe) if family.pyfunc_task == "classify" else []
 
 
 def _alias_version(c: MlflowClient, name: str, alias: str) -> ModelVersion | None:

@@ -111,6 +111,9 @@ class ClassifierFamily:
     capabilities = ClassifierPredictor.capabilities
     pyfunc_task: PyfuncTask = "classify"
 
+    def labels(self, recipe: Recipe) -> list[str]:
+        return list(_spec(recipe).labels)
+
     def build_model(self, recipe: Recipe) -> FundusClassifier:
         return build_classifier(_spec(recipe))
 

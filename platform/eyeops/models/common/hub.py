@@ -9,19 +9,16 @@ A base reference is one of
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import logging
-import os
 import shutil
-import tempfile
-from contextlib import contextmanager
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eyeops.config import get_settings
 from eyeops.errors import ConfigError, NotFoundError
+from eyeops.storage import cache_dir, file_lock, fill_once
 
 if TYPE_CHECKING:
     import torch
@@ -41,11 +38,7 @@ _CONVERTED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 def model_cache_dir() -> Path:
     """Local directory for converted base models (``EYEOPS_MODEL_CACHE`` or under the storage root)."""
     settings = get_settings()
-    if settings.model_cache:
-        return Path(settings.model_cache).expanduser()
-    if settings.is_local_storage:
-        return Path(settings.storage_root) / "cache" / "models"
-    return Path.home() / ".cache" / "eyeops" / "models"
+    return Path(settings.model_cache).expanduser() if settings.model_cache else cache_dir("models")
 
 
 def _package_dir(package: str) -> Path:
@@ -58,27 +51,15 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-@contextmanager
-def _file_lock(path: Path):
-    """An exclusive advisory lock: concurrent workers convert once, the others wait and reuse."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _convert_gguf(package: str, filename: str, dest: Path) -> None:
-    """De-quantise a packaged GGUF into a plain float32 ``save_pretrained`` dir, atomically."""
+def _convert_gguf(package: str, filename: str, out: Path) -> None:
+    """De-quantise a packaged GGUF into a plain float32 ``save_pretrained`` dir (``out``, empty)."""
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = _package_dir(package)
     if not (src / filename).is_file():
         raise NotFoundError(f"{src / filename}: packaged model file missing (reinstall {package})")
-    log.info("converting %s/%s into %s (once)", package, filename, dest)
+    log.info("converting %s/%s (once)", package, filename)
     tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=filename)
     gguf_model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=filename)
     # A model loaded from GGUF refuses save_pretrained; a fresh model of the same config does not.
@@ -89,23 +70,16 @@ def _convert_gguf(package: str, filename: str, dest: Path) -> None:
     config.architectures = [type(model).__name__]
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        # Not model.save_pretrained: inside a torch.distributed group it writes nothing on ranks
-        # other than 0, and whichever Ray Train worker takes the lock first converts.
-        model.config.save_pretrained(tmp)
-        model.generation_config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tokenizer.save_pretrained(tmp)
-        missing = [f for f in _CONVERTED_FILES if not (tmp / f).is_file()]
-        if missing:
-            raise NotFoundError(f"converting {package}/{filename}: {', '.join(missing)} not written")
-        (tmp / _DONE_MARKER).write_text(f"{package}/{filename}\n")
-        os.replace(tmp, dest) if not dest.exists() else shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # Not model.save_pretrained: inside a torch.distributed group it writes nothing on ranks
+    # other than 0, and whichever Ray Train worker takes the lock first converts.
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(out)
+    missing = [f for f in _CONVERTED_FILES if not (out / f).is_file()]
+    if missing:
+        raise NotFoundError(f"converting {package}/{filename}: {', '.join(missing)} not written")
+    (out / _DONE_MARKER).write_text(f"{package}/{filename}\n")
 
 
 def _converted(dest: Path) -> bool:
@@ -122,13 +96,11 @@ def resolve_base(base: str) -> str:
                 f"{', '.join(PACKAGED_PREFIX + k for k in PACKAGED_BASES)})"
             )
         dest = model_cache_dir() / name
-        if not _converted(dest):
-            with _file_lock(dest.parent / f".{name}.lock"):
+        if dest.exists() and not _converted(dest):  # an older layout: convert again
+            with file_lock(dest.with_name(f".{dest.name}.lock")):
                 if not _converted(dest):
-                    if dest.exists():  # an incomplete conversion (older layout, crash): start over
-                        shutil.rmtree(dest)
-                    _convert_gguf(*PACKAGED_BASES[name], dest)
-        return str(dest)
+                    shutil.rmtree(dest)
+        return str(fill_once(dest, partial(_convert_gguf, *PACKAGED_BASES[name])))
     path = Path(base).expanduser()
     if path.is_absolute() or base.startswith((".", "~")) or path.exists():
         if not (path / "config.json").is_file():

@@ -311,7 +311,8 @@ def build_vq(spec: VQSpec, *, seed: int = 0, n_images: int = 96) -> tuple[VQMode
     """
     from safetensors.torch import load_file, save_file
 
-    from eyeops.models.common.hub import _file_lock, model_cache_dir
+    from eyeops.models.common.hub import model_cache_dir
+    from eyeops.storage import file_lock
 
     model = VQModel(spec)
     if spec.checkpoint:
@@ -321,7 +322,7 @@ def build_vq(spec: VQSpec, *, seed: int = 0, n_images: int = 96) -> tuple[VQMode
         folder = model_cache_dir() / "vq"
         key = _cache_key(spec, seed)
         weights, meta = folder / f"{key}.safetensors", folder / f"{key}.json"
-        with _file_lock(folder / f".{key}.lock"):
+        with file_lock(folder / f".{key}.lock"):
             if not weights.is_file():
                 torch.manual_seed(seed)
                 model = VQModel(spec)

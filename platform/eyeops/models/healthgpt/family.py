@@ -102,6 +102,9 @@ class HealthGPTFamily:
     capabilities = HealthGPTPredictor.capabilities
     pyfunc_task: PyfuncTask = "chat"
 
+    def labels(self, recipe: Recipe) -> list[str]:
+        return []
+
     def build_model(self, recipe: Recipe) -> HealthGPT:
         return build_healthgpt(recipe, _tokenizer(_spec(recipe)))
 

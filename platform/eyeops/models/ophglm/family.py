@@ -95,6 +95,9 @@ class OphGLMFamily:
     capabilities = OphGLMPredictor.capabilities
     pyfunc_task: PyfuncTask = "chat"
 
+    def labels(self, recipe: Recipe) -> list[str]:
+        return list(_spec(recipe).image_encoder.labels)
+
     def build_model(self, recipe: Recipe) -> OphGLM:
         return build_ophglm(recipe)
 

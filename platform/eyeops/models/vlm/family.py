@@ -58,6 +58,9 @@ class VLMFamily:
     capabilities = VLMPredictor.capabilities
     pyfunc_task: PyfuncTask = "chat"
 
+    def labels(self, recipe: Recipe) -> list[str]:
+        return []
+
     def build_model(self, recipe: Recipe) -> EyeVLM:
         return build_vlm(recipe, _tokenizer(_spec(recipe)))
 
