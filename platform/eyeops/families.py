@@ -115,6 +115,15 @@ class Family(Protocol):
         ...
 
 
+class ChatFamily:
+    """Defaults for a family whose models chat: the registry logs a prompt → text pyfunc."""
+
+    pyfunc_task: PyfuncTask = "chat"
+
+    def labels(self, recipe: Recipe) -> list[str]:
+        return []
+
+
 def _package(name: str) -> str:
     try:
         return FAMILIES[name]

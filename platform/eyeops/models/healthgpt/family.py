@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from eyeops.errors import ConfigError, NotFoundError
-from eyeops.families import EvalContext, EvalOutput, PyfuncTask
+from eyeops.families import ChatFamily, EvalContext, EvalOutput
 from eyeops.models.common.processing import VLMProcessor, collate, open_image
 from eyeops.models.common.stages import stages_of, train_only, unwrap, write_model_dir
 from eyeops.models.common.vq import VQModel, build_vq, image_tokens
@@ -95,15 +95,11 @@ def collate_tasks(batch: Sequence[tuple[str, Any]], pad_id: int) -> dict[str, An
     return out
 
 
-class HealthGPTFamily:
+class HealthGPTFamily(ChatFamily):
     """The :class:`eyeops.families.Family` for ``model.family: healthgpt``."""
 
     name = "healthgpt"
     capabilities = HealthGPTPredictor.capabilities
-    pyfunc_task: PyfuncTask = "chat"
-
-    def labels(self, recipe: Recipe) -> list[str]:
-        return []
 
     def build_model(self, recipe: Recipe) -> HealthGPT:
         return build_healthgpt(recipe, _tokenizer(_spec(recipe)))

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from eyeops.errors import ConfigError, NotFoundError
-from eyeops.families import EvalContext, EvalOutput, PyfuncTask
+from eyeops.families import ChatFamily, EvalContext, EvalOutput
 from eyeops.models.classifier.family import classify_items
 from eyeops.models.classifier.modeling import FundusTransform
 from eyeops.models.common.processing import VLMProcessor, collate, open_image
@@ -88,12 +88,11 @@ def collate_any(batch: Sequence[Any], pad_id: int, bert_pad: int) -> dict[str, A
     return out
 
 
-class OphGLMFamily:
+class OphGLMFamily(ChatFamily):
     """The :class:`eyeops.families.Family` for ``model.family: ophglm``."""
 
     name = "ophglm"
     capabilities = OphGLMPredictor.capabilities
-    pyfunc_task: PyfuncTask = "chat"
 
     def labels(self, recipe: Recipe) -> list[str]:
         return list(_spec(recipe).image_encoder.labels)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from eyeops.errors import NotFoundError
-from eyeops.families import EvalContext, EvalOutput, PyfuncTask
+from eyeops.families import ChatFamily, EvalContext, EvalOutput
 from eyeops.models.common.connectors import tokens_per_view
 from eyeops.models.common.processing import (
     VLMDataset,
@@ -51,15 +51,11 @@ from eyeops.recipes import Recipe, StageSpec
 
 
 # --- the family ----------------------------------------------------------------------------------
-class VLMFamily:
+class VLMFamily(ChatFamily):
     """The :class:`eyeops.families.Family` for ``model.family: vlm``."""
 
     name = "vlm"
     capabilities = VLMPredictor.capabilities
-    pyfunc_task: PyfuncTask = "chat"
-
-    def labels(self, recipe: Recipe) -> list[str]:
-        return []
 
     def build_model(self, recipe: Recipe) -> EyeVLM:
         return build_vlm(recipe, _tokenizer(_spec(recipe)))
