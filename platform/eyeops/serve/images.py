@@ -27,8 +27,8 @@ _DATA_URL = re.compile(
 )
 
 
-def sniff_format(data: bytes) -> ImageFormat:
-    """The image format from magic bytes; 415 for anything we do not accept."""
+def sniff_format(data: bytes, *, field: str = "image") -> ImageFormat:
+    """The image format from magic bytes; 415 naming ``field`` for anything we do not accept."""
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
@@ -38,7 +38,7 @@ def sniff_format(data: bytes) -> ImageFormat:
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "dicom"
     raise UnsupportedMediaType(
-        f"image: unsupported format (first bytes {data[:8].hex() or 'empty'}); "
+        f"{field}: unsupported format (first bytes {data[:8].hex() or 'empty'}); "
         f"accepted: {', '.join(ACCEPTED_FORMATS)}"
     )
 
@@ -68,7 +68,7 @@ def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> Image
     """Decode JPEG/PNG/TIFF/DICOM bytes into an RGB image after checking the pixel count."""
     if not data:
         raise InvalidRequest(f"{field}: empty image")
-    fmt = sniff_format(data)
+    fmt = sniff_format(data, field=field)
     if fmt == "dicom":
         return _decode_dicom(data, max_pixels=max_pixels, field=field)
     with warnings.catch_warnings():

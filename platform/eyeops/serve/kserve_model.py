@@ -1,6 +1,7 @@
 """The KServe face: a ``kserve.Model`` over the Predictor, served by ``kserve.ModelServer``.
 
-- v1 ``POST /v1/models/{name}:predict`` with ``{"instances": [{"image_b64": "..."}]}`` →
+- v1 ``POST /v1/models/{name}:predict`` with ``{"instances": [{"image_b64": "..."}]}`` or the
+  TF-Serving binary convention ``{"instances": [{"image": {"b64": "..."}}]}`` →
   ``{"predictions": [{"probabilities", "findings"}], "model": {...}}``;
 - Open Inference Protocol v2 ``POST /v2/models/{name}/infer`` with a BYTES input ``image``
   (shape ``[N]``, one encoded image per element) → FP32 output ``probabilities`` ``[N, labels]``,
@@ -71,12 +72,8 @@ class EyeopsKServeModel(Model):
     async def _predict_v1(self, payload: Any) -> dict[str, Any]:
         instances = payload.get("instances") if isinstance(payload, dict) else None
         if not isinstance(instances, list) or not instances:
-            raise InvalidRequest("instances: expected a non-empty list of {'image_b64': ...} objects")
-        blobs = []
-        for i, item in enumerate(instances):
-            if not isinstance(item, dict) or not isinstance(item.get("image_b64"), str):
-                raise InvalidRequest(f"instances[{i}].image_b64: expected a base64 string")
-            blobs.append(imaging.decode_base64(item["image_b64"], field=f"instances[{i}].image_b64"))
+            raise InvalidRequest(f"instances: expected a non-empty list of {_V1_FORMS}")
+        blobs = [_v1_image(item, f"instances[{i}]") for i, item in enumerate(instances)]
         answers = await self.backend.classify(self.name, self._decode(blobs, "instances"))
         return {
             "predictions": [{"probabilities": a.probabilities, "findings": a.findings} for a in answers],
@@ -121,6 +118,28 @@ class EyeopsKServeModel(Model):
             parameters={"alias": stamp.alias or "", "recipe": stamp.recipe, "version": str(stamp.version)},
             use_binary_outputs=request.use_binary_outputs,
         )
+
+
+_V1_FORMS = "{'image_b64': '<base64>'} or {'image': {'b64': '<base64>'}} objects"
+
+
+def _v1_image(item: Any, field: str) -> bytes:
+    """The image bytes of one v1 instance: ``{"image_b64": s}`` or TF-Serving's ``{"image": {"b64": s}}``."""
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"{field}: expected an object, one of {_V1_FORMS}, got {type(item).__name__}")
+    if "image_b64" in item and "image" in item:
+        raise InvalidRequest(f"{field}: give one of 'image_b64' or 'image', not both")
+    if "image_b64" in item:  # decode_base64 names the field of a non-string too
+        return imaging.decode_base64(item["image_b64"], field=f"{field}.image_b64")
+    if "image" not in item:
+        raise InvalidRequest(f"{field}: expected one of {_V1_FORMS}, got keys {sorted(item)}")
+    image = item["image"]
+    if not isinstance(image, dict) or set(image) != {"b64"}:
+        got = f"keys {sorted(image)}" if isinstance(image, dict) else f"a {type(image).__name__}"
+        raise InvalidRequest(
+            f"{field}.image: expected {{'b64': '<base64>'}} (TF-Serving binary form), got {got}"
+        )
+    return imaging.decode_base64(image["b64"], field=f"{field}.image.b64")
 
 
 def binary_bytes_to_json(body: bytes, json_length: int) -> tuple[bytes, int | None]:
