@@ -23,6 +23,17 @@ class _Strict(BaseModel):
 class ClassifyRequest(_Strict):
     """One image (``image_b64``) or several (``images_b64``), base64 of JPEG/PNG/TIFF/DICOM bytes."""
 
+    # Exactly one of the two, in the published schema too: each branch requires its field with a
+    # non-null value (an explicit null stands for "not given", as the validator below reads it).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["image_b64"], "properties": {"image_b64": {"type": "string"}}},
+                {"required": ["images_b64"], "properties": {"images_b64": {"type": "array"}}},
+            ]
+        }
+    )
+
     model: str | None = Field(None, max_length=200, description="Served model name; default: the first.")
     image_b64: str | None = Field(None, min_length=1, description="Base64 of one image file.")
     images_b64: list[Annotated[str, Field(min_length=1)]] | None = Field(
