@@ -8,7 +8,7 @@ talks to this protocol, so it never needs to know which family it is serving.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal, Protocol, get_args, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,48 +50,38 @@ class GenerationResult(BaseModel):
 class InferenceModel(Protocol):
     """What every loaded model offers the servers. Unsupported capabilities raise InvalidRequest.
 
-    Optional (not part of the structural check, so single-task models need nothing):
-
-    - ``tasks: Mapping[str, Capability]`` -- the tasks a multi-task model answers
-      (:attr:`GenerationRequest.task`) and what each produces, e.g. HealthGPT's
-      ``{"comprehension": "chat", "generation": "generate_image"}``;
-    - ``default_task: str`` -- the task a request without one gets (default: the first of ``tasks``).
-
-    Read both through :func:`declared_tasks`.
+    ``tasks`` maps the tasks a multi-task model answers (:attr:`GenerationRequest.task`) to what each
+    produces, e.g. HealthGPT's ``{"comprehension": "chat", "generation": "generate_image"}``, and
+    ``default_task`` is the one a request without a task gets; single-task models declare ``{}`` and
+    ``None``. :func:`check_tasks` validates the declaration when a model is served.
     """
 
     capabilities: frozenset[Capability]
     labels: list[str]
+    tasks: Mapping[str, Capability]
+    default_task: str | None
 
     def classify(self, images: Sequence[Image.Image]) -> list[ClassifyResult]:
         """Batched multi-label classification."""
         ...
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Batched generation (KV-cache, padded batch)."""
+        """One batched generation over ``requests`` (KV-cache, padded batch); no queueing."""
         ...
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
-        """Incremental text for one request (SSE streaming)."""
+        """Incremental text for one request (SSE streaming); closing it stops decoding."""
         ...
 
 
-def declared_tasks(model: Any) -> tuple[dict[str, Capability], str | None]:
-    """A model's optional ``tasks`` and ``default_task``, checked; ``({}, None)`` for single-task models."""
-    raw = getattr(model, "tasks", None)
-    if not raw:
-        return {}, None
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{type(model).__name__}.tasks must map task name -> capability, got {raw!r}")
+def check_tasks(model: InferenceModel) -> None:
+    """Raise :class:`ConfigError` when ``model.tasks``/``model.default_task`` do not fit together."""
+    name, tasks, default = type(model).__name__, model.tasks, model.default_task
     known = get_args(Capability)
-    tasks: dict[str, Capability] = {}
-    for name, capability in raw.items():
+    for task, capability in tasks.items():
         if capability not in known:
-            raise ConfigError(
-                f"{type(model).__name__}.tasks[{name!r}]: capability {capability!r} is not one of {known}"
-            )
-        tasks[str(name)] = capability
-    default = getattr(model, "default_task", None) or next(iter(tasks))
-    if default not in tasks:
-        raise ConfigError(f"{type(model).__name__}.default_task {default!r} is not one of {sorted(tasks)}")
-    return tasks, default
+            raise ConfigError(f"{name}.tasks[{task!r}]: capability {capability!r} is not one of {known}")
+    if tasks and default not in tasks:
+        raise ConfigError(f"{name}.default_task {default!r} is not one of {sorted(tasks)}")
+    if not tasks and default is not None:
+        raise ConfigError(f"{name}.default_task {default!r} names a task but the model declares none")

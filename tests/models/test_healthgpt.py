@@ -130,7 +130,7 @@ def test_save_load_and_mixed_task_generation(recipe, model, tmp_path):
     with torch.no_grad():
         logits = {}
         for task in ("comprehension", "generation"):
-            inputs = predictor._inputs([chat], [task])
+            inputs = predictor.inputs([chat.model_copy(update={"task": task})])
             from eyeops.models.common.hlora import route_tasks
 
             with route_tasks(predictor.model.lm, [task]):

@@ -1,8 +1,9 @@
-"""ChatModel: left-padded batched generation, the concurrent-request batcher, streaming, errors."""
+"""ChatModel: one left-padded batched generation per call, streaming, errors.
+
+Merging concurrent callers is the serving batcher's job: tests/serve/test_batching.py.
+"""
 
 from __future__ import annotations
-
-import threading
 
 import pytest
 import torch
@@ -23,9 +24,7 @@ PROMPTS = ["What is glaucoma?", "Describe the lens and cataract surgery in a few
 def chat(tmp_path_factory):
     base = str(save_tiny_llm(tmp_path_factory.mktemp("tiny-llm")))
     torch.manual_seed(0)
-    model = ChatModel(load_causal_lm(base), load_tokenizer(base), system_prompt="Be brief.", batch_wait_s=0.2)
-    yield model
-    model.close()
+    return ChatModel(load_causal_lm(base), load_tokenizer(base), system_prompt="Be brief.")
 
 
 def _req(text: str, n: int = 12, **kw) -> GenerationRequest:
@@ -39,8 +38,8 @@ def test_is_an_inference_model(chat):
 
 
 def test_padded_batch_equals_single_requests(chat):
-    singles = [chat.generate_batch([_req(p)])[0] for p in PROMPTS]
-    batch = chat.generate_batch([_req(p) for p in PROMPTS])
+    singles = [chat.generate([_req(p)])[0] for p in PROMPTS]
+    batch = chat.generate([_req(p) for p in PROMPTS])
     assert [r.text for r in batch] == [r.text for r in singles]
     assert [r.prompt_tokens for r in batch] == [r.prompt_tokens for r in singles]
     assert len({r.prompt_tokens for r in batch}) == 3  # really different lengths, so padding was exercised
@@ -50,32 +49,34 @@ def test_padded_batch_equals_single_requests(chat):
 
 
 def test_each_request_keeps_its_own_length_limit(chat):
-    short, long = chat.generate_batch([_req(PROMPTS[0], 2), _req(PROMPTS[0], 10)])
+    short, long = chat.generate([_req(PROMPTS[0], 2), _req(PROMPTS[0], 10)])
     assert short.completion_tokens <= 2 and long.completion_tokens <= 10
-    full = chat.generate_batch([_req(PROMPTS[0], 10)])[0]
+    full = chat.generate([_req(PROMPTS[0], 10)])[0]
     if full.completion_tokens > 2:  # no early stop: the short answer is the long one's prefix
         assert short.finish_reason == "length" and long.text.startswith(short.text)
 
 
-def test_concurrent_calls_share_batches(chat):
-    expected = {p: chat.generate_batch([_req(p)])[0].text for p in PROMPTS}
-    before = dict(chat.stats)
-    results: dict[int, str] = {}
-    barrier = threading.Barrier(8)
+def test_one_call_is_one_decode_over_all_requests(chat):
+    prefills: list[int] = []  # batch size of each prompt forward (one per generate call)
 
-    def call(i: int) -> None:
-        barrier.wait()
-        results[i] = chat.generate([_req(PROMPTS[i % 3])])[0].text
+    def record(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] > 1:
+            prefills.append(ids.shape[0])
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(results[i] == expected[PROMPTS[i % 3]] for i in range(8))
-    assert chat.stats["requests"] - before["requests"] == 8
-    assert chat.stats["batches"] - before["batches"] < 8  # grouped, not one decode loop per caller
-    assert chat.stats["largest_batch"] > 1
+    handle = chat.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        chat.generate([_req(PROMPTS[i % 3]) for i in range(8)])
+    finally:
+        handle.remove()
+    assert prefills == [8]
+
+
+def test_different_sampling_settings_are_answered_in_order(chat):
+    torch.manual_seed(3)
+    greedy = chat.generate([_req(PROMPTS[0])])[0].text
+    out = chat.generate([_req(PROMPTS[1], 6, temperature=0.9, top_p=0.9), _req(PROMPTS[0])])
+    assert out[1].text == greedy and out[0].completion_tokens >= 1
 
 
 def test_stream_yields_the_same_text_and_can_stop_early(chat):
@@ -109,7 +110,7 @@ def test_bad_requests_fail_alone(chat):
         chat.generate([_req("eye " * 600, 8)])
     with pytest.raises(InvalidRequest, match="empty"):
         chat.generate([GenerationRequest(messages=[])])
-    assert chat.generate([_req("Hi", 2)])[0].completion_tokens <= 2  # the batcher is still alive
+    assert chat.generate([_req("Hi", 2)])[0].completion_tokens <= 2  # the model still answers
 
 
 @pytest.mark.parametrize(
@@ -138,9 +139,7 @@ def padded_chat(tmp_path_factory):
     base = str(save_tiny_llm(tmp_path_factory.mktemp("padded-llm")))
     tokenizer, model = load_tokenizer(base), load_causal_lm(base)
     teach_answer(model, tokenizer, [{"role": "user", "content": PROMPTS[0]}], PADDED_ANSWER)
-    chat = ChatModel(model, tokenizer)
-    yield chat
-    chat.close()
+    return ChatModel(model, tokenizer)
 
 
 PADDED_ANSWER = "\n  Glaucoma damages the optic nerve. \n\n"
@@ -148,8 +147,10 @@ PADDED_ANSWER = "\n  Glaucoma damages the optic nerve. \n\n"
 
 def test_joined_stream_equals_generate_for_a_whitespace_padded_answer(padded_chat):
     request = _req(PROMPTS[0], 24)
-    inputs = padded_chat._encode([request])
-    raw_ids = padded_chat.model.generate(**inputs, **padded_chat._sampling(request), max_new_tokens=24)
+    inputs = padded_chat.inputs([request])
+    raw_ids = padded_chat.model.generate(
+        **inputs, do_sample=False, max_new_tokens=24, pad_token_id=padded_chat.tokenizer.pad_token_id
+    )
     raw = padded_chat.tokenizer.decode(raw_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert raw == PADDED_ANSWER  # the model really emits the whitespace both paths must strip
     pieces = list(padded_chat.stream(request))

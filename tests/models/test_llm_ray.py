@@ -131,4 +131,4 @@ def test_two_workers_pretrain_then_lora_and_evaluate(ray_session, tiny, trained,
     request = GenerationRequest(
         messages=[Message(role="user", content="What is glaucoma?")], max_new_tokens=4
     )
-    assert get_family("llm").load(Path(again.uri)).generate_batch([request])[0].completion_tokens >= 1
+    assert get_family("llm").load(Path(again.uri)).generate([request])[0].completion_tokens >= 1

@@ -3,6 +3,8 @@ the three steps' freezing, reuse of a trained fundus classifier, save/load, chat
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from _vlm_helpers import save_tiny_llm
@@ -168,3 +170,64 @@ def test_image_checkpoint_reuses_a_trained_fundus_classifier(llm_dir, tmp_path):
         )
     with pytest.raises(ConfigError, match="unknown group 'connector'"):
         group_parameter_names(model, "connector")
+
+
+@pytest.fixture(scope="module")
+def untrained(llm_dir):
+    from eyeops.models.ophglm.inference import OphGLMPredictor
+
+    torch.manual_seed(0)
+    recipe = _recipe(llm_dir)
+    return OphGLMPredictor(recipe, FAMILY.build_model(recipe))
+
+
+class _DecodeSteps:
+    """Counts the LM's forward passes (one per decoded token) with the time of each."""
+
+    def __init__(self, lm):
+        self.times: list[float] = []
+        self._handle = lm.register_forward_hook(lambda *_: self.times.append(time.perf_counter()))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+def _long_question(n: int) -> GenerationRequest:
+    """Sampled (greedy decoding of the untrained LM repeats a newline, which strips to nothing)."""
+    image = Image.new("RGB", (64, 64), (200, 40, 40))
+    return GenerationRequest(messages=[Q], images=[image], max_new_tokens=n, temperature=1.0)
+
+
+def test_stream_delivers_the_first_token_before_the_answer_is_decoded(untrained):
+    request = _long_question(120)
+    torch.manual_seed(0)
+    whole = untrained.generate([request])[0]
+    assert whole.finish_reason == "length"  # the untrained LM does not stop: 120 tokens to decode
+    torch.manual_seed(0)
+    with _DecodeSteps(untrained.lm) as steps:
+        stream = untrained.stream(request)
+        first = next(stream)
+        first_at, steps_at_first = time.perf_counter(), len(steps.times)
+        rest = list(stream)
+    assert len(steps.times) == 120
+    assert steps_at_first < 60 and first_at < steps.times[-1]  # the decode was still running
+    assert first + "".join(rest) == whole.text  # and the pieces join to generate's answer
+
+
+def test_closing_a_stream_stops_decoding(untrained):
+    request = _long_question(600)
+    torch.manual_seed(2)
+    # this seed's sample has no stop token in 600: left alone, the stream would decode all 600
+    assert untrained.generate([request])[0].finish_reason == "length"
+    torch.manual_seed(2)
+    with _DecodeSteps(untrained.lm) as steps:
+        stream = untrained.stream(request)
+        next(stream)
+        stream.close()  # the client left: decoding stops at the next token and the lock is free
+        stopped_at = len(steps.times)
+        time.sleep(0.2)
+        assert len(steps.times) == stopped_at
+    assert stopped_at < 300 and not untrained._lock.locked()

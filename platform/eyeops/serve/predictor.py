@@ -22,7 +22,7 @@ from eyeops.inference import (
     GenerationRequest,
     GenerationResult,
     InferenceModel,
-    declared_tasks,
+    check_tasks,
 )
 
 _REGISTRY_REF = re.compile(
@@ -65,9 +65,9 @@ class Predictor:
     def __init__(self, model: InferenceModel, info: ModelInfo, *, max_batch_size: int = 16) -> None:
         if not isinstance(model, InferenceModel):
             raise TypeError(f"{type(model).__name__} does not implement eyeops.inference.InferenceModel")
-        tasks, default_task = declared_tasks(model)
-        if tasks and not info.tasks:  # the model's own declaration, unless the caller gave one
-            info = info.model_copy(update={"tasks": tasks, "default_task": default_task})
+        check_tasks(model)
+        if model.tasks and not info.tasks:  # the model's own declaration, unless the caller gave one
+            info = info.model_copy(update={"tasks": dict(model.tasks), "default_task": model.default_task})
         self.model = model
         self.info = info
         self.max_batch_size = max_batch_size

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
 
 import numpy as np
 import torch
 from PIL import Image
 
 from eyeops.errors import InvalidRequest
-from eyeops.inference import ClassifyResult, GenerationRequest, GenerationResult
+from eyeops.inference import Capability, ClassifyResult, GenerationRequest, GenerationResult
 from eyeops.models.classifier.modeling import FundusClassifier, FundusTransform
 from eyeops.models.classifier.spec import ClassifierModel
 
@@ -18,7 +19,9 @@ from eyeops.models.classifier.spec import ClassifierModel
 class ClassifierPredictor:
     """A loaded classifier: :class:`eyeops.inference.InferenceModel` with ``classify`` only."""
 
-    capabilities = frozenset({"classify"})
+    capabilities: frozenset[Capability] = frozenset({"classify"})
+    tasks: Mapping[str, Capability] = MappingProxyType({})
+    default_task: str | None = None
 
     def __init__(self, model: FundusClassifier, spec: ClassifierModel, threshold: float, device: str) -> None:
         self.model, self.spec, self.threshold, self.device = model.eval().to(device), spec, threshold, device

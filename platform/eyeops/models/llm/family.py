@@ -250,14 +250,7 @@ class LLMFamily:
         if meta["format"] in ("adapter", "base+adapter"):
             # Merged once at load time: serving then runs plain Linear layers (no adapter overhead).
             model = PeftModel.from_pretrained(model, model_dir / "adapter").merge_and_unload()
-        serve = recipe.serve
-        return ChatModel(
-            model.to(device),
-            tokenizer,
-            system_prompt=_spec(recipe).system_prompt,
-            max_batch_size=serve.max_batch_size,
-            batch_wait_s=serve.batch_wait_timeout_s,
-        )
+        return ChatModel(model.to(device), tokenizer, system_prompt=_spec(recipe).system_prompt)
 
     # --- evaluation hook (eyeops.evaluate.runner) ---------------------------------------------------
     def evaluate(self, ctx: EvalContext) -> EvalOutput:
