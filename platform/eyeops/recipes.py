@@ -141,8 +141,15 @@ class ServeSpec(Strict):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(4, gt=0)
-    max_batch_size: int = Field(16, ge=1)
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_batch_size: int = Field(
+        16, ge=1, description="Dynamic batching: most images or chat requests per model call."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.01,
+        ge=0,
+        description="Dynamic batching: how long a partial batch waits for company (the one default: "
+        "ServeSettings reads it from here; EYEOPS_BATCH_WAIT_TIMEOUT_S overrides).",
+    )
     gpu: int = Field(0, ge=0)
     upscale_delay_s: float = Field(
         30.0, ge=0, description="Ray Serve: sustained load before adding replicas."

@@ -1,10 +1,12 @@
-"""Dynamic batching and the async face of a Predictor.
+"""Dynamic batching and the async face of a Predictor: the only place concurrent requests merge.
 
-Concurrent HTTP requests each carry one or a few images; running them one by one wastes most of
-a forward pass. :class:`MicroBatcher` gathers requests for up to ``wait_s`` (or until
-``max_batch_size`` images) and runs one forward pass in a dedicated thread, so the event loop keeps
-accepting and decoding requests meanwhile. Ray Serve replicas use ``@serve.batch`` instead and
-plug in through :class:`InferenceBackend` (see ``ray_app.py``).
+Concurrent HTTP requests each carry one or a few images, or one chat request; running them one by
+one wastes most of a forward pass (or a whole decode loop). :class:`MicroBatcher` gathers requests
+while they keep arriving (each arrival within ``wait_s`` of the last, until ``max_batch_size``
+items) and runs one model call in a dedicated thread, so the event loop keeps accepting and decoding
+requests meanwhile. Models themselves never queue: ``generate(requests)`` is one plain batched call.
+Ray Serve replicas use ``@serve.batch`` instead and plug in through :class:`InferenceBackend`
+(see ``ray_app.py``). Both read their window from :class:`~eyeops.serve.settings.ServeSettings`.
 """
 
 from __future__ import annotations
@@ -21,10 +23,31 @@ from eyeops.errors import EyeopsError, InferenceTimeout, NotFoundError
 from eyeops.inference import GenerationRequest, GenerationResult
 from eyeops.serve.limits import BATCH_SIZE
 from eyeops.serve.predictor import ClassifyAnswer, Predictor
+from eyeops.serve.settings import ServeSettings
+
+_DEFAULTS = ServeSettings.model_fields
 
 T = TypeVar("T")
 R = TypeVar("R")
 _DONE = object()
+MAX_WINDOWS = 8  # the longest a batch waits for company, in batch windows
+
+
+def each_alone_on_client_error(fn: Callable[[list[T]], list[R]], items: list[T]) -> list[R | EyeopsError]:
+    """``fn(items)``; when it fails with a client error, each item again alone, so one bad request
+    gets its own error (in its place in the list) and cannot fail its batch-mates."""
+    try:
+        return list(fn(items))
+    except EyeopsError as exc:
+        if len(items) == 1:
+            return [exc]
+    answers: list[R | EyeopsError] = []
+    for item in items:
+        try:
+            answers += fn([item])
+        except EyeopsError as exc:
+            answers.append(exc)
+    return answers
 
 
 class MicroBatcher(Generic[T, R]):
@@ -60,9 +83,11 @@ class MicroBatcher(Generic[T, R]):
         while True:
             pending = [await self._queue.get()]
             size = len(pending[0][0])
-            deadline = loop.time() + self.wait_s
+            # A burst of requests reaches the queue one by one (the event loop parses each first), so
+            # the window stays open while they keep coming -- up to MAX_WINDOWS windows in all.
+            start = last = loop.time()
             while size < self.max_batch_size:
-                remaining = deadline - loop.time()
+                remaining = min(last + self.wait_s, start + MAX_WINDOWS * self.wait_s) - loop.time()
                 try:
                     nxt = (
                         self._queue.get_nowait()
@@ -73,6 +98,7 @@ class MicroBatcher(Generic[T, R]):
                     break
                 pending.append(nxt)
                 size += len(nxt[0])
+                last = loop.time()
             await self._answer(pending)
 
     async def _answer(self, pending: list[tuple[list[T], asyncio.Future]]) -> None:
@@ -110,10 +136,10 @@ class InferenceBackend:
         self,
         predictors: Sequence[Predictor],
         *,
-        max_batch_size: int = 16,
-        batch_wait_timeout_s: float = 0.005,
-        request_timeout_s: float = 60.0,
-        threads: int = 1,
+        max_batch_size: int = _DEFAULTS["max_batch_size"].default,
+        batch_wait_timeout_s: float = _DEFAULTS["batch_wait_timeout_s"].default,
+        request_timeout_s: float = _DEFAULTS["request_timeout_s"].default,
+        threads: int = _DEFAULTS["inference_threads"].default,
     ) -> None:
         if not predictors:
             raise ValueError("InferenceBackend needs at least one Predictor")
@@ -128,8 +154,8 @@ class InferenceBackend:
             "executor": self.executor,
         }
         self._batchers = {p.name: MicroBatcher(p.classify, **batching) for p in predictors}
-        # Concurrent chat requests reach the model as one list: LLMs decode them as one padded batch,
-        # HealthGPT routes each row through its own task's adapters.
+        # Concurrent chat requests reach the model as one list, decoded as one left-padded batch
+        # (HealthGPT routes each row through its own task's adapters).
         self._generators = {p.name: MicroBatcher(p.generate, **batching) for p in predictors}
 
     @property

@@ -2,8 +2,10 @@
 
 Each replica loads the Predictor once and builds the gateway app around itself
 (``__serve_build_asgi_app__``), so the HTTP surface is identical to the local gateway while
-classification goes through Ray's dynamic batching. Replica count follows
-``recipe.serve`` (min/max replicas, target ongoing requests).
+classification and chat go through Ray's dynamic batching (concurrent chat requests become one
+``model.generate`` call). Replica count follows ``recipe.serve`` (min/max replicas, target ongoing
+requests); the batch window comes from :class:`~eyeops.serve.settings.ServeSettings`, which the
+recipe's ``serve:`` section fills through the replica's env, as ``eyeops serve --backend local`` does.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from fastapi import FastAPI
 from PIL import Image
 from ray import serve
 
-from eyeops.errors import InferenceTimeout
+from eyeops.errors import EyeopsError, InferenceTimeout
+from eyeops.inference import GenerationRequest, GenerationResult
 from eyeops.recipes import ServeSpec
-from eyeops.serve.batching import InferenceBackend
+from eyeops.serve.batching import InferenceBackend, each_alone_on_client_error
+from eyeops.serve.limits import BATCH_SIZE
 from eyeops.serve.predictor import ClassifyAnswer
 
 APP_NAME = "eyeops"
@@ -30,7 +34,7 @@ _FORWARDED_ENV = ("EYEOPS_", "MLFLOW_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"
 
 
 class _RayBackend(InferenceBackend):
-    """Classification through the replica's ``@serve.batch`` method instead of a MicroBatcher."""
+    """Classification and chat through the replica's ``@serve.batch`` methods instead of MicroBatchers."""
 
     def __init__(self, replica: EyeopsModel) -> None:
         s = replica.settings
@@ -54,31 +58,50 @@ class _RayBackend(InferenceBackend):
         except TimeoutError:
             raise InferenceTimeout(f"model did not answer within {self.request_timeout_s:g} s") from None
 
+    async def generate(self, name: str | None, request: GenerationRequest) -> GenerationResult:
+        self.get(name).require("chat")
+        try:
+            answer = await asyncio.wait_for(self.replica.generate_one(request), self.request_timeout_s)
+        except TimeoutError:
+            raise InferenceTimeout(f"model did not answer within {self.request_timeout_s:g} s") from None
+        if isinstance(answer, EyeopsError):
+            raise answer
+        return answer
+
+
+def _observe_batch(items: int) -> None:
+    # A module function (pickled by reference): the deployment class is pickled by value, and a
+    # method naming BATCH_SIZE directly would drag the metric's lock into the pickle.
+    BATCH_SIZE.observe(items)
+
 
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress()
 class EyeopsModel:
     """One replica: a loaded Predictor, a batching method, and the gateway routes as ingress."""
 
-    def __init__(
-        self,
-        model_ref: str,
-        settings_overrides: dict[str, Any],
-        max_batch_size: int,
-        batch_wait_timeout_s: float,
-    ) -> None:
+    def __init__(self, model_ref: str, settings_overrides: dict[str, Any]) -> None:
         from eyeops.serve.predictor import load_predictor
         from eyeops.serve.settings import load_serve_settings
 
-        self.settings = load_serve_settings(**settings_overrides)
-        self.predictor = load_predictor(model_ref, max_batch_size=max_batch_size)
-        self.classify_one.set_max_batch_size(max_batch_size)
-        self.classify_one.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.settings = s = load_serve_settings(**settings_overrides)
+        self.predictor = load_predictor(model_ref, max_batch_size=s.max_batch_size)
+        for method in (self.classify_one, self.generate_one):
+            method.set_max_batch_size(s.max_batch_size)
+            method.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
 
+    # The decorator's numbers are placeholders: __init__ sets both from ServeSettings.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def classify_one(self, images: list[Image.Image]) -> list[ClassifyAnswer]:
         # The forward pass runs in a thread so the replica keeps accepting (and batching) requests.
+        _observe_batch(len(images))
         return await asyncio.to_thread(self.predictor.classify, images)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def generate_one(self, requests: list[GenerationRequest]) -> list[GenerationResult | EyeopsError]:
+        """Concurrent chat requests as one ``model.generate`` call; a bad one answers alone."""
+        _observe_batch(len(requests))
+        return await asyncio.to_thread(each_alone_on_client_error, self.predictor.generate, requests)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         from eyeops.serve.gateway import install
@@ -111,14 +134,15 @@ def build_app(
         "metrics_interval_s": min(10.0, look_back / 2),
     }
     env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
+    # The recipe's batching applies unless the environment sets it (as eyeops.serve.local does).
+    env.setdefault("EYEOPS_MAX_BATCH_SIZE", str(spec.max_batch_size))
+    env.setdefault("EYEOPS_BATCH_WAIT_TIMEOUT_S", str(spec.batch_wait_timeout_s))
     deployment = EyeopsModel.options(
         autoscaling_config=autoscaling,
         max_ongoing_requests=max(2 * spec.max_batch_size, int(spec.target_ongoing_requests * 2)),
         ray_actor_options={"num_cpus": replica_cpus, "num_gpus": spec.gpu, "runtime_env": {"env_vars": env}},
     )
-    return deployment.bind(
-        model_ref, settings_overrides or {}, spec.max_batch_size, spec.batch_wait_timeout_s
-    )
+    return deployment.bind(model_ref, settings_overrides or {})
 
 
 def replica_count() -> int:

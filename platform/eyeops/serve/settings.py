@@ -10,6 +10,12 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eyeops.errors import ConfigError
+from eyeops.recipes import ServeSpec
+
+# One default for batching, written once in the recipe's declaration (ServeSpec). A recipe's
+# ``serve:`` section reaches these settings as EYEOPS_* env (eyeops.serve.local, ray_app.build_app)
+# unless the operator's environment already sets them.
+_RECIPE = ServeSpec.model_fields
 
 
 class ServeSettings(BaseSettings):
@@ -32,9 +38,15 @@ class ServeSettings(BaseSettings):
     )
     max_images: int = Field(8, ge=1, description="Most images in one request.")
     request_timeout_s: float = Field(60.0, gt=0, description="Model time allowed per request (504 after).")
-    max_batch_size: int = Field(16, ge=1, description="Dynamic batching: most images per forward pass.")
+    max_batch_size: int = Field(
+        _RECIPE["max_batch_size"].default,
+        ge=1,
+        description="Dynamic batching: most images or chat requests per model call.",
+    )
     batch_wait_timeout_s: float = Field(
-        0.005, ge=0, description="Dynamic batching: how long a partial batch waits for company."
+        _RECIPE["batch_wait_timeout_s"].default,
+        ge=0,
+        description="Dynamic batching: how long a partial batch waits for company.",
     )
     inference_threads: int = Field(1, ge=1, description="Threads running model forward passes.")
 
