@@ -25,6 +25,7 @@ import yaml
 
 from eyeops.data.schema import Task
 from eyeops.errors import ConfigError, DataError, NotFoundError
+from eyeops.families import ChatFamily, EvalContext, EvalOutput
 from eyeops.models.common.hub import load_causal_lm, load_tokenizer, torch_dtype
 from eyeops.models.common.language_model import add_lora
 from eyeops.models.common.stages import stages_of, trains
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     import torch
     from torch.utils.data import Dataset
 
-    from eyeops.evaluate.runner import EvalContext, EvalOutput
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,11 @@ def _tokenizer(spec: LLMModel):
     return load_tokenizer(spec.base, revision=spec.revision, chat_template=spec.chat_template)
 
 
-class LLMFamily:
+class LLMFamily(ChatFamily):
     """The ``llm`` family (see :class:`eyeops.families.Family`)."""
 
     name = "llm"
+    capabilities = ChatModel.capabilities
 
     # --- model -----------------------------------------------------------------------------------
     def build_model(self, recipe: Recipe) -> torch.nn.Module:
