@@ -82,6 +82,9 @@ class TrainSpec(Strict):
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1})
     accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'A100' (cluster).")
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="GPU memory per worker for `eyeops plan`; default: by accelerator_type."
+    )
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     batch_size: int = Field(16, ge=1, description="Per-worker micro-batch size.")
@@ -248,7 +251,8 @@ def load_saved_recipe(path: str | Path) -> Recipe:
 
     A field added since the model was saved is filled with the value that reproduces the old
     behaviour, not today's default: ``model.connector.input_norm`` (default on) was off before it
-    existed, and the saved weights have no LayerNorms for it.
+    existed, and the saved weights have no LayerNorms for it. A HealthGPT ``model.hlora`` saved as
+    one spec (before specs were per task) serves both tasks, as it did then.
     """
     path = Path(path)
     data = _read_yaml(path)
@@ -256,6 +260,10 @@ def load_saved_recipe(path: str | Path) -> Recipe:
     connector = model.get("connector") if isinstance(model, dict) else None
     if isinstance(connector, dict):  # a malformed file is left to parse_recipe's error
         connector.setdefault("input_norm", False)
+    # HealthGPT's 'hlora' was one spec for both tasks before it became per task.
+    hlora = model.get("hlora") if isinstance(model, dict) and model.get("family") == "healthgpt" else None
+    if isinstance(hlora, dict) and not {"comprehension", "generation"} & set(hlora):
+        model["hlora"] = {"comprehension": dict(hlora), "generation": dict(hlora)}
     return parse_recipe(data, origin=str(path))
 
 

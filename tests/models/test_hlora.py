@@ -20,9 +20,10 @@ from eyeops.models.common.hlora import (
     set_task,
 )
 from eyeops.models.common.specs import HLoRASpec
-from eyeops.recipes import parse_recipe
+from eyeops.recipes import load_saved_recipe, parse_recipe
 
 IN, OUT = 6, 5
+TASKS = ("comprehension", "generation")
 
 
 class Tiny(nn.Module):
@@ -110,7 +111,7 @@ def test_merge_refused_with_routed_experts():
 def test_task_switching_changes_and_restores_outputs_exactly():
     spec = HLoRASpec(r=4, alpha=8, dropout=0.0, num_experts=2, target_modules=["proj", "mlp"])
     torch.manual_seed(0)
-    model = apply_hlora(Tiny(), spec, ["comprehension", "generation"], task_type=None)
+    model = apply_hlora(Tiny(), dict.fromkeys(TASKS, spec), task_type=None)
     _randomise(model, seed=1)
     model.eval()
     x = torch.randn(4, IN)
@@ -136,7 +137,7 @@ def test_task_switching_changes_and_restores_outputs_exactly():
 
 def test_training_one_task_leaves_the_other_untouched():
     spec = HLoRASpec(r=4, alpha=8, dropout=0.0, num_experts=2, target_modules=["proj", "mlp"])
-    model = apply_hlora(Tiny(), spec, ["comprehension", "generation"], task_type=None)
+    model = apply_hlora(Tiny(), dict.fromkeys(TASKS, spec), task_type=None)
     _randomise(model)
     set_task(model, "generation")
     model(torch.randn(3, IN)).sum().backward()
@@ -149,16 +150,56 @@ def test_config_errors():
         HLoraConfig(r=6, num_experts=4, target_modules=["proj"])
     recipe = {
         "name": "x",
-        "model": {"family": "healthgpt", "hlora": {"r": 6, "num_experts": 4}},
+        "model": {
+            "family": "healthgpt",
+            "hlora": {"comprehension": {"r": 6, "num_experts": 4}, "generation": {}},
+        },
         "register": {"model_name": "x"},
     }
     with pytest.raises(ConfigError, match=r"model\.healthgpt\.hlora.*multiple"):
         parse_recipe(recipe)
+    # The single form of saved models is refused in new recipes, by name; so is a missing task.
+    recipe["model"]["hlora"] = {"r": 8, "num_experts": 4}
+    with pytest.raises(ConfigError, match=r"hlora.*one spec per task.*\['num_experts', 'r'\]"):
+        parse_recipe(recipe)
+    recipe["model"]["hlora"] = {"comprehension": {"r": 8}}
+    with pytest.raises(ConfigError, match="hlora needs exactly the tasks"):
+        parse_recipe(recipe)
+    recipe["model"]["hlora"] = {"comprehension": {}, "generation": {"target_modules": ["nothing_here"]}}
+    with pytest.raises(ConfigError, match=r"model\.hlora\.generation\.target_modules \['nothing_here'\]"):
+        apply_hlora(Tiny(), parse_recipe(recipe).model.hlora, task_type=None)
+
+
+def test_per_task_specs_shape_each_adapter_and_old_single_form_loads(tmp_path):
+    """HealthGPT-M3's comprehension and generation adapters differ in rank, alpha and scaling."""
+    specs = {
+        "comprehension": HLoRASpec(r=4, alpha=8, dropout=0.0, num_experts=2, target_modules=["proj"]),
+        "generation": HLoRASpec(r=16, alpha=32, dropout=0.0, num_experts=4, target_modules=["proj", "mlp"]),
+    }
+    model = apply_hlora(Tiny(), specs, task_type=None)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, HLoraLinear)}
+    proj = next(m for n, m in layers.items() if n.endswith("proj"))
+    assert proj.lora_A["comprehension"].out_features == 4 and proj.lora_A["generation"].out_features == 16
+    assert proj.scaling == {"comprehension": 8 / 4 * 2, "generation": 32 / 16 * 4}
+    assert proj.lora_router["generation"].out_features == 4
+    mlp = next(m for n, m in layers.items() if n.endswith("mlp"))
+    assert set(mlp.lora_A) == {"generation"}  # comprehension does not target it
+
+    import yaml
+
+    saved = {
+        "name": "old",
+        "model": {"family": "healthgpt", "hlora": {"r": 8, "alpha": 16, "num_experts": 2}},
+        "register": {"model_name": "old"},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    hlora = load_saved_recipe(tmp_path / "recipe.yaml").model.hlora
+    assert hlora["comprehension"] == hlora["generation"] == HLoRASpec(r=8, alpha=16, num_experts=2)
 
 
 def test_route_tasks_matches_switching_in_eval_and_reaches_every_adapter_in_training():
     spec = HLoRASpec(r=4, alpha=8, dropout=0.0, num_experts=2, target_modules=["proj", "mlp"])
-    model = apply_hlora(Tiny(), spec, ["comprehension", "generation"], task_type=None)
+    model = apply_hlora(Tiny(), dict.fromkeys(TASKS, spec), task_type=None)
     _randomise(model, seed=2)
     x = torch.randn(3, IN)
     model.eval()

@@ -18,7 +18,7 @@ Merging is refused when ``k > 1``: the per-token router cannot be folded into a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -169,18 +169,28 @@ def hlora_config(spec: HLoRASpec, task_type: str | None = "CAUSAL_LM") -> HLoraC
 
 
 def apply_hlora(
-    model: nn.Module, spec: HLoRASpec, tasks: Sequence[str], task_type: str | None = "CAUSAL_LM"
+    model: nn.Module, specs: Mapping[str, HLoRASpec], task_type: str | None = "CAUSAL_LM"
 ) -> PeftModel:
-    """Wrap a causal LM with one H-LoRA adapter per task (the first task is active)."""
-    if not tasks or len(set(tasks)) != len(tasks):
-        raise ConfigError(f"H-LoRA needs distinct task names, got {list(tasks)}")
-    config = hlora_config(spec, task_type)
-    try:
-        peft_model = get_peft_model(model, config, adapter_name=tasks[0])
-    except ValueError as exc:
-        raise ConfigError(f"model.hlora.target_modules {spec.target_modules}: {exc}") from None
-    for task in tasks[1:]:
-        peft_model.add_adapter(task, hlora_config(spec, task_type))
+    """Wrap a model with one H-LoRA adapter per task, each shaped by its own spec (the first is active).
+
+    Tasks may differ in rank, alpha, experts and targets (HealthGPT-M3: comprehension r64/α128,
+    generation r256/α512): peft keeps one config per adapter.
+    """
+    tasks = list(specs)
+    if not tasks:
+        raise ConfigError("H-LoRA needs at least one task")
+    peft_model: Any = None
+    for task in tasks:
+        config = hlora_config(specs[task], task_type)
+        try:
+            if peft_model is None:
+                peft_model = get_peft_model(model, config, adapter_name=task)
+            else:
+                peft_model.add_adapter(task, config)
+        except ValueError as exc:
+            raise ConfigError(
+                f"model.hlora.{task}.target_modules {specs[task].target_modules}: {exc}"
+            ) from None
     peft_model.set_adapter(tasks[0])
     return peft_model
 

@@ -150,7 +150,7 @@ def build_healthgpt(recipe: Recipe, tokenizer: Any, vq: VQModel | None = None) -
     lm = build_language_model(spec, base_vocab)
     _add_token_rows(lm, len(tokenizer))
     lm.config.use_cache = False
-    lm = apply_hlora(lm, spec.hlora, TASKS)
+    lm = apply_hlora(lm, {task: spec.hlora[task] for task in TASKS})
     dim = lm.get_input_embeddings().embedding_dim
     connectors = {
         task: build_connector(
