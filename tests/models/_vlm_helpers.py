@@ -69,7 +69,6 @@ def tiny_recipe(
             "connector": conn,
             "resolution": {"mode": resolution, "grids": [[1, 1], [1, 2], [2, 1], [2, 2]], "max_tiles": 4},
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-            "crop_fundus_border": False,
             **model,
         },
         "train": {
@@ -107,7 +106,10 @@ def tiny_healthgpt_recipe(llm_dir: Path) -> dict:
             "vision": {"kind": "siglip", "name": "tiny", "config": TINY_SIGLIP, "image_size": 32},
             "connector": {"type": "mlp2x_gelu", "grid": 2},
             "feature_layers": {"comprehension": -2, "generation": 1},
-            "hlora": {"r": 4, "alpha": 8, "dropout": 0.0, "num_experts": 2},
+            "hlora": {
+                "comprehension": {"r": 4, "alpha": 8, "dropout": 0.0, "num_experts": 2},
+                "generation": {"r": 4, "alpha": 8, "dropout": 0.0, "num_experts": 2},
+            },
             "vq": {
                 "image_size": 32,
                 "downsample": 2,
@@ -116,7 +118,6 @@ def tiny_healthgpt_recipe(llm_dir: Path) -> dict:
                 "embed_dim": 8,
                 "train_steps": 5,
             },
-            "crop_fundus_border": False,
         },
         "train": {"num_workers": 1, "batch_size": 2, "stages": HEALTHGPT_STAGES},
         "evaluate": {"primary_metric": "closed_qa/accuracy"},

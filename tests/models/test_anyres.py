@@ -68,3 +68,68 @@ def test_merger_layout_and_gradients():
     assert GLOBAL_ONLY.num_tokens(3) == 3
     with pytest.raises(ValueError, match="views"):
         merger(tokens[:2], plan)
+
+
+def _oct_bscan(width=1024, height=496):
+    """An OCT-shaped B-scan: dark vitreous and choroid around a bright, wide band of retinal layers."""
+    image = Image.new("RGB", (width, height), (5, 5, 5))
+    image.paste((200, 200, 200), (0, height // 3, width, height // 3 + 90))
+    return image
+
+
+def _fundus(side=300, frame=(400, 300)):
+    """A fundus photograph: a bright disc on the camera's black frame."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", frame, (0, 0, 0))
+    left, top = (frame[0] - side) // 2, (frame[1] - side) // 2
+    ImageDraw.Draw(image).ellipse((left, top, left + side - 1, top + side - 1), fill=(180, 70, 30))
+    return image
+
+
+def test_wide_oct_keeps_its_shape_and_gets_one_row_of_tiles(tmp_path):
+    """The real path (dataset row -> processor -> views): an OCT B-scan is tiled 1x3, a fundus 2x2."""
+    from _vlm_helpers import save_tiny_llm
+
+    from eyeops.data.schema import Message, Modality, Sample, Task
+    from eyeops.models.common.hub import load_tokenizer
+    from eyeops.models.common.processing import VLMDataset, VLMProcessor, border_crop
+    from eyeops.models.common.specs import ResolutionSpec
+
+    _oct_bscan().save(tmp_path / "oct.png")
+    _fundus(side=600, frame=(800, 600)).save(tmp_path / "fundus.png")
+    processor = VLMProcessor(
+        load_tokenizer(str(save_tiny_llm(tmp_path / "llm"))),
+        image_size=224,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        tokens_per_view=2,
+        resolution=ResolutionSpec(mode="anyres", grids=GRIDS, max_tiles=4),
+        crop_border=True,
+        max_images=2,
+        max_seq_len=512,
+        system_prompt=None,
+    )
+    question = [Message(role="user", content="<image>\nDescribe the scan.")]
+    rows = [
+        Sample(
+            id=name,
+            modality=modality,
+            images=[f"{name}.png"],
+            task=Task.OPEN_QA,
+            messages=question,
+            answer="ok",
+        )
+        for name, modality in (("oct", Modality.OCT), ("fundus", Modality.FUNDUS))
+    ]
+    oct_row, fundus_row = VLMDataset(tmp_path, rows, processor)
+    assert oct_row.plans == [ViewPlan(1, 3)] and oct_row.pixel_values.shape[0] == 4
+    assert fundus_row.plans == [ViewPlan(2, 2)]  # 800x600 frame cropped to the 600 px disc
+
+    # A request without modality (serving): a wide or tall image is never squared, a disc on its
+    # black frame still is; a known non-fundus modality is never cropped.
+    assert border_crop(_oct_bscan(), None).size == (1024, 496)
+    assert border_crop(_oct_bscan().rotate(90, expand=True), "none").size == (496, 1024)
+    assert border_crop(_fundus(), None).size == (300, 300)
+    assert border_crop(_fundus(), Modality.SLIT_LAMP).size == (400, 300)
+    assert processor.pixels([_oct_bscan()])[1] == [ViewPlan(1, 3)]

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from eyeops.data.schema import IMAGE_TOKEN, Message, Sample
+from eyeops.data.schema import IMAGE_TOKEN, Message, Modality, Sample
 from eyeops.errors import DataError, InvalidRequest
-from eyeops.models.classifier.modeling import crop_fundus_border
+from eyeops.models.classifier.modeling import _BORDER_LEVEL, crop_fundus_border
 from eyeops.models.common.anyres import GLOBAL_ONLY, ViewPlan, make_views, select_grid, to_tensor
 
 IMAGE_TOKEN_ID = -200  # never a vocabulary id: marks image-feature slots (LLaVA's convention)
@@ -35,6 +36,34 @@ class Encoded:
     labels: list[int]
     pixel_values: torch.Tensor  # [V, 3, S, S]
     plans: list[ViewPlan]
+
+
+_DISC_ASPECT = 1.15  # a fundus camera's circular field: its bright bounding box is about square
+
+
+def border_crop(image: Image.Image, modality: Modality | str | None) -> Image.Image:
+    """The fundus border crop where it belongs: fundus photographs, never other modalities.
+
+    ``crop_fundus_border`` squares the image around its bright field. That is right for a fundus
+    photograph (a disc on black) and wrong for a 1024x496 OCT B-scan, whose AnyRes grid must follow
+    its wide shape (1x3), not a padded square (2x2). A sample's modality is known in training; a
+    serving request carries none (``None`` / ``"none"``): then the crop applies only when the bright
+    field is a near-square disc left on a darker border, so it never squares a wide or tall image.
+    """
+    image = image.convert("RGB")
+    kind = str(modality or Modality.NONE)
+    if kind == Modality.FUNDUS:
+        return crop_fundus_border(image)
+    if kind != Modality.NONE:
+        return image
+    cropped = crop_fundus_border(image)
+    field = np.asarray(image).max(axis=2) > _BORDER_LEVEL
+    rows, cols = np.flatnonzero(field.any(axis=1)), np.flatnonzero(field.any(axis=0))
+    if rows.size == 0:
+        return image
+    height, width = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
+    bordered = (height, width) != (image.height, image.width)
+    return cropped if bordered and max(height, width) <= _DISC_ASPECT * min(height, width) else image
 
 
 class VLMProcessor:
@@ -70,10 +99,13 @@ class VLMProcessor:
         )
         return ViewPlan(rows, cols)
 
-    def pixels(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[ViewPlan]]:
+    def pixels(
+        self, images: Sequence[Image.Image], modality: Modality | str | None = None
+    ) -> tuple[torch.Tensor, list[ViewPlan]]:
+        """Views of every image, the fundus border cropped as :func:`border_crop` decides."""
         views, plans = [], []
         for image in images:
-            image = crop_fundus_border(image) if self.crop_border else image.convert("RGB")
+            image = border_crop(image, modality) if self.crop_border else image.convert("RGB")
             plan = self.plan(image)
             views.extend(make_views(image, plan, self.image_size))
             plans.append(plan)
@@ -132,9 +164,10 @@ class VLMProcessor:
         images: Sequence[Image.Image],
         *,
         where: str = "conversation",
+        modality: Modality | str | None = None,
     ) -> Encoded:
         """A training example: loss only on ``answer`` and the template's end-of-turn tokens."""
-        pixel_values, plans = self.pixels(images)
+        pixel_values, plans = self.pixels(images, modality)
         turns = self._conversation(messages, len(plans))
         prompt = self._render(turns, add_generation_prompt=True)
         full = self._render([*turns, {"role": "assistant", "content": answer}], add_generation_prompt=False)
@@ -185,7 +218,9 @@ class VLMDataset(Dataset):
         sample = self.samples[index]
         where = f"sample {sample.id!r}"
         images = [open_image(self.root / rel, where=where) for rel in sample.images]
-        return self.processor.encode(sample.messages, sample.answer or "", images, where=where)
+        return self.processor.encode(
+            sample.messages, sample.answer or "", images, where=where, modality=sample.modality
+        )
 
 
 def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

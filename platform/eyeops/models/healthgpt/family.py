@@ -79,9 +79,15 @@ class HealthGPTDataset(Dataset):
 
             answer = image_answer(image_tokens(self.vq, images[0]))
             return task, self.processor.encode(
-                [Message(role="user", content=GENERATE_PROMPT)], answer, images[:1], where=where
+                [Message(role="user", content=GENERATE_PROMPT)],
+                answer,
+                images[:1],
+                where=where,
+                modality=sample.modality,
             )
-        return task, self.processor.encode(sample.messages, sample.answer or "", images, where=where)
+        return task, self.processor.encode(
+            sample.messages, sample.answer or "", images, where=where, modality=sample.modality
+        )
 
 
 def image_answer(tokens: Sequence[int]) -> str:

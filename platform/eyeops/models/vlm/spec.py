@@ -26,7 +26,11 @@ class VLMModel(LanguageModelSpec):
     resolution: ResolutionSpec = Field(default_factory=ResolutionSpec)
     lora: LoRASpec = Field(default_factory=LoRASpec)
     vision_last_blocks: int = Field(1, ge=1, description="Blocks the 'vision_last_blocks' group trains.")
-    crop_fundus_border: bool = Field(True, description="Crop the black camera border before making views.")
+    crop_fundus_border: bool = Field(
+        True,
+        description="Crop the black camera border of fundus photographs (sample modality 'fundus'; "
+        "without a modality only a near-square bright disc); other modalities keep their shape.",
+    )
     max_images: int = Field(8, ge=1, le=64, description="Most images per sample (series, slices).")
     max_seq_len: int = Field(1024, ge=32, le=131_072, description="Truncation length incl. image tokens.")
     eval_max_new_tokens: int = Field(96, ge=1, le=4096, description="Generation length in evaluation.")
