@@ -166,10 +166,13 @@ def register(
             if dataset is not None:
                 mlflow.log_dict(dataset.model_dump(mode="json"), "lineage/dataset.json")
             task, labels = _task_of(recipe)
+            model_dir = storage.local_copy(checkpoint.uri)
+            if recipe.family == "llm":
+                _log_hf_export(model_dir)
             info = mlflow.pyfunc.log_model(
                 name=_MODEL_NAME,
                 python_model=_pyfunc.EyeopsPyfunc(),
-                artifacts={"model_dir": str(storage.local_copy(checkpoint.uri))},
+                artifacts={"model_dir": str(model_dir)},
                 model_config={"family": recipe.family, "task": task, "labels": labels},
                 signature=_pyfunc.classify_signature(labels) if labels else _pyfunc.chat_signature(),
                 input_example=_pyfunc.example_input() if labels else _pyfunc.chat_example_input(),
@@ -194,6 +197,15 @@ def register(
         value=decision.value if decision.value is not None else float("nan"),
         champion_value=decision.champion_value,
     )
+
+
+def _log_hf_export(model_dir: Path) -> None:
+    """The merged Hugging Face checkpoint as run artifact ``hf_model/``, for standard LLM servers
+    (KServe's Hugging Face runtime, vLLM): ``eyeops.models.llm.export``."""
+    from eyeops.models.llm.export import HF_ARTIFACT, export_merged
+
+    with tempfile.TemporaryDirectory(prefix="eyeops-hf-export-") as tmp:
+        mlflow.log_artifacts(str(export_merged(model_dir, Path(tmp) / HF_ARTIFACT)), HF_ARTIFACT)
 
 
 def _eval_key(name: str) -> str:
