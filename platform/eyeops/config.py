@@ -152,3 +152,6 @@ def get_settings() -> PlatformSettings:
         raise
     except Exception as exc:  # pydantic ValidationError: present it as our own error
         raise ConfigError(f"invalid EYEOPS_* settings: {exc}") from exc
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="GPU memory per training worker for `eyeops plan` (overrides the table)."
+    )

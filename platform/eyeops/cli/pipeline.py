@@ -22,6 +22,9 @@ def run(
     ),
     set_: list[str] = typer.Option([], "--set", help="Override KEY=JSON, e.g. --set train.max_steps=5."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream every task's log here."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Only print `eyeops plan` for the recipe (refused when it cannot fit)."
+    ),
 ) -> None:
     """Run prepare → train → evaluate → register → (gate) → deploy and print a summary table.
 
@@ -39,6 +42,11 @@ def run(
             "cluster runs: `eyeops pipeline compile`, then upload "
             "pipelines/compiled/<recipe>.yaml to Kubeflow Pipelines"
         )
+    if dry_run:
+        from eyeops.cli.plan import plan_recipe
+
+        plan_recipe(recipe, set_, [], None)
+        return
     overrides = parse_sets(set_)
     load_recipe(recipe)  # an unknown recipe fails before a key file is made
     if ensure_api_key(key_file := local_key_file()) is not None:

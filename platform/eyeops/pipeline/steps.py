@@ -101,6 +101,9 @@ def train_step(
             raise ConfigError(f"train target {target!r}: expected 'local' or 'rayjob'")
         resolved = resolve_recipe(recipe, overrides)
         dataset = read_ref_file(dataset_path, DatasetRef, "train.dataset")
+        from eyeops.plan import preflight
+
+        preflight(resolved)  # a GPU plan that cannot fit the pool fails here, before any pod starts
         if target == "local":
             from eyeops.train import train
 
