@@ -34,8 +34,8 @@ class Encoded:
 
     input_ids: list[int]
     labels: list[int]
-    pixel_values: torch.Tensor  # [V, 3, S, S]
-    plans: list[ViewPlan]
+    pixel_values: torch.Tensor  # [V, 3, S, S] (native backbones: their processor's patches)
+    plans: list[Any]  # ViewPlan per image (native backbones: its (t, h, w) patch grid)
 
 
 _DISC_ASPECT = 1.15  # a fundus camera's circular field: its bright bounding box is about square
@@ -223,8 +223,8 @@ class VLMDataset(Dataset):
         )
 
 
-def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids/labels/mask, all views stacked, plans as ``[n_images, 2]`` (rows, cols)."""
+def pad_text(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``labels`` (``-100`` past each row) and ``attention_mask``."""
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
@@ -232,11 +232,14 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     for i, e in enumerate(batch):
         n = len(e.input_ids)
         ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e.input_ids), torch.tensor(e.labels), 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids/labels/mask, all views stacked, plans as ``[n_images, 2]`` (rows, cols)."""
     plans = [p for e in batch for p in e.plans]
     return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "labels": labels,
+        **pad_text(batch, pad_id),
         "pixel_values": torch.cat([e.pixel_values for e in batch]),
         "image_plans": torch.tensor([[p.rows, p.cols] for p in plans], dtype=torch.long).view(-1, 2),
     }

@@ -115,6 +115,12 @@ class ResolutionSpec(Strict):
         description="Candidate tile grids as (rows, cols).",
     )
     max_tiles: int = Field(4, ge=1, le=36, description="Grids with more tiles than this are never chosen.")
+    min_pixels: int | None = Field(
+        None, ge=1, description="Native backbones: fewest pixels per image (None: the model's processor)."
+    )
+    max_pixels: int | None = Field(
+        None, ge=1, description="Native backbones: most pixels per image (None: the model's processor)."
+    )
 
 
 class HLoRASpec(Strict):

@@ -81,8 +81,9 @@ class HFViTTower(VisionTower):
         self.patch_size = int(cfg.patch_size)
         # The pooled head (SigLIP MAP head, CLIP post-norm on CLS) never feeds the LLM.
         self.model.post_layernorm = nn.Identity()
-        if hasattr(self.model, "head"):
-            self.model.head = None
+        for module in self.model.modules():  # SigLIP's MAP head: checkpoints with one (so400m) run it
+            if hasattr(module, "use_head"):
+                module.head, module.use_head = None, False
         self.mean, self.std = (_CLIP_MEAN, _CLIP_STD) if has_cls else (_SIGLIP_MEAN, _SIGLIP_STD)
 
     @property

@@ -31,7 +31,7 @@ from eyeops.models.common.processing import (
     VLMProcessor,
     collate,
 )
-from eyeops.models.common.stages import stages_of, train_only, unwrap, write_model_dir
+from eyeops.models.common.stages import stages_of, train_only, trains, unwrap, write_model_dir
 from eyeops.models.common.towers import tower_geometry
 from eyeops.models.vlm.inference import VLMPredictor
 from eyeops.models.vlm.modeling import (
@@ -39,7 +39,6 @@ from eyeops.models.vlm.modeling import (
     META_FILE,
     RECIPE_FILE,
     WEIGHTS_FILE,
-    EyeVLM,
     _processor,
     _spec,
     _state_keys,
@@ -47,7 +46,14 @@ from eyeops.models.vlm.modeling import (
     build_vlm,
     group_parameter_names,
 )
-from eyeops.recipes import Recipe, StageSpec
+from eyeops.models.vlm.native import (
+    NativeVLMPredictor,
+    build_native,
+    collate_native,
+    load_image_processor,
+    native_processor,
+)
+from eyeops.recipes import Recipe, StageSpec, load_saved_recipe
 
 
 # --- the family ----------------------------------------------------------------------------------
@@ -57,11 +63,14 @@ class VLMFamily(ChatFamily):
     name = "vlm"
     capabilities = VLMPredictor.capabilities
 
-    def build_model(self, recipe: Recipe) -> EyeVLM:
-        return build_vlm(recipe, _tokenizer(_spec(recipe)))
+    def build_model(self, recipe: Recipe) -> nn.Module:
+        spec = _spec(recipe)
+        if spec.backbone == "native":
+            return build_native(spec, lora=trains(recipe, "lora"))
+        return build_vlm(recipe, _tokenizer(spec))
 
     def apply_stage(self, model: nn.Module, stage: StageSpec) -> None:
-        vlm = unwrap(model, EyeVLM)
+        vlm = unwrap(model, nn.Module)
         train_only(vlm, stage, lambda group: group_parameter_names(vlm, group))
 
     def datasets(self, recipe: Recipe, data_dir: Path, stage: StageSpec | None = None) -> dict[str, Dataset]:
@@ -82,34 +91,41 @@ class VLMFamily(ChatFamily):
     def processor(self, recipe: Recipe, tokenizer: Any) -> VLMProcessor:
         """A processor from the tower's geometry: no weights are loaded to count image tokens."""
         spec = _spec(recipe)
+        if spec.backbone == "native":
+            return native_processor(spec, tokenizer)
         geometry = tower_geometry(spec.vision)
         return _processor(
             spec, tokenizer, geometry.mean, geometry.std, tokens_per_view(spec.connector, geometry)
         )
 
     def collate_fn(self, recipe: Recipe) -> Callable[[list[Any]], Mapping[str, Any]]:
-        tokenizer = _tokenizer(_spec(recipe))
-        return partial(collate, pad_id=int(tokenizer.pad_token_id))
+        spec = _spec(recipe)
+        pad_id = int(_tokenizer(spec).pad_token_id)
+        return partial(collate_native if spec.backbone == "native" else collate, pad_id=pad_id)
 
     def loss(self, model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
         return model(**batch, answer_logits_only=True).loss
 
     def save(self, model: nn.Module, recipe: Recipe, out_dir: Path) -> None:
         """Weights of every group a stage trained, plus whatever cannot be rebuilt from a reference."""
-        vlm, spec = unwrap(model, EyeVLM), _spec(recipe)
+        vlm, spec = unwrap(model, nn.Module), _spec(recipe)
         stages = stages_of(recipe)
         groups = {g for s in stages for g in s.trainable}
         if spec.llm_config is not None:  # a randomly initialised LM is not reproducible from a name
-            groups.add("llm")
-        if spec.vision.random_init:
+            groups.add("all" if spec.backbone == "native" else "llm")
+        if spec.vision.random_init and spec.backbone == "llava":
             groups.add("vision")
         keys = _state_keys(vlm, groups)
         state = {k: v.detach().contiguous().cpu() for k, v in vlm.state_dict().items() if k in keys}
         meta = {"groups": sorted(groups), "tensors": len(state)}
         out = write_model_dir(out_dir, recipe, state, (WEIGHTS_FILE, RECIPE_FILE, META_FILE), meta)
         _tokenizer(spec).save_pretrained(str(out / "tokenizer"))
+        if spec.backbone == "native":  # the image processor travels with the model (offline reload)
+            load_image_processor(spec.llm).save_pretrained(str(out / "tokenizer"))
 
-    def load(self, model_dir: Path, device: str = "cpu") -> VLMPredictor:
+    def load(self, model_dir: Path, device: str = "cpu") -> VLMPredictor | NativeVLMPredictor:
+        if _spec(load_saved_recipe(Path(model_dir) / RECIPE_FILE)).backbone == "native":
+            return NativeVLMPredictor.from_dir(Path(model_dir), device=device)
         return VLMPredictor.from_dir(Path(model_dir), device=device)
 
     def evaluate(self, ctx: EvalContext) -> EvalOutput:

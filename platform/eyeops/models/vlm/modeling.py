@@ -182,9 +182,13 @@ def group_modules(model: EyeVLM, group: str) -> list[nn.Module]:
     return []
 
 
-def group_parameter_names(model: EyeVLM, group: str) -> set[str]:
-    """Fully qualified names of the parameters a trainable group covers."""
+def group_parameter_names(model: nn.Module, group: str) -> set[str]:
+    """Fully qualified names of the parameters a trainable group covers (either backbone)."""
     check_group("vlm", group, GROUPS)
+    if not isinstance(model, EyeVLM):
+        from eyeops.models.vlm.native import native_group_names
+
+        return native_group_names(model, group)
     names = dict(model.named_parameters())
     if group == "lora":
         found = {n for n in names if "lora_" in n}
@@ -210,8 +214,10 @@ def _prefixes(model: EyeVLM, modules: list[nn.Module]) -> set[str]:
     return out
 
 
-def _state_keys(model: EyeVLM, groups: set[str]) -> set[str]:
+def _state_keys(model: nn.Module, groups: set[str]) -> set[str]:
     """State-dict keys (parameters and buffers) owned by the given groups."""
+    if not isinstance(model, EyeVLM):  # native backbone: its buffers are rebuilt from the config
+        return set().union(*(group_parameter_names(model, g) for g in groups))
     keys: set[str] = set()
     state = model.state_dict()
     for group in groups:
