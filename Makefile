@@ -31,7 +31,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
-.PHONY: help install demo test test-fast lint format bench pipelines chart images clean
+.PHONY: help install demo test test-fast lint format bench gpu-check pipelines chart images clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -71,7 +71,14 @@ format: install
 	$(VENV)/bin/ruff format .
 
 bench: install  ## run every benchmark; figures go to benchmarks/RESULTS.md by hand
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@# _helpers are modules, not benchmarks; gpu_check.py needs a GPU (make gpu-check).
+	@for b in benchmarks/*.py; do case "$${b##*/}" in _*|gpu_check.py) continue;; esac; \
+	  echo "== $$b"; $(PY) $$b || exit 1; done
+
+gpu-check: install  ## full-size EyecareGPT-3.8B + Ophtimus-8B: LoRA MFU, memory, serving (one GPU)
+	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" || { \
+	  echo "make gpu-check: no CUDA device visible (torch.cuda.is_available() is False); run it on a GPU machine, or: $(PY) benchmarks/gpu_check.py --tiny" >&2; exit 2; }
+	$(PY) benchmarks/gpu_check.py
 
 pipelines: install  ## regenerate pipelines/compiled/*.yaml
 	$(VENV)/bin/eyeops pipeline compile --all
