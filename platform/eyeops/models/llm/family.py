@@ -27,7 +27,7 @@ from eyeops.data.schema import Task
 from eyeops.errors import ConfigError, DataError, NotFoundError
 from eyeops.families import ChatFamily, EvalContext, EvalOutput
 from eyeops.models.common.hub import load_causal_lm, load_tokenizer, torch_dtype
-from eyeops.models.common.language_model import add_lora
+from eyeops.models.common.language_model import add_lora, load_language_model
 from eyeops.models.common.stages import stages_of, trains
 from eyeops.models.llm import data as D
 from eyeops.models.llm.inference import ChatModel
@@ -69,7 +69,12 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _tokenizer(spec: LLMModel):
-    return load_tokenizer(spec.base, revision=spec.revision, chat_template=spec.chat_template)
+    return load_tokenizer(
+        spec.base,
+        revision=spec.revision,
+        chat_template=spec.chat_template,
+        trust_remote_code=spec.trust_remote_code,
+    )
 
 
 class LLMFamily(ChatFamily):
@@ -92,10 +97,7 @@ class LLMFamily(ChatFamily):
                 raise ConfigError(
                     "model.merge_on_export cannot merge into a quantized base; save the adapter"
                 )
-        model = load_causal_lm(
-            spec.base, dtype=spec.dtype, revision=spec.revision, quantization=spec.quantization
-        )
-        model.config.use_cache = False  # no KV cache while training: it only costs memory
+        model = load_language_model(spec.base, spec, revision=spec.revision)
         if not uses_lora(recipe):
             return model
         return add_lora(model, spec.lora, quantized=spec.quantization != "none")
@@ -122,7 +124,8 @@ class LLMFamily(ChatFamily):
             if wanted and not param.dtype.is_floating_point:
                 wanted = False  # quantized storage (int8/uint8) cannot take gradients
             param.requires_grad_(wanted)
-            n_trainable += param.numel() if wanted else 0
+            # ZeRO-3 partitions hold no local data: ds_numel is the parameter's full size.
+            n_trainable += getattr(param, "ds_numel", param.numel()) if wanted else 0
         if n_trainable == 0:
             raise ConfigError(
                 f"stage {stage.name!r}: trainable {stage.trainable} selects no parameters of this model"
@@ -236,15 +239,21 @@ class LLMFamily(ChatFamily):
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+        remote = _spec(recipe).trust_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer", trust_remote_code=remote)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         dtype = torch_dtype(meta.get("dtype", "float32"))
         if meta["format"] in ("full", "merged", "base+adapter"):
-            model = AutoModelForCausalLM.from_pretrained(model_dir / "model", dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir / "model", dtype=dtype, trust_remote_code=remote
+            )
         elif meta["format"] == "adapter":
             model = load_causal_lm(
-                meta["base"], dtype=meta.get("dtype", "float32"), revision=meta.get("revision")
+                meta["base"],
+                dtype=meta.get("dtype", "float32"),
+                revision=meta.get("revision"),
+                trust_remote_code=remote,
             )
         else:
             raise ConfigError(f"{meta_file}: unknown format {meta['format']!r}")

@@ -6,7 +6,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from eyeops.models.common.specs import PACKAGED_LLM, Dtype, LoRASpec, Strict
+from eyeops.models.common.specs import (
+    ATTN_IMPLEMENTATION,
+    GRADIENT_CHECKPOINTING,
+    PACKAGED_LLM,
+    TRUST_REMOTE_CODE,
+    AttnImplementation,
+    Dtype,
+    LoRASpec,
+    Quantization,
+    Strict,
+)
 
 
 class LLMModel(Strict):
@@ -24,9 +34,12 @@ class LLMModel(Strict):
     chat_template: str | None = Field(None, description="Jinja chat template; default: the tokenizer's.")
     system_prompt: str | None = Field(None, description="System turn prepended to every conversation.")
     lora: LoRASpec = Field(default_factory=LoRASpec)
-    quantization: Literal["none", "4bit", "8bit"] = Field(
+    quantization: Quantization = Field(
         "none", description="QLoRA: load the frozen base in 4/8 bit (bitsandbytes + CUDA only)."
     )
+    gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
+    attn_implementation: AttnImplementation = Field("sdpa", description=ATTN_IMPLEMENTATION)
+    trust_remote_code: bool = Field(False, description=TRUST_REMOTE_CODE)
     merge_on_export: bool = Field(False, description="Save merged weights instead of base ref + adapter.")
     loss_on: Literal["final_answer", "all_assistant"] = Field(
         "final_answer", description="SFT loss on the last assistant turn only, or on every assistant turn."

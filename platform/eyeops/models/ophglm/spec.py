@@ -24,8 +24,8 @@ class OphGLMModel(LanguageModelSpec):
     )
     text_encoder: str = Field(
         "packaged:all-minilm-l6-v2",
-        description="BERT encoder for the [CLS] embedding: "
-        "'packaged:all-minilm-l6-v2' or a local save_pretrained directory.",
+        description="BERT encoder for the [CLS] embedding: 'packaged:all-minilm-l6-v2', a local "
+        "save_pretrained directory or a hub id (bert-base-uncased, bert-base-chinese).",
     )
     prefix_tokens: int = Field(4, ge=1, le=64, description="LLM prefix tokens the fusion MLP produces.")
     fusion_hidden: int = Field(512, ge=8, le=16_384)
