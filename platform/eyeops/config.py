@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from eyeops.devices import Device
 from eyeops.errors import ConfigError
 
 
@@ -78,7 +79,11 @@ class PlatformSettings(BaseSettings):
         description="Local dir for converted/downloaded base models; default <storage_root>/cache/models "
         "(~/.cache/eyeops/models when storage_root is on S3).",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = Field(
+        "auto",
+        description="Where evaluation and serving load models when the recipe says auto: auto (the "
+        "accelerator when present, else CPU) | cpu | cuda | cuda:N | mps (eyeops.devices).",
+    )
     kube_namespace: str = "eyeops"
     kube_service_account: str = Field(
         "eyeops-ray",

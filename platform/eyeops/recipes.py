@@ -19,7 +19,8 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from eyeops.data.schema import Task
-from eyeops.errors import NotFoundError, RecipeError
+from eyeops.devices import Device, gpus_for
+from eyeops.errors import ConfigError, NotFoundError, RecipeError
 from eyeops.families import model_specs
 from eyeops.models.common.specs import Strict
 
@@ -128,6 +129,16 @@ class EvalSpec(Strict):
         description="Score at most N samples of each task (the first N by sample id: the same subset "
         "for every candidate, so the gate still compares like with like); bounds generative eval cost.",
     )
+    device: Device = Field(
+        "auto",
+        description="Where evaluation loads the model: auto (the settings' device) | cpu | cuda | cuda:N "
+        "| mps. On a cluster, cuda gives the KFP evaluate task the GPU(s) it needs (eyeops.devices).",
+    )
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the evaluate task's pod requests (``cuda`` → 1, ``cuda:N`` → N+1, otherwise 0)."""
+        return gpus_for(self.device, field="evaluate.device")
 
 
 class GateSpec(Strict):
@@ -160,7 +171,17 @@ class ServeSpec(Strict):
         description="Dynamic batching: how long a partial batch waits for company (the one default: "
         "ServeSettings reads it from here; EYEOPS_BATCH_WAIT_TIMEOUT_S overrides).",
     )
-    gpu: int = Field(0, ge=0)
+    gpu: int = Field(
+        0,
+        ge=0,
+        description="GPUs per replica (pod limit, Ray num_gpus); omitted with device cuda[:N]: as many "
+        "as that device needs.",
+    )
+    device: Device = Field(
+        "auto",
+        description="Where replicas load the model: auto (the settings' device; the GPU when the pod has "
+        "one) | cpu | cuda | cuda:N | mps (eyeops.devices).",
+    )
     upscale_delay_s: float = Field(
         30.0, ge=0, description="Ray Serve: sustained load before adding replicas."
     )
@@ -168,8 +189,28 @@ class ServeSpec(Strict):
         600.0, ge=0, description="Ray Serve: idle time before removing replicas."
     )
 
+    @property
+    def gpus(self) -> int:
+        """GPUs per replica: ``gpu``, or what ``device`` needs when only it is given."""
+        return gpus_for(self.device, self.gpu, field="serve.device")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpus_for_device(cls, data: Any) -> Any:
+        # serve.device cuda[:N] without serve.gpu: the pods request the GPUs that device needs.
+        if isinstance(data, dict) and "gpu" not in data and isinstance(data.get("device"), str):
+            try:
+                return {**data, "gpu": gpus_for(data["device"], field="serve.device")}
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return data
+
     @model_validator(mode="after")
     def _replicas(self) -> ServeSpec:
+        try:
+            gpus_for(self.device, self.gpu, field="serve.device")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"serve.min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         return self

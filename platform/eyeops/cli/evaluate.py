@@ -18,6 +18,9 @@ def evaluate_command(
         None, "--recipe", "-r", help="Recipe name or YAML path; default: the recipe saved with the model."
     ),
     out: str = typer.Option(None, "--out", "-o", help="Report directory; default under the storage root."),
+    device: str = typer.Option(
+        None, "--device", help="auto | cpu | cuda | cuda:N | mps; default: the recipe's evaluate.device."
+    ),
 ) -> None:
     """Evaluate CHECKPOINT on the recipe's eval split of DATA and print the metrics."""
     from rich.console import Console
@@ -34,7 +37,7 @@ def evaluate_command(
     else:
         chosen = load_recipe(recipe or _saved_recipe(local_copy(checkpoint)))
         ref = checkpoint_ref(checkpoint, chosen)
-    report = evaluate(chosen, ref, dataset_ref(data), out_dir=out)
+    report = evaluate(chosen, ref, dataset_ref(data), out_dir=out, device=device)
 
     console = Console()
     table = Table(title=f"{chosen.name} · split {report.split} · {report.num_samples} samples")

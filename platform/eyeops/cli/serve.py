@@ -12,6 +12,10 @@ import typer
 
 from eyeops.errors import EyeopsError, InvalidRequest, NotFoundError
 
+DEVICE_OPTION_HELP = (
+    "auto | cpu | cuda | cuda:N | mps; default: the model's recipe serve.device, then EYEOPS_DEVICE."
+)
+
 serve_app = typer.Typer(
     help="Serve a registered model (gateway, KServe or Ray Serve).",
     invoke_without_command=True,
@@ -38,6 +42,7 @@ def serve(
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", help="Serve WITHOUT API-key auth (local development only)."
     ),
+    device: str = typer.Option(None, "--device", help=DEVICE_OPTION_HELP),
 ) -> None:
     """Serve MODEL until interrupted."""
     if ctx.invoked_subcommand is not None:
@@ -50,16 +55,18 @@ def serve(
     if backend is BackendChoice.local:
         from eyeops.serve.local import serve_gateway
 
-        serve_gateway(model, host=host, port=port, settings=settings)
+        serve_gateway(model, host=host, port=port, settings=settings, device=device)
     elif backend is BackendChoice.kserve:
         from eyeops.serve.kserve_model import serve_kserve
 
-        serve_kserve(model, http_port=port, settings=settings)
+        serve_kserve(model, http_port=port, settings=settings, device=device)
     else:
         from eyeops.recipes import ServeSpec, load_recipe
         from eyeops.serve.ray_app import run_ray
 
         spec = load_recipe(recipe).serve if recipe else ServeSpec()
+        if device is not None:
+            spec = _with_device(spec, device)
         typer.echo(
             f"Ray Serve: {model} on http://{host}:{port} ({spec.min_replicas}-{spec.max_replicas} replicas)"
         )
@@ -70,6 +77,17 @@ def serve(
             port=port,
             settings_overrides={"auth_disabled": True} if insecure_no_auth else None,
         )
+
+
+def _with_device(spec, device: str):
+    """``spec`` loading on ``device`` (validated again: the GPUs per replica follow the device)."""
+    from eyeops.recipes import ServeSpec
+
+    fields = spec.model_dump(exclude={"gpu"} if spec.gpu == 0 else set())
+    try:
+        return ServeSpec.model_validate({**fields, "device": device})
+    except ValueError as exc:
+        raise InvalidRequest(f"--device {device!r}: {exc}") from None
 
 
 @serve_app.command("stop")
@@ -95,6 +113,7 @@ def predict(
     ),
     api_key: str = typer.Option(None, "--api-key", envvar="EYEOPS_API_KEY", help="Key for --url."),
     max_tokens: int = typer.Option(128, help="Longest answer for --question."),
+    device: str = typer.Option(None, "--device", help=DEVICE_OPTION_HELP),
 ) -> None:
     """Classify IMAGE (or ask --question about it) via an endpoint or an in-process model."""
     if not image.is_file():
@@ -105,7 +124,7 @@ def predict(
     else:
         if not model:
             raise InvalidRequest("give --url of a running endpoint or --model to load in-process")
-        result = _in_process(model, data, question, max_tokens)
+        result = _in_process(model, data, question, max_tokens, device)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -149,7 +168,7 @@ def _remote(
     return payload
 
 
-def _in_process(model: str, data: bytes, question: str | None, max_tokens: int) -> dict:
+def _in_process(model: str, data: bytes, question: str | None, max_tokens: int, device: str | None) -> dict:
     from eyeops.data.schema import IMAGE_TOKEN, Message
     from eyeops.inference import GenerationRequest
     from eyeops.serve.images import decode_image
@@ -157,7 +176,7 @@ def _in_process(model: str, data: bytes, question: str | None, max_tokens: int) 
     from eyeops.serve.settings import ServeSettings
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    predictor = load_predictor(model)
+    predictor = load_predictor(model, device=device)
     pixels = decode_image(data, max_pixels=ServeSettings(auth_disabled=True).max_image_pixels)
     if question:
         request = GenerationRequest(

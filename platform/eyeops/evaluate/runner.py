@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from eyeops import storage
 from eyeops.config import get_settings
 from eyeops.data.store import local_dataset_dir, read_manifest
+from eyeops.devices import resolve_device
 from eyeops.errors import ConfigError, DataError, NotFoundError
 from eyeops.evaluate.card import render_card
 from eyeops.families import EvalContext, get_family
@@ -130,8 +131,13 @@ def evaluate(
     *,
     out_dir: str | None = None,
     batch_size: int = 32,
+    device: str | None = None,
 ) -> EvalReport:
-    """Evaluate ``checkpoint`` on ``recipe.evaluate.split`` of ``dataset``; write the report files."""
+    """Evaluate ``checkpoint`` on ``recipe.evaluate.split`` of ``dataset``; write the report files.
+
+    The model loads on ``device`` when given, else on ``recipe.evaluate.device`` (``auto``: the
+    settings' device, whose ``auto`` is the accelerator when present).
+    """
     if checkpoint.family != recipe.family:
         raise ConfigError(
             f"checkpoint family {checkpoint.family!r} differs from recipe family {recipe.family!r}"
@@ -143,10 +149,14 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
 
     family = get_family(recipe.family)
+    if device:
+        where = resolve_device(device, field="--device")
+    else:
+        where = resolve_device(recipe.evaluate.device, field="evaluate.device")
     split_rows = read_split(data_dir, split)
     ctx = EvalContext(
         recipe=recipe,
-        model=family.load(model_dir),
+        model=family.load(model_dir, device=where),
         data_dir=data_dir,
         samples=limit_per_task(split_rows, recipe.evaluate.max_per_task),
         out_dir=out,

@@ -38,7 +38,11 @@ def cluster_target(recipe_name: str, image: str | None = None) -> Any:
 
     recipe = load_recipe(recipe_name)
     gpus = int(recipe.train.resources_per_worker.get("GPU", 1))
-    return finetune.ClusterTarget(image=image or TRAINER_IMAGE, pool=GpuPool(gpus_per_worker=max(1, gpus)))
+    return finetune.ClusterTarget(
+        image=image or TRAINER_IMAGE,
+        pool=GpuPool(gpus_per_worker=max(1, gpus)),
+        evaluate_gpus=recipe.evaluate.gpus,  # evaluate.device cuda[:N]: the evaluate task's GPUs
+    )
 
 
 def compile_pipeline(

@@ -3,7 +3,8 @@
 ``build_pipeline()`` returns the ``@dsl.pipeline`` function. Embedded runs (kfp.local) use it as
 is; ``build_pipeline(cluster=ClusterTarget(...))`` attaches the Kubernetes specifics with
 kfp-kubernetes — GPU accelerator and limit, GPU node-pool selector and tolerations on the train
-task, Secrets as env on every task. Components never carry Kubernetes settings themselves.
+task (and on the evaluate task when the recipe's ``evaluate.device`` is ``cuda[:N]``), Secrets as
+env on every task. Components never carry Kubernetes settings themselves.
 """
 
 from kfp import dsl
@@ -34,6 +35,9 @@ class ClusterTarget(BaseModel):
     secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV
     config_env: tuple[ConfigEnv, ...] = DEFAULT_CONFIG_ENV
     train_retries: int = Field(2, ge=0)
+    evaluate_gpus: int = Field(
+        0, ge=0, description="GPUs of the evaluate task (recipe evaluate.device: cuda → 1, cuda:N → N+1)."
+    )
 
 
 def _settings_as_env(task: dsl.PipelineTask, cluster: ClusterTarget) -> None:
@@ -52,6 +56,16 @@ def _settings_as_env(task: dsl.PipelineTask, cluster: ClusterTarget) -> None:
         kfp_k8s.use_config_map_as_env(
             task, config_map_name=name, config_map_key_to_env=dict(sorted(keys.items())), optional=True
         )
+
+
+def _on_gpu_pool(task: dsl.PipelineTask, pool: GpuPool, gpus: int, cpu: str, memory: str) -> None:
+    """``gpus`` of the pool's accelerator, its nodeSelector and tolerations, and CPU/memory limits."""
+    task.set_accelerator_type(pool.accelerator).set_accelerator_limit(gpus)
+    task.set_cpu_limit(cpu).set_memory_limit(memory)
+    for key, value in sorted(pool.node_selector.items()):
+        kfp_k8s.add_node_selector(task, label_key=key, label_value=value)
+    for tol in pool.tolerations:
+        kfp_k8s.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
 
 
 def build_pipeline(cluster: ClusterTarget | None = None, *, train_retries: int = 1):
@@ -112,16 +126,9 @@ def build_pipeline(cluster: ClusterTarget | None = None, *, train_retries: int =
         for task in (prep, fit, score, gate, serve):
             task.set_caching_options(False)  # every run is a new experiment; never reuse a stale stage
         if cluster is not None:
-            fit.set_accelerator_type(cluster.pool.accelerator).set_accelerator_limit(
-                max(1, cluster.pool.gpus_per_worker)
-            )
-            fit.set_cpu_limit("8").set_memory_limit("32G")
-            for key, value in sorted(cluster.pool.node_selector.items()):
-                kfp_k8s.add_node_selector(fit, label_key=key, label_value=value)
-            for tol in cluster.pool.tolerations:
-                kfp_k8s.add_toleration(
-                    fit, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect
-                )
+            _on_gpu_pool(fit, cluster.pool, max(1, cluster.pool.gpus_per_worker), "8", "32G")
+            if cluster.evaluate_gpus:  # the recipe's evaluate.device asks for CUDA: it gets the GPU
+                _on_gpu_pool(score, cluster.pool, cluster.evaluate_gpus, "4", "32G")
             for task in (prep, fit, score, gate, serve):
                 _settings_as_env(task, cluster)
                 task.set_env_variable("EYEOPS_MODE", "cluster")

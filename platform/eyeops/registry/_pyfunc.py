@@ -114,12 +114,14 @@ class EyeopsPyfunc(mlflow.pyfunc.PythonModel):
     """Loads the family model dir; ``predict`` classifies images or answers prompts (see module doc)."""
 
     def load_context(self, context) -> None:
+        from eyeops.devices import resolve_device
         from eyeops.families import get_family
 
         config = context.model_config or {}
         self.model_dir = Path(context.artifacts["model_dir"])
         self.task = config.get("task", "classify")
-        self.model = get_family(config["family"]).load(self.model_dir)
+        # EYEOPS_DEVICE where the pyfunc is served (auto: the accelerator when present).
+        self.model = get_family(config["family"]).load(self.model_dir, device=resolve_device(None))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if self.task == "chat":

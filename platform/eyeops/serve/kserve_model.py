@@ -228,7 +228,9 @@ class KServeGuard:
         return {**scope, "headers": new_headers}, replay
 
 
-def serve_kserve(model_ref: str, *, http_port: int, settings: ServeSettings) -> None:
+def serve_kserve(
+    model_ref: str, *, http_port: int, settings: ServeSettings, device: str | None = None
+) -> None:
     """Load the model and run ``kserve.ModelServer`` (v1, v2 and the gateway routes) until stopped."""
     # kserve parses sys.argv at import time; our CLI options must not be mistaken for its own.
     sys.argv = sys.argv[:1]
@@ -240,7 +242,7 @@ def serve_kserve(model_ref: str, *, http_port: int, settings: ServeSettings) -> 
     from eyeops.serve.predictor import load_predictor
 
     configure_logging()
-    predictor = load_predictor(model_ref, max_batch_size=settings.max_batch_size)
+    predictor = load_predictor(model_ref, device=device, max_batch_size=settings.max_batch_size)
     backend = InferenceBackend(
         [predictor],
         max_batch_size=settings.max_batch_size,

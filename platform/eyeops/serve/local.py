@@ -32,7 +32,12 @@ Backend = Literal["local", "kserve", "ray"]
 
 
 def serve_gateway(
-    model_ref: str, *, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings
+    model_ref: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings,
+    device: str | None = None,
 ) -> None:
     """Load the model and serve the gateway in this process until interrupted."""
     from eyeops.serve.gateway import create_app
@@ -41,7 +46,7 @@ def serve_gateway(
 
     configure_logging()
 
-    predictor = load_predictor(model_ref, max_batch_size=settings.max_batch_size)
+    predictor = load_predictor(model_ref, device=device, max_batch_size=settings.max_batch_size)
     app = create_app(predictor, settings)
     # No access log: our middleware logs route + status + request id, never query strings.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
@@ -175,6 +180,8 @@ def deploy(
     ]
     if insecure_no_auth:
         cmd.append("--insecure-no-auth")
+    if recipe.serve.device != "auto":  # the deploying recipe's device, whatever the saved one says
+        cmd += ["--device", recipe.serve.device]
     # The recipe's batching applies unless the environment sets it (ServeSettings reads EYEOPS_*).
     env = os.environ.copy()
     env.setdefault("EYEOPS_MAX_BATCH_SIZE", str(recipe.serve.max_batch_size))

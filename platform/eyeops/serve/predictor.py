@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from eyeops.devices import resolve_device
 from eyeops.errors import InvalidRequest, NotFoundError
 from eyeops.inference import (
     Capability,
@@ -24,6 +26,9 @@ from eyeops.inference import (
     InferenceModel,
     check_tasks,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 _REGISTRY_REF = re.compile(
     r"^(?:models:/)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,99})"
@@ -141,8 +146,14 @@ class Predictor:
         return self.model.stream(request)
 
 
-def load_predictor(ref: str | Path, *, device: str = "cpu", max_batch_size: int = 16) -> Predictor:
-    """Load a model directory or a registry reference (``models:/NAME@alias``, ``NAME/3``…)."""
+def load_predictor(
+    ref: str | Path, *, device: str | torch.device | None = None, max_batch_size: int = 16
+) -> Predictor:
+    """Load a model directory or a registry reference (``models:/NAME@alias``, ``NAME/3``…).
+
+    ``device`` (``--device``) wins; ``None`` takes the saved recipe's ``serve.device``, whose ``auto``
+    is ``EYEOPS_DEVICE``, whose ``auto`` is the accelerator when present (:mod:`eyeops.devices`).
+    """
     path = Path(str(ref).removeprefix("file://"))
     if path.is_dir():
         return _from_dir(path, device=device, max_batch_size=max_batch_size, source=str(path))
@@ -172,7 +183,7 @@ def load_predictor(ref: str | Path, *, device: str = "cpu", max_batch_size: int 
 def _from_dir(
     model_dir: Path,
     *,
-    device: str,
+    device: str | torch.device | None,
     max_batch_size: int,
     source: str,
     name: str | None = None,
@@ -186,7 +197,11 @@ def _from_dir(
     if not recipe_file.is_file():
         raise NotFoundError(f"{model_dir}: not a saved eyeops model (no recipe.yaml)")
     recipe = load_recipe(recipe_file)
-    model = get_family(recipe.family).load(model_dir, device=device)
+    if device is None:
+        where = resolve_device(recipe.serve.device, field=f"serve.device of {recipe_file}")
+    else:
+        where = resolve_device(device, field="--device")
+    model = get_family(recipe.family).load(model_dir, device=where)
     info = ModelInfo(
         name=name or recipe.register.model_name,
         version=version,

@@ -80,12 +80,12 @@ def _observe_batch(items: int) -> None:
 class EyeopsModel:
     """One replica: a loaded Predictor, a batching method, and the gateway routes as ingress."""
 
-    def __init__(self, model_ref: str, settings_overrides: dict[str, Any]) -> None:
+    def __init__(self, model_ref: str, settings_overrides: dict[str, Any], device: str | None = None) -> None:
         from eyeops.serve.predictor import load_predictor
         from eyeops.serve.settings import load_serve_settings
 
         self.settings = s = load_serve_settings(**settings_overrides)
-        self.predictor = load_predictor(model_ref, max_batch_size=s.max_batch_size)
+        self.predictor = load_predictor(model_ref, device=device, max_batch_size=s.max_batch_size)
         for method in (self.classify_one, self.generate_one):
             method.set_max_batch_size(s.max_batch_size)
             method.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
@@ -140,9 +140,12 @@ def build_app(
     deployment = EyeopsModel.options(
         autoscaling_config=autoscaling,
         max_ongoing_requests=max(2 * spec.max_batch_size, int(spec.target_ongoing_requests * 2)),
-        ray_actor_options={"num_cpus": replica_cpus, "num_gpus": spec.gpu, "runtime_env": {"env_vars": env}},
+        ray_actor_options={"num_cpus": replica_cpus, "num_gpus": spec.gpus, "runtime_env": {"env_vars": env}},
     )
-    return deployment.bind(model_ref, settings_overrides or {})
+    # serve.device auto lets the saved recipe (then EYEOPS_DEVICE) choose; otherwise it is explicit.
+    return deployment.bind(
+        model_ref, settings_overrides or {}, None if spec.device == "auto" else spec.device
+    )
 
 
 def replica_count() -> int:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from eyeops.devices import place, resolve_device
 from eyeops.errors import InvalidRequest
 from eyeops.inference import Capability, ClassifyResult, GenerationRequest, GenerationResult
 from eyeops.models.classifier.modeling import FundusClassifier, FundusTransform
@@ -23,8 +24,11 @@ class ClassifierPredictor:
     tasks: Mapping[str, Capability] = MappingProxyType({})
     default_task: str | None = None
 
-    def __init__(self, model: FundusClassifier, spec: ClassifierModel, threshold: float, device: str) -> None:
-        self.model, self.spec, self.threshold, self.device = model.eval().to(device), spec, threshold, device
+    def __init__(
+        self, model: FundusClassifier, spec: ClassifierModel, threshold: float, device: str | torch.device
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model, self.spec, self.threshold = place(model, self.device).eval(), spec, threshold
         self.labels = list(spec.labels)
         self.transform = FundusTransform(spec.image_size, circular_crop=spec.circular_crop)
 

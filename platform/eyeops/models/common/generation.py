@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+from eyeops.devices import module_device, resolve_device, to_device
 from eyeops.errors import ConfigError
 from eyeops.inference import GenerationRequest, GenerationResult
 
@@ -142,8 +143,12 @@ class BatchedChat(ABC):
 
     labels: list[str] = []
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, device: Any = "cpu") -> None:
-        self.tokenizer, self.device = tokenizer, device
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, device: Any = None) -> None:
+        # Inputs follow the model: ``device`` is where the family placed it, and the LM's own
+        # parameters say where that really is (a family may have loaded it there itself).
+        self.tokenizer, self.device = tokenizer, module_device(self.lm)
+        if device is not None and resolve_device(device) != self.device:
+            raise ConfigError(f"the language model is on {self.device}, not on the requested {device}")
         self.lm.config.use_cache = True
         self._lock = threading.Lock()  # one decode at a time: torch modules are not re-entrant
         ids = self.lm.generation_config.eos_token_id
@@ -240,7 +245,7 @@ class BatchedChat(ABC):
             sampling = {"do_sample": False, "temperature": None, "top_p": None}
         with torch.inference_mode(), self.decoding(batch):
             return self.lm.generate(
-                **inputs,
+                **to_device(inputs, self.device),  # every family's ids, masks and embeds, streams too
                 **sampling,
                 top_k=None,
                 max_new_tokens=max(self.token_limit(r) for r in batch),

@@ -221,7 +221,8 @@ def tokens_to_png(model: VQModel, tokens: Sequence[int]) -> bytes:
     """Code indices (row-major, exactly ``grid*grid``) -> a PNG image."""
     if len(tokens) != model.num_tokens:
         raise ConfigError(f"an image needs {model.num_tokens} VQ tokens, got {len(tokens)}")
-    idx = torch.tensor(list(tokens), dtype=torch.long).view(1, model.grid, model.grid)
+    device = model.quantize.embedding.weight.device  # the codes go where the codebook is (GPU serving)
+    idx = torch.tensor(list(tokens), dtype=torch.long, device=device).view(1, model.grid, model.grid)
     with torch.no_grad():
         return png_bytes(to_images(model.eval().decode_indices(idx))[0])
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from eyeops.devices import place, resolve_device
 from eyeops.errors import ConfigError, InvalidRequest, NotFoundError
 from eyeops.inference import Capability, ClassifyResult, GenerationRequest, GenerationResult
 from eyeops.models.common.generation import BatchedChat
@@ -63,13 +64,15 @@ class HealthGPTPredictor(BatchedChat):
     )
     default_task: str | None = "comprehension"
 
-    def __init__(self, recipe: Recipe, model: HealthGPT, tokenizer: Any, device: str = "cpu") -> None:
-        self.recipe, self.model = recipe, model.to(device).eval()
+    def __init__(
+        self, recipe: Recipe, model: HealthGPT, tokenizer: Any, device: str | torch.device = "cpu"
+    ) -> None:
+        self.recipe, self.model = recipe, place(model, resolve_device(device)).eval()
         super().__init__(tokenizer, device)
         self.processor = _processor(_spec(recipe), tokenizer)
 
     @classmethod
-    def from_dir(cls, model_dir: Path, device: str = "cpu") -> HealthGPTPredictor:
+    def from_dir(cls, model_dir: Path, device: str | torch.device = "cpu") -> HealthGPTPredictor:
         return cls(*load_model_dir(model_dir), device=device)
 
     @property

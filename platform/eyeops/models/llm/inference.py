@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from eyeops.data.schema import IMAGE_TOKEN
+from eyeops.devices import module_device, place, to_device
 from eyeops.errors import InvalidRequest
 from eyeops.inference import Capability, ClassifyResult, GenerationRequest
 from eyeops.models.common.generation import BatchedChat, render_chat
@@ -28,9 +29,9 @@ class ChatModel(BatchedChat):
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, system_prompt: str | None = None
     ) -> None:
-        self.model = model.eval()
+        self.model = place(model, module_device(model)).eval()  # bf16 a GPU lacks → fp16
         tokenizer.padding_side = "left"  # decoder-only batches: new tokens must line up on the right
-        super().__init__(tokenizer, next(model.parameters()).device)
+        super().__init__(tokenizer)
         self.system_prompt = system_prompt
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
 
@@ -67,4 +68,4 @@ class ChatModel(BatchedChat):
             render_chat(self.tokenizer, self.conversation(r), add_generation_prompt=True) for r in requests
         ]
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        return {k: v.to(self.device) for k, v in inputs.items()}
+        return to_device(inputs, self.device)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from eyeops.devices import place, resolve_device
 from eyeops.inference import Capability, ClassifyResult, GenerationRequest
 from eyeops.models.classifier.modeling import FundusTransform
 from eyeops.models.common.generation import BatchedChat
@@ -30,11 +31,11 @@ class OphGLMPredictor(BatchedChat):
     tasks: Mapping[str, Capability] = MappingProxyType({})
     default_task: str | None = None
 
-    def __init__(self, recipe: Recipe, model: OphGLM, device: str = "cpu") -> None:
+    def __init__(self, recipe: Recipe, model: OphGLM, device: str | torch.device = "cpu") -> None:
         spec = _spec(recipe)
         if hasattr(model.lm, "merge_and_unload"):
             model.lm = model.lm.merge_and_unload()
-        self.recipe, self.model = recipe, model.to(device).eval()
+        self.recipe, self.model = recipe, place(model, resolve_device(device)).eval()
         super().__init__(_llm_tokenizer(spec), device)
         self.bert_tok = _bert_tokenizer(spec)
         self.processor = _processor(spec, self.tokenizer)

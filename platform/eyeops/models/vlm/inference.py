@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from eyeops.devices import place, resolve_device
 from eyeops.errors import ConfigError, InvalidRequest, NotFoundError
 from eyeops.inference import Capability, ClassifyResult, GenerationRequest
 from eyeops.models.common.generation import BatchedChat
@@ -48,17 +49,19 @@ class VLMPredictor(BatchedChat):
     tasks: Mapping[str, Capability] = MappingProxyType({})
     default_task: str | None = None
 
-    def __init__(self, recipe: Recipe, model: EyeVLM, tokenizer: Any, device: str = "cpu") -> None:
+    def __init__(
+        self, recipe: Recipe, model: EyeVLM, tokenizer: Any, device: str | torch.device = "cpu"
+    ) -> None:
         if hasattr(model.lm, "merge_and_unload"):  # fold LoRA into the weights: plain-speed decoding
             model.lm = model.lm.merge_and_unload()
-        self.recipe, self.model = recipe, model.to(device).eval()
+        self.recipe, self.model = recipe, place(model, resolve_device(device)).eval()
         super().__init__(tokenizer, device)
         self.processor = _processor(
             _spec(recipe), tokenizer, model.tower.mean, model.tower.std, model.tokens_per_view
         )
 
     @classmethod
-    def from_dir(cls, model_dir: Path, device: str = "cpu") -> VLMPredictor:
+    def from_dir(cls, model_dir: Path, device: str | torch.device = "cpu") -> VLMPredictor:
         recipe, model, tokenizer = load_model_dir(model_dir)
         return cls(recipe, model, tokenizer, device)
 
@@ -77,6 +80,7 @@ class VLMPredictor(BatchedChat):
             prompts.append(self.processor.prompt_ids(request.messages, pl))
             pixels.append(pv)
             plans.extend(pl)
+        # the plans stay on the CPU: the model reads them as Python ints (no device sync)
         image_plans = torch.tensor([[p.rows, p.cols] for p in plans], dtype=torch.long).view(-1, 2)
         pixel_values = torch.cat(pixels).to(self.device)
         return self.embedded(prompts, lambda ids: self.model.embed(ids, pixel_values, image_plans))
