@@ -15,6 +15,7 @@ from eyeops.inference import GenerationRequest
 from eyeops.recipes import parse_recipe
 
 META = torch.device("meta")
+ENCODER = {"backbone": "efficientnet_lite0", "weights": "none", "image_size": 32, "circular_crop": False}
 IMAGE = Image.new("RGB", (48, 40), (180, 60, 30))
 ASK = GenerationRequest(
     messages=[Message(role="user", content="<image>\nIs there glaucoma?")], images=[IMAGE], max_new_tokens=2
@@ -62,19 +63,8 @@ def test_classifier_classify():
     from eyeops.models.classifier.family import FAMILY
     from eyeops.models.classifier.inference import ClassifierPredictor
 
-    recipe = parse_recipe(
-        {
-            "name": "tiny-fc",
-            "model": {
-                "family": "classifier",
-                "backbone": "efficientnet_lite0",
-                "weights": "none",
-                "image_size": 32,
-                "labels": ["normal", "glaucoma"],
-            },
-            "register": {"model_name": "tiny-fc"},
-        }
-    )
+    model = {"family": "classifier", **ENCODER, "labels": ["normal", "glaucoma"]}
+    recipe = parse_recipe({"name": "tiny-fc", "model": model, "register": {"model_name": "tiny-fc"}})
     predictor = ClassifierPredictor(FAMILY.build_model(recipe), recipe.model, 0.5, META)
     assert next(predictor.model.parameters()).device == META
     probe(predictor.model)
@@ -133,7 +123,7 @@ def test_ophglm_classify_generate_and_stream(llm_dir):
     from eyeops.models.ophglm.family import FAMILY
     from eyeops.models.ophglm.inference import OphGLMPredictor
 
-    encoder = {"backbone": "efficientnet_lite0", "weights": "none", "image_size": 32, "circular_crop": False}
+    encoder = ENCODER
     recipe = parse_recipe(
         {
             "name": "tiny-ophglm",
