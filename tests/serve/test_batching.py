@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,31 @@ def test_sampling_settings_and_bad_requests_stay_apart(predictor):
     for i in (0, 1, 3, 5):  # greedy batch-mates answer as they would alone
         assert answers[i].text == predictor.generate([requests[i]])[0].text
     assert answers[4].completion_tokens >= 1
+
+
+def test_after_a_long_model_call_a_slowly_parsed_burst_still_meets():
+    """A decode loop takes seconds; 8 requests parsed 30 ms apart (3x the window) share the next call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eyeops.serve.batching import MicroBatcher
+
+    calls: list[int] = []
+
+    def model_call(items: list[int]) -> list[int]:  # a stand-in for a 1 s decode loop
+        calls.append(len(items))
+        time.sleep(1.0 if len(calls) == 1 else 0.0)
+        return items
+
+    async def scenario() -> list[list[int]]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(model_call, max_batch_size=16, wait_s=0.01, executor=pool)
+            await batcher.submit([0], timeout_s=10)
+
+            async def one(i: int) -> list[int]:
+                await asyncio.sleep(0.03 * i)
+                return await batcher.submit([i], timeout_s=10)
+
+            return await asyncio.gather(*(one(i) for i in range(8)))
+
+    assert asyncio.run(scenario()) == [[i] for i in range(8)]
+    assert calls == [1, 8]

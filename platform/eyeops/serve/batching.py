@@ -31,6 +31,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 _DONE = object()
 MAX_WINDOWS = 8  # the longest a batch waits for company, in batch windows
+# Long model calls (a decode loop takes seconds) stretch the wait between arrivals to this share of
+# the last call, so a burst slowed by request parsing is not split into two long calls.
+CALL_SHARE = 0.05
 
 
 def each_alone_on_client_error(fn: Callable[[list[T]], list[R]], items: list[T]) -> list[R | EyeopsError]:
@@ -64,6 +67,7 @@ class MicroBatcher(Generic[T, R]):
         self.fn, self.max_batch_size, self.wait_s, self.executor = fn, max_batch_size, wait_s, executor
         self._queue: asyncio.Queue[tuple[list[T], asyncio.Future]] | None = None
         self._worker: asyncio.Task | None = None
+        self._last_call_s = 0.0  # how long the last model call took
 
     async def submit(self, items: Sequence[T], timeout_s: float) -> list[R]:
         if self._worker is None or self._worker.done():
@@ -84,10 +88,13 @@ class MicroBatcher(Generic[T, R]):
             pending = [await self._queue.get()]
             size = len(pending[0][0])
             # A burst of requests reaches the queue one by one (the event loop parses each first), so
-            # the window stays open while they keep coming -- up to MAX_WINDOWS windows in all.
+            # the window stays open while they keep coming: each arrival within ``gap`` of the last,
+            # all within MAX_WINDOWS gaps. Waiting a few % of a long call for a request beats
+            # splitting the burst, which makes the second part wait a whole call.
+            gap = max(self.wait_s, CALL_SHARE * self._last_call_s)
             start = last = loop.time()
             while size < self.max_batch_size:
-                remaining = min(last + self.wait_s, start + MAX_WINDOWS * self.wait_s) - loop.time()
+                remaining = min(last + gap, start + MAX_WINDOWS * gap) - loop.time()
                 try:
                     nxt = (
                         self._queue.get_nowait()
@@ -105,6 +112,7 @@ class MicroBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         items = [item for batch, _ in pending for item in batch]
         BATCH_SIZE.observe(len(items))
+        started = loop.time()
         try:
             results = await loop.run_in_executor(self.executor, self.fn, items)
         except EyeopsError as exc:
@@ -116,6 +124,7 @@ class MicroBatcher(Generic[T, R]):
             return
         except Exception as exc:  # delivered to every waiting caller, who maps it to a response
             return self._fail(pending, exc)
+        self._last_call_s = loop.time() - started
         offset = 0
         for batch, future in pending:
             if not future.done():
