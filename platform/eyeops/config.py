@@ -84,6 +84,9 @@ class PlatformSettings(BaseSettings):
         description="Where evaluation and serving load models when the recipe says auto: auto (the "
         "accelerator when present, else CPU) | cpu | cuda | cuda:N | mps (eyeops.devices).",
     )
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="GPU memory per training worker for `eyeops plan` (overrides the table)."
+    )
     kube_namespace: str = "eyeops"
     kube_service_account: str = Field(
         "eyeops-ray",
@@ -163,6 +166,3 @@ def get_settings() -> PlatformSettings:
         raise
     except Exception as exc:  # pydantic ValidationError: present it as our own error
         raise ConfigError(f"invalid EYEOPS_* settings: {exc}") from exc
-    gpu_memory_gib: float | None = Field(
-        None, gt=0, description="GPU memory per training worker for `eyeops plan` (overrides the table)."
-    )
