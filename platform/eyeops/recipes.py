@@ -188,6 +188,18 @@ class ServeSpec(Strict):
     downscale_delay_s: float = Field(
         600.0, ge=0, description="Ray Serve: idle time before removing replicas."
     )
+    runtime: Literal["eyeops", "huggingface"] = Field(
+        "eyeops",
+        description="KServe runtime: 'eyeops' (the eyeops server: gateway routes, API keys, every "
+        "family) or 'huggingface' (KServe's Hugging Face runtime, vLLM backend, serving the merged "
+        "export of an llm model; backend kserve, family llm only).",
+    )
+    max_model_len: int | None = Field(
+        None,
+        ge=16,
+        description="huggingface runtime: context length the server reserves KV cache for "
+        "(--max_model_len); default model.max_seq_len.",
+    )
 
     @property
     def gpus(self) -> int:
@@ -213,6 +225,10 @@ class ServeSpec(Strict):
             raise ValueError(str(exc)) from None
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"serve.min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        if self.runtime == "huggingface" and self.backend == "ray":
+            raise ValueError(
+                "serve.runtime 'huggingface' is a KServe runtime: use serve.backend kserve, not ray"
+            )
         return self
 
 
@@ -232,6 +248,16 @@ class Recipe(Strict):
     evaluate: EvalSpec = Field(default_factory=EvalSpec)
     register: RegisterSpec
     serve: ServeSpec = Field(default_factory=ServeSpec)
+
+    @model_validator(mode="after")
+    def _serve_runtime(self) -> Recipe:
+        # The Hugging Face runtime serves a plain causal LM checkpoint: only llm models export one.
+        if self.serve.runtime == "huggingface" and self.family != "llm":
+            raise ValueError(
+                f"serve.runtime 'huggingface' serves merged causal-LM exports of model.family 'llm' "
+                f"only; model.family is {self.family!r} (use serve.runtime: eyeops)"
+            )
+        return self
 
     @property
     def family(self) -> str:

@@ -206,7 +206,7 @@ downloaded MLflow model, the Hugging Face cache and converted base models land h
 
 {{/* One `models` entry with its defaults filled in (list entries get no defaults from values.yaml). */}}
 {{- define "eyeops.model" -}}
-{{- $defaults := dict "alias" "champion" "storageUri" "" "minReplicas" 1 "maxReplicas" 2 "autoscaler" "hpa" "scaleMetric" "cpu" "scaleTarget" 70 "targetOngoingRequests" 4 "maxBatchSize" 16 "gpu" 0 "nodeSelector" dict "tolerations" list -}}
+{{- $defaults := dict "alias" "champion" "storageUri" "" "minReplicas" 1 "maxReplicas" 2 "autoscaler" "hpa" "scaleMetric" "cpu" "scaleTarget" 70 "targetOngoingRequests" 4 "maxBatchSize" 16 "gpu" 0 "nodeSelector" dict "tolerations" list "runtime" "eyeops" "maxModelLen" 4096 -}}
 {{- toJson (merge (deepCopy .) $defaults) -}}
 {{- end -}}
 

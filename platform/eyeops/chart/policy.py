@@ -68,6 +68,8 @@ def pod_specs(obj: Obj) -> Iterator[tuple[str, Obj]]:
 def _containers(pod: Obj) -> Iterator[Obj]:
     yield from pod.get("initContainers") or []
     yield from pod.get("containers") or []
+    if isinstance(pod.get("model"), dict):  # a KServe predictor's model spec is its main container
+        yield pod["model"]
 
 
 def check_pod_security(obj: Obj) -> list[str]:

@@ -2,7 +2,8 @@
 a pod. Used by the pipeline's train/deploy steps and by the in-cluster entry points the chart runs;
 needs only runtime dependencies (no helm, no kubectl, no checkout).
 
-- builders of KubeRay RayJob / RayService and KServe InferenceService objects (``objects``), whose
+- builders of KubeRay RayJob / RayService and KServe InferenceService objects (``objects``; the
+  eyeops server or, for ``serve.runtime: huggingface``, KServe's Hugging Face runtime), whose
   pods get the settings of ``pod_settings.yaml``, the one source the chart reads too (``pods``);
 - a retrying Kubernetes API client (``client``) and the train/deploy stages over it (``jobs``);
 - validation of custom resources against the vendored upstream CRDs (``schema``, ``crds/``);
@@ -20,12 +21,14 @@ from eyeops.kube.objects import (
     CONFIG_MAP,
     DEFAULT_CONFIG_ENV,
     DEFAULT_SECRET_ENV,
+    HF_RUNTIME_IMAGE,
     SERVER_IMAGE,
     TRAINER_IMAGE,
     ConfigEnv,
     GpuPool,
     SecretEnv,
     Toleration,
+    build_hf_inference_service,
     build_inference_service,
     build_rayjob,
     build_rayservice,
@@ -38,6 +41,7 @@ __all__ = [
     "CONFIG_MAP",
     "DEFAULT_CONFIG_ENV",
     "DEFAULT_SECRET_ENV",
+    "HF_RUNTIME_IMAGE",
     "SERVER_IMAGE",
     "TRAINER_IMAGE",
     "ConfigEnv",
@@ -45,6 +49,7 @@ __all__ = [
     "KubeClient",
     "SecretEnv",
     "Toleration",
+    "build_hf_inference_service",
     "build_inference_service",
     "build_rayjob",
     "build_rayservice",

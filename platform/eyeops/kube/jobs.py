@@ -12,12 +12,14 @@ import logging
 from typing import Any, Literal
 
 from eyeops.config import get_settings
-from eyeops.errors import ClusterError
+from eyeops.errors import ClusterError, ConfigError
 from eyeops.kube.client import KubeClient, StatusCallback
 from eyeops.kube.objects import (
+    HF_RUNTIME_IMAGE,
     SERVER_IMAGE,
     TRAINER_IMAGE,
     GpuPool,
+    build_hf_inference_service,
     build_inference_service,
     build_rayjob,
     build_rayservice,
@@ -120,6 +122,11 @@ def _conditions_ready(status: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
+def _runs_model_spec(isvc: dict[str, Any]) -> bool:
+    """Whether an InferenceService's predictor is a KServe runtime's ``model`` (not ``containers``)."""
+    return "model" in ((isvc.get("spec") or {}).get("predictor") or {})
+
+
 def deploy_on_cluster(
     recipe: Recipe,
     version: ModelVersionRef,
@@ -133,8 +140,14 @@ def deploy_on_cluster(
     timeout_s: float = 1800,
     poll_s: float = 5.0,
     on_status: StatusCallback | None = None,
+    storage_uri: str | None = None,
+    hf_image: str | None = None,
 ) -> Endpoint:
     """Create or patch the serving object for ``version`` and wait until it is Ready.
+
+    With ``serve.runtime: huggingface`` (backend kserve) the InferenceService runs KServe's Hugging
+    Face runtime (``hf_image``) on the version's merged export: ``storage_uri``, by default where
+    :func:`eyeops.models.llm.export.serving_uri` finds or publishes it.
 
     Its pods run as ``service_account``, by default the chart's account for the backend (the KServe
     predictor: ``EYEOPS_KUBE_MODEL_SERVICE_ACCOUNT``; Ray: ``EYEOPS_KUBE_SERVICE_ACCOUNT``, as the
@@ -149,16 +162,39 @@ def deploy_on_cluster(
         "release": settings.kube_release,
         "model_cache_size": settings.kube_model_cache_size,
     }
-    if backend == "kserve":
+    if backend == "kserve" and recipe.serve.runtime == "huggingface":
+        # KServe's Hugging Face runtime serves the merged export the registry logged (llm only).
+        from eyeops.models.llm.export import serving_uri
+
+        account = service_account or settings.kube_model_service_account
+        obj = build_hf_inference_service(
+            recipe,
+            version,
+            storage_uri=storage_uri or serving_uri(version),
+            service_account=account,
+            **{**common, "image": hf_image or HF_RUNTIME_IMAGE},
+        )
+    elif backend == "kserve":
         account = service_account or settings.kube_model_service_account
         obj = build_inference_service(recipe, version, service_account=account, **common)
     elif backend == "ray":
+        if recipe.serve.runtime == "huggingface":
+            raise ConfigError(
+                f"recipe {recipe.name!r}: serve.runtime 'huggingface' is a KServe runtime; "
+                "deploy it with backend 'kserve', not 'ray'"
+            )
         account = service_account or settings.kube_service_account
         obj = build_rayservice(recipe, version, service_account=account, **common)
     else:
         raise ClusterError(f"deploy backend {backend!r}: expected 'kserve' or 'ray'")
     validate_object(obj)
     client = client or KubeClient.from_environment()
+    existing = client.get(obj) if obj["kind"] == "InferenceService" else None
+    if existing is not None and _runs_model_spec(existing) != _runs_model_spec(obj):
+        # A merge patch cannot swap the runtime: it would keep the old predictor container beside
+        # the new model spec. The endpoint is replaced instead (brief downtime, same name and URL).
+        log.warning("replacing InferenceService %s: its runtime changes", obj["metadata"]["name"])
+        client.delete(obj, wait_s=120, poll_s=poll_s)
     client.apply(obj)
     kind, name = obj["kind"], obj["metadata"]["name"]
 

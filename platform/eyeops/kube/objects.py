@@ -30,6 +30,7 @@ from eyeops.kube.pods import (
     pod_spec,
     ray_autoscaler_options,
     ray_pod_template,
+    ray_volumes,
     standard_labels,
     submitter_pod_template,
     tmp_volume,
@@ -57,6 +58,12 @@ MODEL_SERVICE_ACCOUNT: str = _FIELDS["kube_model_service_account"].default
 MODEL_CACHE_SIZE: str = _FIELDS["kube_model_cache_size"].default
 # What the predictors' readiness probes ask (eyeops.serve.gateway's /readyz).
 READINESS_PATH = "/readyz"
+# KServe's Hugging Face runtime (vLLM backend) for `serve.runtime: huggingface`: pinned, like every
+# image here (match it to the cluster's KServe release; chart values huggingfaceRuntime.image).
+HF_RUNTIME_IMAGE = "kserve/huggingfaceserver:v0.18.0-gpu"
+HF_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
+HF_READINESS_PATH = "/v2/health/ready"  # the KServe model server's readiness route
+HF_RUNTIME_ENV = {"HOME": "/tmp", "HF_HOME": "/tmp/hf", "HF_HUB_OFFLINE": "1"}
 
 
 class Toleration(BaseModel):
@@ -385,6 +392,21 @@ def build_inference_service(
         # loaded, no API key needed (the chart's predictor probes the same).
         readinessProbe={"httpGet": {"path": READINESS_PATH, "port": 8080}, "periodSeconds": 5},
     )
+    pod = pod_spec(
+        predictor_container,
+        [tmp_volume(model_cache_size)],
+        service_account=service_account,
+        placement=pool.placement() if serve.gpu else None,
+    )
+    return _inference_service(recipe, version, namespace, release, pod)
+
+
+def _inference_service(
+    recipe: Recipe, version: ModelVersionRef, namespace: str, release: str, pod: dict[str, Any]
+) -> dict[str, Any]:
+    """The InferenceService around a predictor ``pod`` (Standard mode, concurrency autoscaling),
+    labelled so the chart's NetworkPolicies admit its pods as model pods."""
+    serve = recipe.serve
     labels = {**pod_labels("model", release), "eyeops.io/model": k8s_name(version.name, max_len=45)}
     predictor: dict[str, Any] = {
         "minReplicas": serve.min_replicas,
@@ -392,12 +414,7 @@ def build_inference_service(
         "scaleMetric": "concurrency",
         "scaleTarget": max(1, int(serve.target_ongoing_requests)),
         "labels": labels,
-        **pod_spec(
-            predictor_container,
-            [tmp_volume(model_cache_size)],
-            service_account=service_account,
-            placement=pool.placement() if serve.gpu else None,
-        ),
+        **pod,
     }
     return {
         "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
@@ -410,6 +427,60 @@ def build_inference_service(
         ),
         "spec": {"predictor": predictor},
     }
+
+
+def hf_runtime_args(model_name: str, max_model_len: int, gpus: int) -> list[str]:
+    """Arguments of KServe's Hugging Face server (vLLM backend) for a downloaded export."""
+    args = [f"--model_name={model_name}", f"--model_dir={HF_MODEL_DIR}", f"--max_model_len={max_model_len}"]
+    if gpus > 1:
+        args.append(f"--tensor_parallel_size={gpus}")
+    return args
+
+
+def build_hf_inference_service(
+    recipe: Recipe,
+    version: ModelVersionRef,
+    *,
+    storage_uri: str,
+    namespace: str,
+    image: str = HF_RUNTIME_IMAGE,
+    pool: GpuPool | None = None,
+    service_account: str = MODEL_SERVICE_ACCOUNT,
+    release: str = RELEASE,
+    model_cache_size: str = MODEL_CACHE_SIZE,
+) -> dict[str, Any]:
+    """An InferenceService on KServe's Hugging Face runtime (``modelFormat: huggingface``, vLLM
+    backend, OpenAI-compatible routes) serving ``version``'s merged export at ``storage_uri``
+    (``eyeops.models.llm.export.serving_uri``), which KServe's storage initializer downloads to
+    /mnt/models. Pods, labels and autoscaling are those of :func:`build_inference_service`; the
+    recipe's ``serve.gpu`` GPUs go to the model container (``--tensor_parallel_size`` above 1)."""
+    serve = recipe.serve
+    if serve.runtime != "huggingface":
+        raise ClusterError(f"recipe {recipe.name!r}: serve.runtime is {serve.runtime!r}, not 'huggingface'")
+    if not storage_uri.startswith("s3://"):
+        raise ClusterError(f"the Hugging Face runtime downloads the export from S3; got {storage_uri!r}")
+    pool = pool or GpuPool()
+    max_model_len = serve.max_model_len or int(getattr(recipe.model, "max_seq_len", 0) or 0)
+    # HOME and the HF/vLLM caches on the writable /tmp (read-only root); the export is local.
+    env = [{"name": k, "value": v} for k, v in sorted(HF_RUNTIME_ENV.items())]
+    model = container(
+        "kserve-container",
+        image,
+        env,
+        _resources("2", "16Gi", serve.gpu, pool.accelerator),
+        RAY_MOUNTS,  # /tmp and an in-memory /dev/shm (vLLM's tensor-parallel workers share it)
+        args=hf_runtime_args(k8s_name(version.name, max_len=45), max_model_len, serve.gpu),
+        ports=[{"containerPort": 8080, "protocol": "TCP"}],
+        readinessProbe={"httpGet": {"path": HF_READINESS_PATH, "port": 8080}, "periodSeconds": 10},
+    )
+    pod = pod_spec(
+        {"modelFormat": {"name": "huggingface"}, "storageUri": storage_uri, **model},
+        ray_volumes(model_cache_size),
+        service_account=service_account,
+        placement=pool.placement() if serve.gpu else None,
+    )
+    pod["model"] = pod.pop("containers")[0]
+    return _inference_service(recipe, version, namespace, release, pod)
 
 
 def build_rayservice(
