@@ -72,7 +72,20 @@ class PlatformSettings(BaseSettings):
         "HF_TOKEN",
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of the env var holding the Hugging Face token for gated repos (Llama); "
-        "the chart sets it from a Secret key (hfToken.secretName/secretKey). Never the token itself.",
+        "the chart sets it from a Secret key (huggingface.tokenSecret). Never the token itself.",
+    )
+    kube_hf_token_secret: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+        description="Secret whose key kube_hf_token_key holds the Hugging Face token: the RayJob, "
+        "InferenceService and RayService pods eyeops creates get it as the env var hf_token_env "
+        "names (the chart's huggingface.tokenSecret.name, through its ConfigMap). None: no token.",
+    )
+    kube_hf_token_key: str = Field(
+        "token",
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key of the Hugging Face token in kube_hf_token_secret (huggingface.tokenSecret.key).",
     )
     model_cache: str | None = Field(
         None,

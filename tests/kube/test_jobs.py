@@ -257,3 +257,37 @@ def test_serving_pods_run_as_the_configured_account_and_release(
     }
     assert {tmp_size(pod) for _, _, pod in pods} == {"48Gi"}
     assert {a for a, _, _ in deploy(service_account="server")} == {"server"}
+
+
+def test_pods_get_the_hf_token_secret_the_configmap_names(fake_api, s3, monkeypatch):
+    """EYEOPS_KUBE_HF_TOKEN_SECRET/KEY (the chart's huggingface.tokenSecret, via its ConfigMap) put
+    the token on every RayJob, InferenceService and RayService pod, as the env var hf_token_env names."""
+    api, api_client = fake_api
+    write_ref("s3://eyeops-test/root/runs/run-1/checkpoint_ref.json", CHECKPOINT)
+    ready = {"conditions": [{"type": "Ready", "status": "True"}], "serviceStatus": "Running"}
+
+    def pods() -> list[dict]:
+        api.objects.clear()
+        api.progress.update(rayjobs=list(DONE), inferenceservices=[ready], rayservices=[ready])
+        client = _client(api_client)
+        train_on_cluster(RECIPE, DATASET, run_name="run-1", namespace="ml", client=client, poll_s=0)
+        for backend in ("kserve", "ray"):
+            deploy_on_cluster(RECIPE, VERSION, backend=backend, namespace="ml", client=client, poll_s=0)
+        job = api.objects[("rayjobs", "ml", "train-run-1")]["spec"]["rayClusterSpec"]
+        found = [job["headGroupSpec"]["template"]["spec"], job["workerGroupSpecs"][0]["template"]["spec"]]
+        found += [api.objects[("inferenceservices", "ml", "fundus-classifier")]["spec"]["predictor"]]
+        service = api.objects[("rayservices", "ml", "fundus-classifier")]["spec"]["rayClusterConfig"]
+        found += [service["headGroupSpec"]["template"]["spec"]]
+        return [*found, service["workerGroupSpecs"][0]["template"]["spec"]]
+
+    def token_env(pod: dict) -> list[dict]:
+        env = pod["containers"][0]["env"]
+        return [e for e in env if "secretKeyRef" in e.get("valueFrom", {}) and "AWS" not in e["name"]]
+
+    assert [token_env(pod) for pod in pods()] == [[]] * 5  # no Secret named: no token
+    monkeypatch.setenv("EYEOPS_KUBE_HF_TOKEN_SECRET", "hf-gated")
+    monkeypatch.setenv("EYEOPS_HF_TOKEN_ENV", "HUGGING_FACE_HUB_TOKEN")
+    get_settings.cache_clear()
+    ref = {"secretKeyRef": {"name": "hf-gated", "key": "token", "optional": False}}
+    expected = [{"name": "HUGGING_FACE_HUB_TOKEN", "valueFrom": ref}]
+    assert [token_env(pod) for pod in pods()] == [expected] * 5

@@ -33,7 +33,12 @@ def test_compile_is_deterministic_and_carries_cluster_settings(tmp_path):
         secrets = {
             s["secretName"]: {k["envVar"] for k in s["keyToEnv"]} for s in k8s[executor]["secretAsEnv"]
         }
-        assert secrets == {"eyeops-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}}
+        # The S3 keys, and the Hugging Face token of gated repos where Secret eyeops-hf-token exists.
+        assert secrets == {
+            "eyeops-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+            "eyeops-hf-token": {"HF_TOKEN"},
+        }
+        assert {s["secretName"]: s["optional"] for s in k8s[executor]["secretAsEnv"]}["eyeops-hf-token"]
         maps = {
             m["configMapName"]: {k["envVar"] for k in m["keyToEnv"]} for m in k8s[executor]["configMapAsEnv"]
         }

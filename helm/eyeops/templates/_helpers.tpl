@@ -219,6 +219,20 @@ metadata:
     {{- include "eyeops.labels" (dict "root" .root "component" "network") | nindent 4 }}
 {{- end -}}
 
+{{/* The Hugging Face token of gated hub repos (values huggingface.tokenSecret) for every pod that
+loads models: the gateway, eyeops predictors, Ray pods. Nothing when no Secret is named. The env name
+is PlatformSettings.hf_token_env's default, which these pods keep. */}}
+{{- define "eyeops.hfTokenEnv" -}}
+{{- with .Values.huggingface.tokenSecret.name }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.huggingface.tokenSecret.key }}
+      optional: false
+{{- end }}
+{{- end -}}
+
 {{/* API keys for every process serving the gateway routes (gateway, KServe predictor, Ray Serve). */}}
 {{- define "eyeops.apiKeysEnv" -}}
 - name: EYEOPS_API_KEYS

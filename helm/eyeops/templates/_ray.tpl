@@ -40,6 +40,7 @@ spec:
       imagePullPolicy: {{ $root.Values.image.pullPolicy }}
       env:
         {{- include "eyeops.commonEnv" $root | nindent 8 }}
+        {{- with include "eyeops.hfTokenEnv" $root }}{{ . | nindent 8 }}{{ end }}
         - name: RAY_USAGE_STATS_ENABLED
           value: "0"
         # Join the cluster KubeRay started instead of starting a local Ray.

@@ -23,6 +23,7 @@ from eyeops.kube.objects import (
     build_inference_service,
     build_rayjob,
     build_rayservice,
+    settings_secret_env,
 )
 from eyeops.kube.schema import validate_object
 from eyeops.recipes import Recipe
@@ -99,6 +100,7 @@ def train_on_cluster(
         pool=pool,
         service_account=service_account or settings.kube_service_account,
         release=settings.kube_release,
+        secret_env=settings_secret_env(settings),
     )
     validate_object(job)
     client = client or KubeClient.from_environment()
@@ -176,7 +178,9 @@ def deploy_on_cluster(
         )
     elif backend == "kserve":
         account = service_account or settings.kube_model_service_account
-        obj = build_inference_service(recipe, version, service_account=account, **common)
+        obj = build_inference_service(
+            recipe, version, service_account=account, secret_env=settings_secret_env(settings), **common
+        )
     elif backend == "ray":
         if recipe.serve.runtime == "huggingface":
             raise ConfigError(
@@ -184,7 +188,9 @@ def deploy_on_cluster(
                 "deploy it with backend 'kserve', not 'ray'"
             )
         account = service_account or settings.kube_service_account
-        obj = build_rayservice(recipe, version, service_account=account, **common)
+        obj = build_rayservice(
+            recipe, version, service_account=account, secret_env=settings_secret_env(settings), **common
+        )
     else:
         raise ClusterError(f"deploy backend {backend!r}: expected 'kserve' or 'ray'")
     validate_object(obj)

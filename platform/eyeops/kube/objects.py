@@ -148,11 +148,34 @@ CONFIG_KEYS = (
     "EYEOPS_KUBE_MODEL_SERVICE_ACCOUNT",
     "EYEOPS_KUBE_MODEL_CACHE_SIZE",
     "EYEOPS_KUBE_RELEASE",
+    "EYEOPS_KUBE_HF_TOKEN_SECRET",
+    "EYEOPS_KUBE_HF_TOKEN_KEY",
     "HF_HUB_OFFLINE",
 )
 DEFAULT_CONFIG_ENV: tuple[ConfigEnv, ...] = tuple(
     ConfigEnv(env=name, config_map=CONFIG_MAP, key=name) for name in CONFIG_KEYS
 )
+
+
+# The Hugging Face token of gated repos (Llama-3.x) in the pipeline's own tasks: compiled in, so a
+# fixed Secret name, optional (no Secret, no token). The pods the pipeline creates take the Secret the
+# chart's huggingface.tokenSecret names instead, from its ConfigMap (:func:`settings_secret_env`).
+HF_TOKEN_SECRET = SecretEnv(env=_FIELDS["hf_token_env"].default, secret="eyeops-hf-token", key="token")
+
+
+def settings_secret_env(settings: PlatformSettings) -> tuple[SecretEnv, ...]:
+    """The credentials of the pods built here: the S3 keys, and the Hugging Face token (as the env
+    var ``hf_token_env`` names) when the settings name its Secret. A named Secret is required: a
+    missing one stops the pod with a clear event instead of a 401 deep inside a model load."""
+    if not settings.kube_hf_token_secret:
+        return DEFAULT_SECRET_ENV
+    token = SecretEnv(
+        env=settings.hf_token_env,
+        secret=settings.kube_hf_token_secret,
+        key=settings.kube_hf_token_key,
+        optional=False,
+    )
+    return (*DEFAULT_SECRET_ENV, token)
 
 
 def k8s_name(*parts: str, max_len: int = 63) -> str:

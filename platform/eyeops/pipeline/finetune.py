@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from eyeops.kube.objects import (
     DEFAULT_CONFIG_ENV,
     DEFAULT_SECRET_ENV,
+    HF_TOKEN_SECRET,
     SERVER_IMAGE,
     TRAINER_IMAGE,
     ConfigEnv,
@@ -32,7 +33,8 @@ class ClusterTarget(BaseModel):
     image: str = Field(TRAINER_IMAGE, description="The eyeops image every task (and RayJob pod) runs.")
     serve_image: str = Field(SERVER_IMAGE, description="The image of the endpoints the deploy step creates.")
     pool: GpuPool = Field(default_factory=GpuPool)
-    secret_env: tuple[SecretEnv, ...] = DEFAULT_SECRET_ENV
+    # The S3 keys, and the Hugging Face token of gated repos where Secret eyeops-hf-token exists.
+    secret_env: tuple[SecretEnv, ...] = (*DEFAULT_SECRET_ENV, HF_TOKEN_SECRET)
     config_env: tuple[ConfigEnv, ...] = DEFAULT_CONFIG_ENV
     train_retries: int = Field(2, ge=0)
     evaluate_gpus: int = Field(
