@@ -12,10 +12,7 @@ that directory with the recipe's batch window. Goal: served >= 0.9x plain.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _chat_bench import run  # first: sets the offline env before transformers is imported
 
 PROMPTS = [

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +21,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 from skimage import data as skdata
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # run from a checkout
 
 from eyeops.data.quality import ingest_images
 from eyeops.data.records import ImageInput

@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _chat_bench import run  # first: sets the offline env before transformers is imported
 
 QUESTIONS = [

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-
-import _llm_tiny
-import _vlm_helpers
+from eyeops_testing import llm_tiny, vlm_tiny
 
 from eyeops.errors import ConfigError
 from eyeops.families import get_family
@@ -85,7 +78,7 @@ def test_gradient_checkpointing_keeps_layer_inputs_only():
 # --- counting on the meta device -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def llm_dir(tmp_path_factory):
-    return _vlm_helpers.save_tiny_llm(tmp_path_factory.mktemp("plan") / "llm")
+    return vlm_tiny.save_tiny_llm(tmp_path_factory.mktemp("plan") / "llm")
 
 
 def _real_counts(recipe):
@@ -101,9 +94,9 @@ def _real_counts(recipe):
 @pytest.mark.parametrize("kind", ["vlm", "llm"])
 def test_meta_count_equals_the_built_model(kind, llm_dir):
     if kind == "vlm":
-        recipe = parse_recipe(_vlm_helpers.tiny_recipe(llm_dir, connector="ldc"))
+        recipe = parse_recipe(vlm_tiny.tiny_recipe(llm_dir, connector="ldc"))
     else:
-        recipe = parse_recipe(_llm_tiny.tiny_recipe(llm_dir))
+        recipe = parse_recipe(llm_tiny.tiny_recipe(llm_dir))
     total, trainable = _real_counts(recipe)
     count = count_parameters(recipe)
     assert count.total == total
@@ -112,7 +105,7 @@ def test_meta_count_equals_the_built_model(kind, llm_dir):
 
 
 def test_healthgpt_meta_count_equals_the_built_model(llm_dir):
-    recipe = parse_recipe(_vlm_helpers.tiny_healthgpt_recipe(llm_dir))
+    recipe = parse_recipe(vlm_tiny.tiny_healthgpt_recipe(llm_dir))
     total, trainable = _real_counts(recipe)
     count = count_parameters(recipe)
     assert (count.total, count.trainable) == (total, trainable)

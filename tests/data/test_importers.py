@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import RAW_PATIENT, write_fundus
+from eyeops_testing.fundus import RAW_PATIENT, write_fundus
 
 from eyeops.data import load_samples, prepare, read_manifest
 from eyeops.data.importers import alpaca_dialogue, llava_json, mcq, odir

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import RAW_PATIENT, write_fundus
+from eyeops_testing.fundus import RAW_PATIENT, write_fundus
 from PIL import Image
 
 from eyeops.data import load_samples, prepare, read_manifest

@@ -4,7 +4,7 @@
 from pathlib import Path
 
 import pytest
-from k8s_helpers import SCENARIOS
+from eyeops_testing.k8s import SCENARIOS
 
 from eyeops.chart import helm_template
 from eyeops.kube.schema import load_crd_schemas

@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import yaml
-from k8s_helpers import CHAMPION, find, one
+from eyeops_testing.k8s import CHAMPION, find, one
 
 from eyeops.chart import CHART_DIR, helm_template
 from eyeops.chart.policy import (

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 import yaml
-from k8s_helpers import SCENARIOS, container, env_of, find, one
+from eyeops_testing.k8s import SCENARIOS, container, env_of, find, one
 
 from eyeops.chart import check_all, helm_lint
 from eyeops.chart.validate import validate_core

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from k8s_helpers import one
+from eyeops_testing.k8s import one
 
 from eyeops.chart import helm_lint, helm_template
 from eyeops.chart.policy import check_all

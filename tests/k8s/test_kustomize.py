@@ -4,7 +4,7 @@ policies, and the base is exactly what the chart renders (no drift)."""
 from __future__ import annotations
 
 import pytest
-from k8s_helpers import one
+from eyeops_testing.k8s import one
 
 from eyeops.chart import MANIFESTS_DIR, check_all, kustomize_build
 from eyeops.chart.manifests import drift

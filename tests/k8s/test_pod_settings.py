@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import yaml
-from k8s_helpers import SCENARIOS, find
+from eyeops_testing.k8s import SCENARIOS, find
 from test_built_pods import _built, _pods, _with_template
 
 from eyeops.chart import CHART_DIR, helm_template

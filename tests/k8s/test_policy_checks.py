@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from k8s_helpers import one
+from eyeops_testing.k8s import one
 
 from eyeops.chart import check_no_inline_secrets, check_objects, check_pod_security, helm_template
 from eyeops.chart.policy import check_network_policies, check_rbac_namespaced

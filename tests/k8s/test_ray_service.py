@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from k8s_helpers import one
+from eyeops_testing.k8s import one
 from ray import serve
 
 from eyeops.errors import ConfigError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k8s_helpers import CHAMPION, container, env_of, one
+from eyeops_testing.k8s import CHAMPION, container, env_of, one
 
 from eyeops import __version__
 from eyeops.chart import CHART_DIR, helm_template

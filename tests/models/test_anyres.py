@@ -89,7 +89,7 @@ def _fundus(side=300, frame=(400, 300)):
 
 def test_wide_oct_keeps_its_shape_and_gets_one_row_of_tiles(tmp_path):
     """The real path (dataset row -> processor -> views): an OCT B-scan is tiled 1x3, a fundus 2x2."""
-    from _vlm_helpers import save_tiny_llm
+    from eyeops_testing.vlm_tiny import save_tiny_llm
 
     from eyeops.data.schema import Message, Modality, Sample, Task
     from eyeops.models.common.hub import load_tokenizer

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from _vlm_helpers import save_tiny_llm, tiny_healthgpt_recipe
+from eyeops_testing.vlm_tiny import save_tiny_llm, tiny_healthgpt_recipe
 from PIL import Image
 
 from eyeops.data.schema import Manifest, Message, Sample

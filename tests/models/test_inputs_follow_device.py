@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _vlm_helpers import save_tiny_llm, tiny_healthgpt_recipe, tiny_recipe
+from eyeops_testing.vlm_tiny import save_tiny_llm, tiny_healthgpt_recipe, tiny_recipe
 from PIL import Image
 
 from eyeops.data.schema import Message

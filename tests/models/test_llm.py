@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _llm_tiny import save_tiny_llm, text_samples, tiny_recipe, write_dataset
+from eyeops_testing.llm_tiny import save_tiny_llm, text_samples, tiny_recipe, write_dataset
 
 from eyeops.data.schema import Message, Sample, Split, Task
 from eyeops.errors import ConfigError, DataError, NotFoundError

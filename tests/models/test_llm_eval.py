@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _llm_tiny import save_tiny_llm, text_samples, tiny_recipe, write_dataset
+from eyeops_testing.llm_tiny import save_tiny_llm, text_samples, tiny_recipe, write_dataset
 
 from eyeops.data.schema import Split, Task
 from eyeops.errors import DataError

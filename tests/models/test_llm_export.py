@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from _llm_tiny import save_tiny_llm, teach_answer, tiny_recipe
+from eyeops_testing.llm_tiny import save_tiny_llm, teach_answer, tiny_recipe
 
 from eyeops.errors import ConfigError, NotFoundError
 from eyeops.inference import GenerationRequest, Message
@@ -115,7 +115,7 @@ def test_the_adapter_is_folded_in_not_dropped(saved, tmp_path):
 
 
 def test_a_conversation_with_its_own_system_turn_keeps_it():
-    from _llm_tiny import CHATML
+    from eyeops_testing.llm_tiny import CHATML
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 

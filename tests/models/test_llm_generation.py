@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _llm_tiny import save_tiny_llm, teach_answer
+from eyeops_testing.llm_tiny import save_tiny_llm, teach_answer
 from PIL import Image
 
 from eyeops.data.schema import Message

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _llm_tiny import save_tiny_llm, tiny_recipe, write_dataset
+from eyeops_testing.llm_tiny import save_tiny_llm, tiny_recipe, write_dataset
 from safetensors.torch import load_file
 
 from eyeops.data.schema import Message

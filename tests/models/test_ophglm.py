@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from _vlm_helpers import save_tiny_llm
+from eyeops_testing.vlm_tiny import save_tiny_llm
 from PIL import Image
 
 from eyeops.data.schema import Manifest, Message, Sample

@@ -20,8 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from _llm_tiny import text_samples
-from _production import chat_request, lora_per_layer, run_many, serve_one, tiny_hub_dir, tiny_variant
+from eyeops_testing.llm_tiny import text_samples
+from eyeops_testing.production import (
+    chat_request,
+    lora_per_layer,
+    run_many,
+    serve_one,
+    tiny_hub_dir,
+    tiny_variant,
+)
 from PIL import Image
 
 from eyeops.data.schema import Manifest, Message, Sample
@@ -237,7 +244,7 @@ def test_gradient_checkpointing_and_attention_kernel_reach_the_hf_module(hub):
 
 
 def test_qlora_is_accepted_by_every_llm_family_and_refused_precisely_on_cpu(hub):
-    from _vlm_helpers import tiny_recipe as tiny_vlm
+    from eyeops_testing.vlm_tiny import tiny_recipe as tiny_vlm
 
     vlm = parse_recipe(tiny_vlm(hub["llama-3.2"], quantization="4bit", lora={"target_modules": ["q_proj"]}))
     assert vlm.model.quantization == "4bit"  # the shared LanguageModelSpec field (eye-vlm refused it)

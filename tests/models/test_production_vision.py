@@ -10,8 +10,8 @@ HTTP chat request; the saved adapters are counted per decoder layer against what
 from __future__ import annotations
 
 import pytest
-from _production import run_through_platform, tiny_hub_dir, tiny_variant
-from _production_vision import (
+from eyeops_testing.production import run_through_platform, tiny_hub_dir, tiny_variant
+from eyeops_testing.production_vision import (
     TOWER_SIDE,
     adapters_per_layer,
     tiny_qwen25vl_dir,

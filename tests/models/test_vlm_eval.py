@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from _vlm_helpers import save_tiny_llm, tiny_recipe
+from eyeops_testing.vlm_tiny import save_tiny_llm, tiny_recipe
 from test_vlm import _write_dataset
 
 from eyeops.evaluate.runner import checkpoint_ref, dataset_ref, evaluate

@@ -25,7 +25,7 @@ import os
 
 import pytest
 import torch
-from _vlm_helpers import save_tiny_llm, tiny_recipe
+from eyeops_testing.vlm_tiny import save_tiny_llm, tiny_recipe
 from PIL import Image
 
 from eyeops.data.schema import Message

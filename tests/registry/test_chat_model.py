@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from _llm_tiny import save_tiny_llm, tiny_recipe, write_dataset
+from eyeops_testing.llm_tiny import save_tiny_llm, tiny_recipe, write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
-"""Serving fixtures (helpers and the model-building code live in ``serve_helpers.py``)."""
+"""Serving fixtures (helpers and the model-building code live in ``serving.py``)."""
 
 from __future__ import annotations
 
 import io
 
 import pytest
+from eyeops_testing.serving import MAX_BODY, MAX_PIXELS, Registered, _train_save_register, start_server
 from PIL import Image
-from serve_helpers import MAX_BODY, MAX_PIXELS, Registered, _train_save_register, start_server
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,12 @@ real InferenceBackend over a tiny LLM's ChatModel (the model itself never queues
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from eyeops_testing.llm_tiny import save_tiny_llm
 from prometheus_client import REGISTRY
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from _llm_tiny import save_tiny_llm
 
 from eyeops.data.schema import Message
 from eyeops.errors import InvalidRequest

@@ -6,15 +6,12 @@ test helper), saved by ``FAMILY.save`` and served from its directory by ``eyeops
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import CHAT_KEY, b64, free_port_server, server_env
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from _llm_tiny import save_tiny_llm, teach_answer, tiny_recipe
+from eyeops_testing.llm_tiny import save_tiny_llm, teach_answer, tiny_recipe
+from eyeops_testing.serving import CHAT_KEY, b64, free_port_server, server_env
 
 pytestmark = pytest.mark.integration
 MESSAGES = [

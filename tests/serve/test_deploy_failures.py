@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from serve_helpers import API_KEYS
+from eyeops_testing.serving import API_KEYS
 
 pytestmark = pytest.mark.integration
 MODEL = "eyeops-never-registered"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
+from eyeops_testing.serving import ADMIN_KEY
 from hypothesis import HealthCheck, given, settings
-from serve_helpers import ADMIN_KEY
 
 pytestmark = pytest.mark.integration
 # A valid admin key lets the fuzzer reach the handlers, not only the auth check (tested apart).

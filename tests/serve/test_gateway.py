@@ -8,8 +8,8 @@ import zlib
 import httpx
 import numpy as np
 import pytest
+from eyeops_testing.serving import ADMIN_KEY, API_KEY, CHAT_KEY, MAX_BODY, b64
 from PIL import Image
-from serve_helpers import ADMIN_KEY, API_KEY, CHAT_KEY, MAX_BODY, b64
 
 pytestmark = pytest.mark.integration
 

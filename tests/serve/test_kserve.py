@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import API_KEY, API_KEYS, CHAT_KEY, b64, start_server
+from eyeops_testing.serving import API_KEY, API_KEYS, CHAT_KEY, b64, start_server
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import API_KEY, API_KEYS
+from eyeops_testing.serving import API_KEY, API_KEYS
 
 pytestmark = pytest.mark.integration
 

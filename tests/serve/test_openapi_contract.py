@@ -6,8 +6,8 @@ import io
 
 import httpx
 import pytest
+from eyeops_testing.serving import API_KEY, b64
 from PIL import Image
-from serve_helpers import API_KEY, b64
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

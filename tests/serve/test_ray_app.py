@@ -13,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import API_KEY, API_KEYS, b64
+from eyeops_testing.serving import API_KEY, API_KEYS, b64
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

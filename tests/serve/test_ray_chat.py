@@ -3,16 +3,13 @@ with the batch window the recipe's ``serve:`` section sets (through ServeSetting
 
 from __future__ import annotations
 
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import API_KEYS, CHAT_KEY
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from _llm_tiny import save_tiny_llm, tiny_recipe
+from eyeops_testing.llm_tiny import save_tiny_llm, tiny_recipe
+from eyeops_testing.serving import API_KEYS, CHAT_KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import base64
 import io
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
+from eyeops_testing.llm_tiny import tiny_recipe
+from eyeops_testing.serving import CHAT_KEY
+from eyeops_testing.vlm_tiny import save_tiny_llm, tiny_healthgpt_recipe
 from PIL import Image
-from serve_helpers import CHAT_KEY
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from _llm_tiny import tiny_recipe
-from _vlm_helpers import save_tiny_llm, tiny_healthgpt_recipe
 
 from eyeops.data.schema import IMAGE_TOKEN, Message
 from eyeops.errors import InvalidRequest

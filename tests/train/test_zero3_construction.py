@@ -9,15 +9,12 @@ saves and reloads through the family with the weights the engine trained.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from eyeops_testing.llm_tiny import save_tiny_llm, tiny_recipe
 from safetensors.torch import load_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from _llm_tiny import save_tiny_llm, tiny_recipe
 
 from eyeops.families import get_family
 from eyeops.recipes import parse_recipe

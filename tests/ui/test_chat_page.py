@@ -19,10 +19,8 @@ import pytest
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "serve"))
-sys.path.insert(0, str(HERE.parent / "models"))
-from _llm_tiny import KB, save_tiny_llm, tiny_recipe  # noqa: E402 — the serving and LLM rooms' test helpers
-from serve_helpers import (  # noqa: E402
+from eyeops_testing.llm_tiny import KB, save_tiny_llm, tiny_recipe  # noqa: E402 — the serving and LLM rooms' test helpers
+from eyeops_testing.serving import (  # noqa: E402
     ADMIN_KEY,
     CHAT_KEY,
     ServerProcess,

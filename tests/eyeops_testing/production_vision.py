@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _production import TINY_DECODER, packaged_tokenizer_dir
+from eyeops_testing.production import TINY_DECODER, packaged_tokenizer_dir
 
 TOWER_SIDE = 28  # 2x2 patches of 14 px per view: the real patch size, a tiny image
 QWEN_VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import _llm_tiny
+from eyeops_testing import llm_tiny
 
 _CORPUS = [
     "Is there diabetic retinopathy in this fundus photograph? Answer yes or no.",
@@ -23,7 +23,7 @@ _CORPUS = [
 
 def save_tiny_llm(path: Path, *, hidden: int = 32) -> Path:
     """The LLM room's tiny ChatML Llama, its tokenizer trained on VLM-style questions and reports."""
-    return _llm_tiny.save_tiny_llm(path, hidden=hidden, corpus=_CORPUS, vocab_size=500, max_positions=1024)
+    return llm_tiny.save_tiny_llm(path, hidden=hidden, corpus=_CORPUS, vocab_size=500, max_positions=1024)
 
 
 TINY_SIGLIP = {
