@@ -18,7 +18,7 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
-# The converted packaged tokenizer is kept across runs (as tests/models/production.py keeps it).
+# The converted packaged tokenizer is kept across runs (as tests/eyeops_testing/production.py keeps it).
 MODEL_CACHE = Path(os.environ.get("EYEOPS_TEST_CACHE", Path.home() / ".cache" / "eyeops-tests")) / "models"
 
 
