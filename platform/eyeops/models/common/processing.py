@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from eyeops.data.schema import IMAGE_TOKEN, Message, Modality, Sample
 from eyeops.errors import DataError, InvalidRequest
-from eyeops.models.classifier.modeling import _BORDER_LEVEL, crop_fundus_border
+from eyeops.models.classifier.modeling import bright_field, crop_fundus_border, square_crop
 from eyeops.models.common.anyres import GLOBAL_ONLY, ViewPlan, make_views, select_grid, to_tensor
 
 IMAGE_TOKEN_ID = -200  # never a vocabulary id: marks image-feature slots (LLaVA's convention)
@@ -56,14 +55,14 @@ def border_crop(image: Image.Image, modality: Modality | str | None) -> Image.Im
         return crop_fundus_border(image)
     if kind != Modality.NONE:
         return image
-    cropped = crop_fundus_border(image)
-    field = np.asarray(image).max(axis=2) > _BORDER_LEVEL
-    rows, cols = np.flatnonzero(field.any(axis=1)), np.flatnonzero(field.any(axis=0))
-    if rows.size == 0:
+    field = bright_field(image)
+    if field is None:
         return image
-    height, width = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
+    top, bottom, left, right = field
+    height, width = bottom - top, right - left
     bordered = (height, width) != (image.height, image.width)
-    return cropped if bordered and max(height, width) <= _DISC_ASPECT * min(height, width) else image
+    disc = bordered and max(height, width) <= _DISC_ASPECT * min(height, width)
+    return square_crop(image, field) if disc else image
 
 
 class VLMProcessor:
