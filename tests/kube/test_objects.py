@@ -236,3 +236,38 @@ def test_rayservice_import_path_and_args_are_accepted_by_the_app_builder():
     assert callable(getattr(importlib.import_module(module_name), attr))
     model, _spec, _cpus = parse_args(application["args"])
     assert model == VERSION.model_uri
+
+
+def _serving_recipe(**serve):
+    return parse_recipe(
+        {"name": "eye-llm", "model": {"family": "llm"}, "register": {"model_name": "eye-llm"}, "serve": serve}
+    )
+
+
+@pytest.mark.parametrize(("serve", "device", "gpus"), [({}, None, 0), ({"device": "cuda:1"}, "cuda:1", 2)])
+def test_serve_device_reaches_the_predictor_and_the_ray_serve_app(serve, device, gpus):
+    """serve.device overrides where the model was saved to load (auto: no override); its GPUs follow."""
+    from eyeops.kube.ray_service import parse_args
+
+    recipe = _serving_recipe(**serve)
+    (predictor,) = build_inference_service(recipe, VERSION, namespace="ml")["spec"]["predictor"]["containers"]
+    args = predictor["args"]
+    assert (args[args.index("--device") + 1] if "--device" in args else None) == device
+    assert predictor["resources"]["limits"].get("nvidia.com/gpu", 0) == gpus
+    service = build_rayservice(recipe, VERSION, namespace="ml")
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    assert (
+        app["args"].get("device") == device and app["deployments"][0]["ray_actor_options"]["num_gpus"] == gpus
+    )
+    _model, spec, _cpus = parse_args(app["args"])
+    assert (spec.device, spec.gpus) == (device or "auto", gpus)
+    validate_object(service)
+
+
+def test_ray_serve_args_refuse_a_device_without_its_gpus():
+    from eyeops.kube.ray_service import parse_args
+
+    with pytest.raises(ConfigError, match=r"serve.device 'cuda:1' needs at least 2 GPU\(s\) per pod; 1"):
+        parse_args({"model": "m@champion", "device": "cuda:1", "num_gpus": 1})
+    with pytest.raises(ConfigError, match=r"RayService args: .*serve.device 'tpu': not a device"):
+        parse_args({"model": "m@champion", "device": "tpu"})

@@ -204,10 +204,23 @@ downloaded MLflow model, the Hugging Face cache and converted base models land h
 {{- toJson $found -}}
 {{- end -}}
 
-{{/* One `models` entry with its defaults filled in (list entries get no defaults from values.yaml). */}}
+{{/* One `models` entry with its defaults filled in (list entries get no defaults from values.yaml).
+Its device must fit its GPUs as eyeops.devices.gpus_for says: cuda:N needs gpu > N, cpu none. */}}
 {{- define "eyeops.model" -}}
-{{- $defaults := dict "alias" "champion" "storageUri" "" "minReplicas" 1 "maxReplicas" 2 "autoscaler" "hpa" "scaleMetric" "cpu" "scaleTarget" 70 "targetOngoingRequests" 4 "maxBatchSize" 16 "gpu" 0 "nodeSelector" dict "tolerations" list "runtime" "eyeops" "maxModelLen" 4096 -}}
-{{- toJson (merge (deepCopy .) $defaults) -}}
+{{- $defaults := dict "alias" "champion" "storageUri" "" "minReplicas" 1 "maxReplicas" 2 "autoscaler" "hpa" "scaleMetric" "cpu" "scaleTarget" 70 "targetOngoingRequests" 4 "maxBatchSize" 16 "gpu" 0 "nodeSelector" dict "tolerations" list "runtime" "eyeops" "maxModelLen" 4096 "device" "" -}}
+{{- $m := merge (deepCopy .) $defaults -}}
+{{- if hasPrefix "cuda" $m.device -}}
+{{- $needed := add1 (int (default "0" (regexReplaceAll "^cuda:?" $m.device ""))) -}}
+{{- if lt (int $m.gpu) $needed -}}
+{{- fail (printf "models[%s]: device %s needs gpu >= %d (GPUs per replica), got %v" $m.name $m.device $needed $m.gpu) -}}
+{{- end -}}
+{{- else if and (eq $m.device "cpu") (gt (int $m.gpu) 0) -}}
+{{- fail (printf "models[%s]: device cpu with gpu %v: the GPUs would sit idle" $m.name $m.gpu) -}}
+{{- end -}}
+{{- if and $m.device (eq $m.runtime "huggingface") -}}
+{{- fail (printf "models[%s]: device is for the eyeops runtime; the huggingface runtime (vLLM) places the model on the pod's GPUs itself" $m.name) -}}
+{{- end -}}
+{{- toJson $m -}}
 {{- end -}}
 
 {{/* Name and labels of one NetworkPolicy (call with dict "root" . "suffix" "x"). */}}

@@ -36,7 +36,7 @@ from eyeops.kube.pods import (
     tmp_volume,
     with_autoscaler,
 )
-from eyeops.recipes import Recipe
+from eyeops.recipes import Recipe, ServeSpec
 from eyeops.refs import DatasetRef, ModelVersionRef
 
 # The images docker/Dockerfile.{trainer,server} build and the chart runs (values image.registry,
@@ -384,6 +384,12 @@ def _serving_env(version: ModelVersionRef) -> dict[str, str]:
     }
 
 
+def device_args(serve: ServeSpec) -> list[str]:
+    """``--device`` of ``eyeops serve`` for ``serve.device``; none for auto (the saved recipe, then
+    the pod's EYEOPS_DEVICE, decide)."""
+    return [] if serve.device == "auto" else ["--device", serve.device]
+
+
 def build_inference_service(
     recipe: Recipe,
     version: ModelVersionRef,
@@ -398,7 +404,7 @@ def build_inference_service(
 ) -> dict[str, Any]:
     """A KServe InferenceService (Standard deployment mode, HPA on concurrency) for ``version``;
     its predictor pods are restricted and labelled like the chart's (MLflow/S3 clients, gateway peers)
-    and load the model into a /tmp of ``model_cache_size``."""
+    and load the model into a /tmp of ``model_cache_size``, on ``serve.device`` unless it is auto."""
     serve = recipe.serve
     pool = pool or GpuPool()
     predictor_container = container(
@@ -409,7 +415,10 @@ def build_inference_service(
         [TMP_MOUNT],
         # The KServe face of `eyeops serve` (kserve.ModelServer: v1 :predict and v2 /infer).
         command=["eyeops", "serve"],
-        args=["--backend", "kserve", "--host", "0.0.0.0", "--port", "8080", "--model", version.model_uri],
+        args=[
+            *("--backend", "kserve", "--host", "0.0.0.0", "--port", "8080", "--model", version.model_uri),
+            *device_args(serve),
+        ],
         ports=[{"containerPort": 8080, "protocol": "TCP"}],
         # The gateway's /readyz, which every face of `eyeops serve` answers: 503 until the model is
         # loaded, no API key needed (the chart's predictor probes the same).
@@ -531,7 +540,12 @@ def build_rayservice(
                 "name": k8s_name(version.name),
                 "route_prefix": "/",
                 "import_path": "eyeops.kube.ray_service:app_builder",
-                "args": {"model_uri": version.model_uri, "model_name": version.name},
+                "args": {
+                    "model_uri": version.model_uri,
+                    "model_name": version.name,
+                    # serve.device: a deployment may load elsewhere than the model was saved for.
+                    **({} if serve.device == "auto" else {"device": serve.device}),
+                },
                 "deployments": [
                     {
                         "name": "EyeopsModel",

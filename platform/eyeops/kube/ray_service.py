@@ -24,6 +24,7 @@ _SPEC_KEYS = {
     "max_batch_size": "max_batch_size",
     "batch_wait_timeout_s": "batch_wait_timeout_s",
     "num_gpus": "gpu",
+    "device": "device",
     "upscale_delay_s": "upscale_delay_s",
     "downscale_delay_s": "downscale_delay_s",
 }
