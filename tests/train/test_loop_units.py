@@ -68,6 +68,24 @@ def test_precision_policy(recipe):
         resolve_precision(recipe.with_overrides({"train.mixed_precision": "fp16"}), cpu)
 
 
+@pytest.mark.parametrize(("native_bf16", "auto", "bf16"), [(True, "bf16", "bf16"), (False, "fp16", "fp16")])
+def test_precision_on_a_gpu_follows_the_device_rule(recipe, monkeypatch, caplog, native_bf16, auto, bf16):
+    """Training agrees with evaluation and serving (eyeops.devices): bf16 where the GPU has it,
+    fp16 (logged) on one without (a T4). torch's CUDA queries describe the GPU; none is here."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16 or including_emulation
+    )
+    cuda = torch.device("cuda", 0)
+    with caplog.at_level("WARNING", logger="eyeops.devices"):
+        got = {
+            wanted: resolve_precision(recipe.with_overrides({"train.mixed_precision": wanted}), cuda)
+            for wanted in ("auto", "bf16", "fp16", "no")
+        }
+    assert got == {"auto": auto, "bf16": bf16, "fp16": "fp16", "no": "fp32"}
+    assert ("not native on cuda:0" in caplog.text) is (not native_bf16)
+
+
 def test_deepspeed_config_from_recipe(recipe):
     from eyeops.train.strategies import StepPlan
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from eyeops.errors import ConfigError
+from eyeops.devices import mixed_precision
 from eyeops.recipes import Recipe
 
 STATE_FILE = "train_state.pt"
@@ -41,15 +41,12 @@ class StepPlan:
 
 
 def resolve_precision(recipe: Recipe, device: torch.device) -> str:
-    """Map ``train.mixed_precision`` to what this device can do (auto: bf16/fp16 on GPU, fp32 on CPU)."""
-    wanted = recipe.train.mixed_precision
-    if device.type != "cuda":
-        if wanted == "fp16":
-            raise ConfigError("train.mixed_precision 'fp16' needs a GPU (use 'bf16', 'auto' or 'no' on CPU)")
-        return "bf16" if wanted == "bf16" else "fp32"
-    if wanted == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return {"no": "fp32"}.get(wanted, wanted)
+    """Map ``train.mixed_precision`` to what this device can do (auto: bf16/fp16 on GPU, fp32 on CPU).
+
+    The rule evaluation and serving follow (:func:`eyeops.devices.mixed_precision`): bf16 on a GPU
+    without native bf16 (T4, V100) trains in fp16, logged, rather than in emulated bf16.
+    """
+    return mixed_precision(recipe.train.mixed_precision, device)
 
 
 def build_optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float) -> torch.optim.Optimizer:
