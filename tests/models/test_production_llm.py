@@ -226,7 +226,7 @@ def test_lora_targets_that_match_nothing_are_errors_on_phi3(hub):
 def test_gradient_checkpointing_and_attention_kernel_reach_the_hf_module(hub):
     family = get_family("llm")
     plain = family.build_model(_llm_recipe(hub["llama-3.2"])).get_base_model()
-    assert not plain.is_gradient_checkpointing and plain.config._attn_implementation == "sdpa"
+    assert not plain.is_activation_checkpointing and plain.config._attn_implementation == "sdpa"
     model = family.build_model(
         _llm_recipe(hub["llama-3.2"], gradient_checkpointing=True, attn_implementation="eager")
     ).get_base_model()

@@ -10,6 +10,7 @@ architecture (Phi-3's ``qkv_proj``) never silently adapts less than the recipe s
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from typing import TYPE_CHECKING, Protocol
 
@@ -54,7 +55,7 @@ def with_memory_features(model: nn.Module, options: LMOptions) -> nn.Module:
     if options.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise ConfigError(f"model.gradient_checkpointing: {type(model).__name__} does not support it")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
@@ -128,7 +129,9 @@ def add_lora(model: nn.Module, lora: LoRASpec, *, quantized: bool | None = None)
         task_type="CAUSAL_LM",
     )
     try:
-        wrapped = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft 0.21 asks transformers 5 the deprecated question
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            wrapped = get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigError(f"model.lora.target_modules {targets}: {exc}") from None
     _zero_partitioned_lora_b(wrapped)
