@@ -11,7 +11,7 @@ from eyeops_testing.llm_tiny import save_tiny_llm, text_samples, tiny_recipe, wr
 from eyeops.data.schema import Message, Sample, Split, Task
 from eyeops.errors import ConfigError, DataError, NotFoundError
 from eyeops.families import get_family
-from eyeops.models.common.hub import load_tokenizer, resolve_base
+from eyeops.models.common.hub import from_pretrained_kwargs, load_tokenizer, resolve_base
 from eyeops.models.llm import data as D
 from eyeops.recipes import StageSpec, load_recipe, parse_recipe
 
@@ -202,6 +202,36 @@ def test_save_load_round_trip(base, tmp_path, stages, merge, fmt):
     ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
     torch.testing.assert_close(_logits(loaded.model, ids), _logits(model, ids), atol=1e-4, rtol=1e-4)
     assert "lora_" not in "".join(n for n, _ in loaded.model.named_parameters())  # merged for serving
+
+
+@pytest.mark.parametrize("fmt_stages", [[], None], ids=["full", "base+adapter"])
+@pytest.mark.filterwarnings("ignore:for base_model.*meta parameter:UserWarning")  # adapter on meta
+def test_load_puts_the_model_on_its_device_through_load_causal_lm(base, tmp_path, fmt_stages):
+    """The family no longer moves the model itself: the device reaches ``from_pretrained`` (an
+    accelerator: ``device_map``, weights straight onto it) or, for cpu/meta, load_causal_lm's move.
+    Meta parameters here prove the device travelled that way; cpu is the explicit CPU path."""
+    recipe = _recipe(base, stages=fmt_stages)
+    FAMILY.save(FAMILY.build_model(recipe), recipe, tmp_path / "out")
+    for device in (torch.device("cpu"), torch.device("meta")):
+        loaded = FAMILY.load(tmp_path / "out", device=device)
+        assert {p.device for p in loaded.model.parameters()} == {device}
+
+
+def test_accelerators_get_a_device_map_cpu_and_meta_do_not():
+    def kwargs(device, quantization="none"):
+        return from_pretrained_kwargs(
+            dtype="bfloat16",
+            revision=None,
+            quantization=quantization,
+            device=device,
+            attn_implementation="sdpa",
+            trust_remote_code=False,
+        )
+
+    assert kwargs(torch.device("cuda", 1))["device_map"] == {"": "cuda:1"}
+    assert kwargs("mps")["device_map"] == {"": "mps"}
+    for device in (None, "cpu", torch.device("meta")):
+        assert "device_map" not in kwargs(device)
 
 
 def test_load_errors(tmp_path):

@@ -181,11 +181,12 @@ def load_causal_lm(
     dtype: str = "float32",
     revision: str | None = None,
     quantization: str = "none",
-    device: str | None = None,
+    device: str | torch.device | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
 ) -> PreTrainedModel:
-    """``AutoModelForCausalLM.from_pretrained`` on a resolved base, with our errors."""
+    """``AutoModelForCausalLM.from_pretrained`` on a resolved base, with our errors; on ``device``
+    (an accelerator: loaded straight there, see :func:`from_pretrained_kwargs`)."""
     from transformers import AutoModelForCausalLM
 
     where = resolve_base(base)
@@ -205,8 +206,8 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as exc:
         raise _hub_error(base, exc) from exc
-    if device and quantization == "none":
-        model.to(device)
+    if device is not None and "device_map" not in kwargs:
+        model.to(device)  # cpu (already there) or meta
     return model
 
 
@@ -215,11 +216,17 @@ def from_pretrained_kwargs(
     dtype: str,
     revision: str | None,
     quantization: str,
-    device: str | None,
+    device: str | torch.device | None,
     attn_implementation: str,
     trust_remote_code: bool,
 ) -> dict[str, Any]:
-    """What ``from_pretrained`` gets for a recipe's language model (QLoRA config, kernel, token)."""
+    """What ``from_pretrained`` gets for a recipe's language model (QLoRA config, kernel, token).
+
+    On an accelerator ``device`` the weights load straight onto it (``device_map``): an 8B model
+    never materialises in CPU memory first. ``None``, cpu or meta: CPU, the caller moves it.
+    """
+    import torch
+
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype(dtype),
         "revision": revision,
@@ -229,7 +236,9 @@ def from_pretrained_kwargs(
     }
     if quantization != "none":
         kwargs["quantization_config"] = bnb_config(quantization, dtype)
-        kwargs["device_map"] = {"": device or "cuda"}
+        kwargs["device_map"] = {"": str(device or "cuda")}
+    elif device is not None and torch.device(device).type not in ("cpu", "meta"):
+        kwargs["device_map"] = {"": str(device)}
     return kwargs
 
 

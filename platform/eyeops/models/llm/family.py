@@ -26,7 +26,7 @@ import yaml
 from eyeops.data.schema import Task
 from eyeops.errors import ConfigError, DataError, NotFoundError
 from eyeops.families import ChatFamily, EvalContext, EvalOutput
-from eyeops.models.common.hub import load_causal_lm, load_tokenizer, torch_dtype
+from eyeops.models.common.hub import load_causal_lm, load_tokenizer
 from eyeops.models.common.language_model import add_lora, load_language_model
 from eyeops.models.common.stages import stages_of, trains
 from eyeops.models.llm import data as D
@@ -237,30 +237,24 @@ class LLMFamily(ChatFamily):
             yaml.safe_load(recipe_file.read_text(encoding="utf-8")), origin=str(recipe_file)
         )
         from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         remote = _spec(recipe).trust_remote_code
         tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer", trust_remote_code=remote)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        dtype = torch_dtype(meta.get("dtype", "float32"))
+        # Straight onto ``device``: a GPU-served 8B model is never first built in CPU memory.
+        options = {"dtype": meta.get("dtype", "float32"), "device": device, "trust_remote_code": remote}
         if meta["format"] in ("full", "merged", "base+adapter"):
-            model = AutoModelForCausalLM.from_pretrained(
-                model_dir / "model", dtype=dtype, trust_remote_code=remote
-            )
+            model = load_causal_lm(str(model_dir.resolve() / "model"), **options)
         elif meta["format"] == "adapter":
-            model = load_causal_lm(
-                meta["base"],
-                dtype=meta.get("dtype", "float32"),
-                revision=meta.get("revision"),
-                trust_remote_code=remote,
-            )
+            model = load_causal_lm(meta["base"], revision=meta.get("revision"), **options)
         else:
             raise ConfigError(f"{meta_file}: unknown format {meta['format']!r}")
         if meta["format"] in ("adapter", "base+adapter"):
             # Merged once at load time: serving then runs plain Linear layers (no adapter overhead).
             model = PeftModel.from_pretrained(model, model_dir / "adapter").merge_and_unload()
-        return ChatModel(model.to(device), tokenizer, system_prompt=_spec(recipe).system_prompt)
+        return ChatModel(model, tokenizer, system_prompt=_spec(recipe).system_prompt)
 
     # --- evaluation hook (eyeops.evaluate.runner) ---------------------------------------------------
     def evaluate(self, ctx: EvalContext) -> EvalOutput:
