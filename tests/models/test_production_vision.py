@@ -161,3 +161,25 @@ def test_backbone_is_checked_at_recipe_validation(hub):
 
     with pytest.raises(ConfigError, match=r"model\.vision does not apply to backbone 'native'"):
         parse_recipe(data)
+
+
+def test_native_backbone_honours_the_memory_fields(hub):
+    """EyecareGPT-7B asks for gradient checkpointing: the Qwen2.5-VL tower and LM both get it; the
+    attention kernel is the recipe's; QLoRA goes through the shared checks instead of being ignored."""
+    recipe = tiny_variant(load_recipe("eyecaregpt-7b"), llm=hub["qwen2_5_vl"])
+    assert recipe.model.gradient_checkpointing
+    family = get_family("vlm")
+    base = family.build_model(recipe).base
+    assert base.model.visual.gradient_checkpointing and base.model.language_model.gradient_checkpointing
+    assert base.config.text_config._attn_implementation == "sdpa"
+    eager = family.build_model(
+        recipe.with_overrides({"model.attn_implementation": "eager", "model.gradient_checkpointing": False})
+    ).base
+    assert eager.config.text_config._attn_implementation == "eager"
+    assert not eager.model.language_model.gradient_checkpointing
+    for field, value, expected in [
+        ("quantization", "4bit", r"model\.quantization='4bit' \(QLoRA\) needs"),
+        ("attn_implementation", "flash_attention_2", r"'flash_attention_2' needs the flash-attn package"),
+    ]:
+        with pytest.raises(ConfigError, match=expected):
+            family.build_model(recipe.with_overrides({f"model.{field}": value}))

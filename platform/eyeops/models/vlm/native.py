@@ -15,6 +15,7 @@ predictor.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -94,28 +95,58 @@ class NativeVLM(nn.Module):
 
 
 def build_native(spec: VLMModel, *, lora: bool) -> NativeVLM:
-    """The checkpoint (or a random model from ``llm_config``), LoRA on its language model if asked."""
+    """The checkpoint (or a random model from ``llm_config``), LoRA on its language model if asked,
+    with the recipe's memory features: attention kernel, QLoRA quantization (loaded weights only),
+    gradient checkpointing (vision tower and LM alike), as every other family's language model."""
     from transformers import AutoModelForImageTextToText
 
-    from eyeops.models.common.hub import torch_dtype
+    from eyeops.models.common.hub import (
+        check_attn_implementation,
+        check_quantization,
+        from_pretrained_kwargs,
+        torch_dtype,
+    )
+    from eyeops.models.common.language_model import with_memory_features
 
     config = native_config(spec)
-    dtype = torch_dtype(spec.dtype)
+    check_attn_implementation(spec.attn_implementation)
     if spec.llm_config is not None:
-        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+        if spec.quantization != "none":
+            raise ConfigError(
+                f"model.quantization={spec.quantization!r} applies to loaded weights, not to a "
+                "model built from model.llm_config"
+            )
+        model = AutoModelForImageTextToText.from_config(
+            config, dtype=torch_dtype(spec.dtype), attn_implementation=spec.attn_implementation
+        )
     else:
+        if spec.quantization != "none":
+            check_quantization(spec.quantization)
+        kwargs = from_pretrained_kwargs(
+            dtype=spec.dtype,
+            revision=None,
+            quantization=spec.quantization,
+            device=None,
+            attn_implementation=spec.attn_implementation,
+            trust_remote_code=spec.trust_remote_code,
+        )
         try:
-            model = AutoModelForImageTextToText.from_pretrained(_source(spec.llm), dtype=dtype)
+            model = AutoModelForImageTextToText.from_pretrained(_source(spec.llm), **kwargs)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"model.llm {spec.llm!r}: cannot load the native model: {exc}") from None
+    model = with_memory_features(model, spec)
     if lora:
         model = add_language_lora(model, spec)
     return NativeVLM(model, vision_last_blocks=spec.vision_last_blocks)
 
 
 def add_language_lora(model: nn.Module, spec: VLMModel) -> nn.Module:
-    """peft LoRA on the language model's ``lora.target_modules`` only (the ViT has gate/up/down_proj too)."""
-    from peft import LoraConfig, get_peft_model
+    """peft LoRA on the language model's ``lora.target_modules`` only (the ViT has gate/up/down_proj too);
+    a QLoRA-quantized model is k-bit prepared first (as ``language_model.add_lora`` does)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "hf_quantizer", None) is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
     names = "|".join(re.escape(n) for n in spec.lora.target_modules)
     config = LoraConfig(
@@ -126,7 +157,9 @@ def add_language_lora(model: nn.Module, spec: VLMModel) -> nn.Module:
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft 0.21 asks transformers 5 the deprecated question
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as exc:
         linear = sorted(
             {
