@@ -80,7 +80,10 @@ def test_run_local_refuses_to_start_without_serving_auth(monkeypatch, tmp_path):
 
 def test_the_local_key_file_is_created_once_private_and_reused(monkeypatch):
     for var in AUTH_ENV:
-        monkeypatch.delenv(var, raising=False)
+        # setenv first, so monkeypatch records the original state and restores it: ensure_api_key
+        # writes os.environ itself, and a key file left named there broke every later serving test.
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     path = local_key_file()
     key = ensure_api_key(path)
     assert key and len(key) >= 16
