@@ -23,15 +23,29 @@ from eyeops.train.strategies import StepPlan, construction, deepspeed_config, ma
 pytestmark = pytest.mark.integration
 
 
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches torch process groups in module globals; one an earlier in-process test
+    created and destroyed is stale here ('Group ... is not registered')."""
+    import deepspeed.comm.comm as ds_comm
+    import deepspeed.utils.groups as ds_groups
+
+    ds_comm.cdb = None
+    for name in dir(ds_groups):
+        if name.startswith("_") and name.endswith("_GROUP"):
+            setattr(ds_groups, name, {} if isinstance(getattr(ds_groups, name), dict) else None)
+
+
 @pytest.fixture
 def process_group(tmp_path, monkeypatch):
     import torch.distributed as dist
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
         monkeypatch.setenv(key, value)
+    _forget_deepspeed_groups()
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
+    _forget_deepspeed_groups()
 
 
 def _zero3_recipe(base: Path, **deepspeed):
