@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from eyeops.data import load_samples, read_manifest
-from eyeops.errors import ConfigError, DataError, NotFoundError
+from eyeops.errors import ConfigError, DataError
 from eyeops.families import EvalContext, EvalOutput, PyfuncTask
 from eyeops.models.classifier.evaluation import evaluate_classifier
 from eyeops.models.classifier.inference import ClassifierPredictor
@@ -34,7 +34,8 @@ from eyeops.models.classifier.modeling import (
     build_classifier,
 )
 from eyeops.models.classifier.spec import ClassifierModel
-from eyeops.recipes import Recipe, StageSpec, load_saved_recipe
+from eyeops.models.common.stages import read_model_dir
+from eyeops.recipes import Recipe, StageSpec
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -169,11 +170,7 @@ class ClassifierFamily:
     def load(self, model_dir: Path, device: str = "cpu") -> ClassifierPredictor:
         from safetensors.torch import load_file
 
-        model_dir = Path(model_dir)
-        for name in (WEIGHTS_FILE, RECIPE_FILE):
-            if not (model_dir / name).is_file():
-                raise NotFoundError(f"{model_dir}: not a classifier model directory ({name} missing)")
-        recipe = load_saved_recipe(model_dir / RECIPE_FILE)
+        model_dir, recipe = read_model_dir(model_dir, "classifier", (WEIGHTS_FILE, RECIPE_FILE))
         # The saved weights replace the backbone's, so skip loading pretrained ones again.
         spec = _spec(recipe).model_copy(update={"weights": "none"})
         model = FundusClassifier(spec)

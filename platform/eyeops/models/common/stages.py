@@ -10,7 +10,7 @@ from typing import TypeVar
 import yaml
 from torch import Tensor, nn
 
-from eyeops.errors import ConfigError
+from eyeops.errors import ConfigError, NotFoundError
 from eyeops.recipes import Recipe, StageSpec
 
 M = TypeVar("M", bound=nn.Module)
@@ -65,3 +65,15 @@ def write_model_dir(
     (out / recipe_file).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     (out / meta_file).write_text(json.dumps(meta, indent=2))
     return out
+
+
+def read_model_dir(model_dir: Path | str, family: str, files: Sequence[str]) -> tuple[Path, Recipe]:
+    """A saved model directory's path and recipe, after checking it holds ``files`` (recipe last)."""
+    from eyeops.recipes import load_saved_recipe
+
+    model_dir = Path(model_dir)
+    for name in files:
+        if not (model_dir / name).is_file():
+            article = "an" if family[0] in "aeiou" else "a"
+            raise NotFoundError(f"{model_dir}: not {article} {family} model directory ({name} missing)")
+    return model_dir, load_saved_recipe(model_dir / files[-1])

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from eyeops.devices import place, resolve_device
-from eyeops.errors import ConfigError, InvalidRequest, NotFoundError
+from eyeops.errors import ConfigError, InvalidRequest
 from eyeops.inference import Capability, ClassifyResult, GenerationRequest, GenerationResult
 from eyeops.models.common.generation import BatchedChat
 from eyeops.models.common.hlora import route_tasks
+from eyeops.models.common.stages import read_model_dir
 from eyeops.models.common.vq import VQModel, to_images, to_pixels, tokens_to_png
 from eyeops.models.healthgpt.modeling import (
     RECIPE_FILE,
@@ -27,18 +28,14 @@ from eyeops.models.healthgpt.modeling import (
     _spec,
     build_healthgpt,
 )
-from eyeops.recipes import Recipe, load_saved_recipe
+from eyeops.recipes import Recipe
 
 
 def load_model_dir(model_dir: Path) -> tuple[Recipe, HealthGPT, Any]:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    model_dir = Path(model_dir)
-    for name in (WEIGHTS_FILE, VQ_FILE, RECIPE_FILE):
-        if not (model_dir / name).is_file():
-            raise NotFoundError(f"{model_dir}: not a healthgpt model directory ({name} missing)")
-    recipe = load_saved_recipe(model_dir / RECIPE_FILE)
+    model_dir, recipe = read_model_dir(model_dir, "healthgpt", (WEIGHTS_FILE, VQ_FILE, RECIPE_FILE))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -28,7 +28,7 @@ from eyeops.families import ChatFamily, EvalContext, EvalOutput
 from eyeops.models.classifier.family import classify_items
 from eyeops.models.classifier.modeling import FundusTransform
 from eyeops.models.common.processing import VLMProcessor, collate, open_image
-from eyeops.models.common.stages import stages_of, train_only, unwrap, write_model_dir
+from eyeops.models.common.stages import read_model_dir, stages_of, train_only, unwrap, write_model_dir
 from eyeops.models.ophglm.inference import OphGLMPredictor
 from eyeops.models.ophglm.modeling import (
     META_FILE,
@@ -44,7 +44,7 @@ from eyeops.models.ophglm.modeling import (
     group_parameter_names,
     question_text,
 )
-from eyeops.recipes import Recipe, StageSpec, load_saved_recipe
+from eyeops.recipes import Recipe, StageSpec
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -150,11 +150,7 @@ class OphGLMFamily(ChatFamily):
     def load(self, model_dir: Path, device: str = "cpu") -> OphGLMPredictor:
         from safetensors.torch import load_file
 
-        model_dir = Path(model_dir)
-        for name in (WEIGHTS_FILE, RECIPE_FILE):
-            if not (model_dir / name).is_file():
-                raise NotFoundError(f"{model_dir}: not an ophglm model directory ({name} missing)")
-        recipe = load_saved_recipe(model_dir / RECIPE_FILE)
+        model_dir, recipe = read_model_dir(model_dir, "ophglm", (WEIGHTS_FILE, RECIPE_FILE))
         model = build_ophglm(recipe)
         result = model.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)), strict=False)
         if result.unexpected_keys:

@@ -10,11 +10,12 @@ from typing import Any
 import torch
 
 from eyeops.devices import place, resolve_device
-from eyeops.errors import ConfigError, InvalidRequest, NotFoundError
+from eyeops.errors import ConfigError, InvalidRequest
 from eyeops.inference import Capability, ClassifyResult, GenerationRequest
 from eyeops.models.common.generation import BatchedChat
+from eyeops.models.common.stages import read_model_dir
 from eyeops.models.vlm.modeling import RECIPE_FILE, WEIGHTS_FILE, EyeVLM, _processor, _spec, build_vlm
-from eyeops.recipes import Recipe, load_saved_recipe
+from eyeops.recipes import Recipe
 
 
 def load_model_dir(model_dir: Path) -> tuple[Recipe, EyeVLM, Any]:
@@ -22,12 +23,7 @@ def load_model_dir(model_dir: Path) -> tuple[Recipe, EyeVLM, Any]:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    model_dir = Path(model_dir)
-    if not (model_dir / WEIGHTS_FILE).is_file() or not (model_dir / RECIPE_FILE).is_file():
-        raise NotFoundError(
-            f"{model_dir}: not a VLM model directory (needs {WEIGHTS_FILE} and {RECIPE_FILE})"
-        )
-    recipe = load_saved_recipe(model_dir / RECIPE_FILE)
+    model_dir, recipe = read_model_dir(model_dir, "vlm", (WEIGHTS_FILE, RECIPE_FILE))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
