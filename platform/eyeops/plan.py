@@ -214,7 +214,8 @@ def offline_recipe(recipe: Recipe, configs: Mapping[str, Any] | None = None) -> 
                 f"tokenizer of {spec.llm!r} unavailable offline: the packaged SmolLM2 tokenizer stands in "
                 "(LM sizes come from the config; rows a family adds to the vocabulary follow the stand-in)"
             )
-    vision = getattr(spec, "vision", None)
+    # A native backbone (Qwen2.5-VL) brings its own tower: its size is in the checkpoint's config.
+    vision = getattr(spec, "vision", None) if getattr(spec, "backbone", "llava") != "native" else None
     if vision is not None and vision.kind != "timm" and vision.config is None:
         updates["model.vision.config"] = _vision_config(vision.name, configs)
     if vision is not None and vision.kind == "timm":
