@@ -33,21 +33,57 @@ RECIPES_DIR = Path(__file__).resolve().parent / "builtin_recipes"
 class DataSpec(Strict):
     """Where the training data comes from and how it is split."""
 
-    source: Literal["synthetic", "odir", "llava", "mcq", "essay", "alpaca", "knowledge", "dataset"] = Field(
+    source: Literal[
+        "synthetic", "odir", "llava", "mcq", "essay", "alpaca", "knowledge", "dataset",
+        # benchmarks as published (eyeops.data.importers.BENCHMARKS)
+        "medmcqa", "pubmedqa", "medquad", "vqa_rad", "slake", "omnimedvqa", "ophtimus_eval",
+        "flashcards", "wikidoc",
+    ] = Field(
         "synthetic", description="Importer to use; 'dataset' reuses an already prepared dataset directory."
-    )
+    )  # fmt: skip
     path: str | None = Field(None, description="Input file/dir for importers (not used by synthetic).")
     n: int = Field(600, ge=1, le=1_000_000, description="Synthetic: number of images to generate.")
     seed: int = 0
     image_size: int = Field(256, ge=32, le=4096, description="Stored image side in pixels.")
     tasks: list[Task] = Field(default_factory=lambda: [Task.CLASSIFY], description="Tasks to materialise.")
     val_fraction: float = Field(0.15, ge=0.0, lt=0.5)
-    test_fraction: float = Field(0.15, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, ge=0.0, le=1.0, description="< 0.5; 1.0 only with role benchmark.")
+    role: Literal["train", "benchmark"] = Field(
+        "train", description="benchmark: evaluation-only, the whole source is the test split (no re-split)."
+    )
+    filter: list[str] | None = Field(
+        None,
+        description="Benchmark sources: keep rows whose subject/keywords match any term (any case; "
+        "'ophthalmology' stands for the eye terms). None: the importer's default (medmcqa: "
+        "Ophthalmology; others keep all); []: keep every row.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _benchmark_fractions(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("role") == "benchmark":
+            data = {"val_fraction": 0.0, "test_fraction": 1.0, **data}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
+        from eyeops.data.importers import BENCHMARKS
+
         if self.source not in ("synthetic", "knowledge") and not self.path:
             raise ValueError(f"data.path is required for source {self.source!r}")
+        if self.filter is not None and self.source not in BENCHMARKS:
+            raise ValueError(
+                f"data.filter is for benchmark sources ({', '.join(BENCHMARKS)}), not {self.source!r}"
+            )
+        if self.role == "benchmark" and (self.test_fraction != 1.0 or self.val_fraction != 0.0):
+            raise ValueError(
+                "role benchmark prepares the whole source as the test split: test_fraction must be 1.0 "
+                f"and val_fraction 0.0 (got {self.test_fraction} and {self.val_fraction})"
+            )
+        if self.role == "train" and self.test_fraction >= 0.5:
+            raise ValueError(
+                f"data.test_fraction must be < 0.5 (got {self.test_fraction}); 1.0 needs role benchmark"
+            )
         return self
 
 

@@ -58,6 +58,15 @@ def _summary(manifest, title: str) -> None:
         if len(manifest.quarantine) > 10:
             q.add_row("…", f"{len(manifest.quarantine) - 10} more in manifest.json")
         console.print(q)
+    if manifest.import_counts:
+        kept, filtered, rejected = (
+            manifest.import_counts.get(k, 0) for k in ("kept", "filtered", "rejected")
+        )
+        console.print(
+            f"imported: {kept} kept, {filtered} filtered out, {rejected} rejected"
+            + (f"   filter: {', '.join(manifest.filter)}" if manifest.filter else "")
+            + (f"   benchmark: {manifest.benchmark} (evaluation-only)" if manifest.benchmark else "")
+        )
     console.print(f"fingerprint: {manifest.fingerprint}")
 
 
@@ -65,7 +74,11 @@ def _summary(manifest, title: str) -> None:
 def prepare_cmd(
     path: str | None = typer.Argument(None, help="Input file for importers (csv/xlsx/json/jsonl/parquet)."),
     source: str = typer.Option(
-        "synthetic", "--source", "-s", help="synthetic | odir | llava | mcq | essay | alpaca | knowledge"
+        "synthetic",
+        "--source",
+        "-s",
+        help="synthetic | odir | llava | mcq | essay | alpaca | knowledge, or a benchmark: medmcqa | "
+        "pubmedqa | medquad | vqa_rad | slake | omnimedvqa | ophtimus_eval | flashcards | wikidoc",
     ),
     out: str = typer.Option(..., "--out", "-o", help="Output directory or s3://bucket/prefix."),
     name: str | None = typer.Option(None, help="Dataset name (default: the output folder's name)."),
@@ -75,8 +88,16 @@ def prepare_cmd(
     tasks: str = typer.Option(
         "classify", help="Comma-separated tasks to derive, e.g. classify,closed_qa,report."
     ),
-    val_fraction: float = typer.Option(0.15),
-    test_fraction: float = typer.Option(0.15),
+    val_fraction: float | None = typer.Option(None, help="Default 0.15 (0 with --benchmark)."),
+    test_fraction: float | None = typer.Option(None, help="Default 0.15 (1.0 with --benchmark)."),
+    benchmark: bool = typer.Option(
+        False, "--benchmark", help="Evaluation-only: the whole source becomes the test split (no re-split)."
+    ),
+    filter_: str | None = typer.Option(
+        None,
+        "--filter",
+        help="Benchmarks: comma-separated subjects/keywords to keep (e.g. Ophthalmology); '' keeps all.",
+    ),
     image_format: str = typer.Option("png", "--format", help="png (lossless) or jpeg (q95)."),
     workers: int | None = typer.Option(None, help="Decode threads (default: 2 × CPUs, at most 8)."),
 ) -> None:
@@ -93,8 +114,17 @@ def prepare_cmd(
                 seed=seed,
                 image_size=image_size,
                 tasks=[t.strip() for t in tasks.split(",") if t.strip()],
-                val_fraction=val_fraction,
-                test_fraction=test_fraction,
+                role="benchmark" if benchmark else "train",
+                **(
+                    {"filter": [t.strip() for t in filter_.split(",") if t.strip()]}
+                    if filter_ is not None
+                    else {}
+                ),
+                **{
+                    k: v
+                    for k, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction))
+                    if v is not None
+                },
             )
         except ValidationError as exc:
             detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors())

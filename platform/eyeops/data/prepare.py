@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from eyeops.data.importers import BENCHMARKS
 from eyeops.data.quality import (
     check_patient_split,
     deidentify,
@@ -31,7 +32,7 @@ from eyeops.data.quality import (
     split_groups,
 )
 from eyeops.data.records import ImageInput, ImportResult, RawRecord
-from eyeops.data.schema import ODIR_LABELS, Manifest, Modality, QuarantineEntry, Sample, Task
+from eyeops.data.schema import ODIR_LABELS, Manifest, Modality, QuarantineEntry, Sample, Split, Task
 from eyeops.data.store import MANIFEST, is_s3, publish, write_samples
 from eyeops.errors import DataError, StorageError
 from eyeops.refs import DatasetRef
@@ -93,6 +94,9 @@ def import_source(spec: DataSpec, progress: ProgressHook = _no_progress) -> Impo
 
         tasks = [t for t in spec.tasks if t in (Task.TEXT_QA, Task.MCQ)] or [Task.TEXT_QA, Task.MCQ]
         imported = ImportResult(records=knowledge_records(tasks, seed=spec.seed))
+    elif spec.source in BENCHMARKS:
+        module = importlib.import_module(BENCHMARKS[spec.source])
+        imported = module.load(spec.path, kind=spec.source, filter=spec.filter)
     elif spec.source in _IMPORTERS:
         module = importlib.import_module(_IMPORTERS[spec.source])
         imported = module.load(spec.path, kind=spec.source)
@@ -155,7 +159,9 @@ def prepare(
     quarantine: list[QuarantineEntry] = list(imported.quarantine)
     records = imported.records
     if not records:
-        raise DataError(_nothing_left(spec, quarantine))
+        left_out = sum(imported.filtered.values())
+        note = f"; the filter {_applied_filter(spec)} left out {left_out} row(s)" if left_out else ""
+        raise DataError(_nothing_left(spec, quarantine) + note)
 
     remote = is_s3(out)
     staging = Path(tempfile.mkdtemp(prefix="eyeops-prepare-")) if remote else _local_target(out)
@@ -213,12 +219,15 @@ def prepare(
             positives = {i for i, v in enumerate(record.labels) if v}
             freq.update(positives)
             labels_by_group.setdefault(group, set()).update(positives)
-        splits = split_groups(
-            _rarest_label(labels_by_group, freq),
-            val_fraction=spec.val_fraction,
-            test_fraction=spec.test_fraction,
-            seed=spec.seed,
-        )
+        if spec.role == "benchmark":  # evaluation-only: the whole source, never re-split
+            splits = {group: Split.TEST for group in labels_by_group}
+        else:
+            splits = split_groups(
+                _rarest_label(labels_by_group, freq),
+                val_fraction=spec.val_fraction,
+                test_fraction=spec.test_fraction,
+                seed=spec.seed,
+            )
 
         samples = []
         for record, paths, group in kept:
@@ -271,6 +280,11 @@ def prepare(
             patients_per_split={k: len(v) for k, v in sorted(patients.items())},
             duplicates_dropped=duplicates,
             spec=spec.model_dump(mode="json", exclude={"path"}),
+            benchmark=spec.source if spec.role == "benchmark" else None,
+            filter=_applied_filter(spec),
+            import_counts=imported.counts(),
+            filtered_counts=dict(imported.filtered.most_common()),
+            import_notes=imported.notes,
         )
         manifest = publish(staging, manifest, dest=out if remote else None)
     finally:
@@ -278,6 +292,12 @@ def prepare(
             shutil.rmtree(staging, ignore_errors=True)
     uri = out if remote else str(staging)
     return DatasetRef(uri=uri, fingerprint=manifest.fingerprint, name=name, num_samples=len(samples))
+
+
+def _applied_filter(spec: DataSpec) -> list[str]:
+    if spec.filter is not None or spec.source not in BENCHMARKS:
+        return list(spec.filter or [])
+    return list(getattr(importlib.import_module(BENCHMARKS[spec.source]), "DEFAULT_FILTER", []))
 
 
 def _local_target(out: str) -> Path:

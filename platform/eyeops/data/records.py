@@ -7,6 +7,7 @@ splitting, so nothing raw ever reaches the Parquet table or the manifest.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,20 @@ class ImportResult:
     records: list[RawRecord] = field(default_factory=list)
     quarantine: list[QuarantineEntry] = field(default_factory=list)
     label_names: list[str] = field(default_factory=list)
+    filtered: Counter[str] = field(default_factory=Counter)  # rows a filter left out, by reason
+    notes: dict[str, str] = field(default_factory=dict)  # how the file was read (e.g. answer index base)
 
     def reject(self, where: str, reason: str) -> None:
         self.quarantine.append(QuarantineEntry(path=where, reason=reason))
+
+    def skip(self, reason: str) -> None:
+        """A valid row the filter leaves out: counted, not quarantined."""
+        self.filtered[reason] += 1
+
+    def counts(self) -> dict[str, int]:
+        """``kept`` / ``filtered`` / ``rejected`` rows, for the manifest."""
+        return {
+            "kept": len(self.records),
+            "filtered": sum(self.filtered.values()),
+            "rejected": len(self.quarantine),
+        }

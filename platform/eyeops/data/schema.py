@@ -39,6 +39,9 @@ class Modality(StrEnum):
     CT = "ct"
     FLUORESCEIN_STAINING = "fluorescein_staining"
     EXTERNAL = "external"
+    MRI = "mri"  # benchmarks beyond the eye (VQA-RAD, SLAKE, OmniMedVQA)
+    XRAY = "xray"
+    OTHER = "other"  # any other imaging; the source's own name is kept in meta["modality"]
     NONE = "none"
 
 
@@ -153,3 +156,12 @@ class Manifest(BaseModel):
     patients_per_split: dict[str, int] = Field(default_factory=dict)
     duplicates_dropped: int = Field(0, description="Exact duplicate samples removed.")
     spec: dict[str, Any] = Field(default_factory=dict, description="The DataSpec that produced it.")
+    benchmark: str | None = Field(None, description="Benchmark layout of an evaluation-only dataset.")
+    filter: list[str] = Field(
+        default_factory=list, description="Subject/keyword filter the importer applied."
+    )
+    import_counts: dict[str, int] = Field(
+        default_factory=dict, description="Importer rows kept / filtered / rejected."
+    )
+    filtered_counts: dict[str, int] = Field(default_factory=dict, description="Rows filtered out, by reason.")
+    import_notes: dict[str, str] = Field(default_factory=dict, description="How the source was read.")
