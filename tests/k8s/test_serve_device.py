@@ -68,7 +68,13 @@ def test_no_device_no_override(rendered):
         ({**KSERVE, "device": "cpu", "gpu": 1}, "models[fundus-classifier]: device cpu with gpu 1"),
         ({**KSERVE, "device": "mps"}, "models.0.device"),
         (
-            {**KSERVE, "runtime": "huggingface", "storageUri": "s3://eyeops/hf_model", "device": "cuda", "gpu": 1},
+            {
+                **KSERVE,
+                "runtime": "huggingface",
+                "storageUri": "s3://eyeops/hf_model",
+                "device": "cuda",
+                "gpu": 1,
+            },
             "models[fundus-classifier]: device is for the eyeops runtime",
         ),
         ({**KSERVE, "device": "cuda:x"}, "models.0.device"),
