@@ -121,10 +121,3 @@ def _decode_dicom(data: bytes, *, max_pixels: int, field: str) -> Image.Image:
     low, high = float(pixels.min()), float(pixels.max())
     scaled = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)
     return Image.fromarray(scaled.round().astype(np.uint8), mode="RGB")
-
-
-def encode_png(image: Image.Image) -> bytes:
-    """PNG bytes of an image (clients and tests use it to build requests)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

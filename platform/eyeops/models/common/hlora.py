@@ -195,10 +195,6 @@ def apply_hlora(
     return peft_model
 
 
-def tasks_of(model: PeftModel) -> list[str]:
-    return list(model.peft_config)
-
-
 def set_task(model: PeftModel, task: str) -> None:
     """Make ``task``'s adapter the active one (base weights untouched, nothing reloaded)."""
     if task not in model.peft_config:
@@ -231,11 +227,6 @@ def route_tasks(model: nn.Module, tasks: Sequence[str]) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-
-
-def router_and_adapter_names(model: nn.Module) -> set[str]:
-    """Names of every H-LoRA parameter (A, B, router) of every task."""
-    return {n for n, _ in model.named_parameters() if "lora_" in n}
 
 
 def refuse_merge(model: nn.Module) -> None:
