@@ -5,7 +5,8 @@ source → RawRecords → (engine: derived closed-QA / open-QA / report samples)
 ``samples.parquet`` + ``images/`` + ``manifest.json`` (local or s3://).
 
 ``spec.tasks`` chooses what is *derived*: for labelled image sources (synthetic, odir) any of
-classify / closed_qa / open_qa / report; for the knowledge base text_qa / mcq (both if neither is
+classify / closed_qa / open_qa / report / generate_image (``image_pairs``: one sample per generation
+task, each with its target image); for the knowledge base text_qa / mcq (both if neither is
 asked). Sources that carry their own task (llava, mcq, essay, alpaca) keep it.
 """
 
@@ -110,7 +111,7 @@ def import_source(spec: DataSpec, progress: ProgressHook = _no_progress) -> Impo
 
 
 def _derive(imported: ImportResult, spec: DataSpec) -> ImportResult:
-    """Apply ``spec.tasks`` to labelled image records (classify → closed/open QA, report)."""
+    """Apply ``spec.tasks`` to labelled image records (classify → closed/open QA, report, generate_image)."""
     wanted = set(spec.tasks)
     derived = wanted & _IMAGE_TASKS
     out: list[RawRecord] = []
@@ -125,6 +126,10 @@ def _derive(imported: ImportResult, spec: DataSpec) -> ImportResult:
             from eyeops.data.engine import image_records
 
             out.extend(image_records(record, sorted(derived), rng=rng, label_names=imported.label_names))
+        if Task.GENERATE_IMAGE in wanted:  # HealthGPT's generation tasks with target images
+            from eyeops.data.image_pairs import generation_records
+
+            out.extend(generation_records(record, label_names=imported.label_names))
     imported.records = out
     return imported
 
@@ -166,7 +171,7 @@ def prepare(
     remote = is_s3(out)
     staging = Path(tempfile.mkdtemp(prefix="eyeops-prepare-")) if remote else _local_target(out)
     try:
-        inputs = [im for r in records for im in r.images]
+        inputs = [im for r in records for im in (*r.images, *((r.target,) if r.target else ()))]
         distinct = len({im.key for im in inputs})
         advance = progress("decoding and storing images", distinct) if distinct else (lambda n=1: None)
         results = ingest_images(
@@ -182,12 +187,13 @@ def prepare(
                 quarantine.append(QuarantineEntry(path=res.ref, reason=res.reason or "unreadable"))
 
         salt, deid = resolve_salt()
-        kept: list[tuple[RawRecord, list[str], str]] = []  # record, image paths, split group
+        kept: list[tuple[RawRecord, list[str], str]] = []  # record, image paths (+ target), split group
         seen: dict[tuple, str] = {}
         duplicates = 0
         for record in records:
             images = [results[im.key] for im in record.images]
-            bad = next((im for im in images if not im.ok), None)
+            target = results[record.target.key] if record.target else None
+            bad = next((im for im in (*images, *((target,) if target else ())) if not im.ok), None)
             if bad is not None:
                 quarantine.append(QuarantineEntry(path=record.where, reason=f"image {bad.ref}: {bad.reason}"))
                 continue
@@ -195,6 +201,7 @@ def prepare(
             ident = (
                 record.task,
                 tuple(im.pixel_hash for im in images),
+                target.pixel_hash if target else None,
                 record.messages,
                 record.answer,
                 record.options,
@@ -209,7 +216,8 @@ def prepare(
                 continue
             seen[ident] = sid
             group = record.patient or (images[0].pixel_hash if images else None) or record.group or sid
-            kept.append((record, [im.rel_path or "" for im in images], group))
+            paths = [im.rel_path or "" for im in images] + ([target.rel_path or ""] if target else [])
+            kept.append((record, paths, group))
         if not kept:
             raise DataError(_nothing_left(spec, quarantine))
 
@@ -237,7 +245,8 @@ def prepare(
                     patient_id=deidentify(record.patient, salt) if record.patient else None,
                     eye=record.eye,
                     modality=record.modality,
-                    images=paths,
+                    images=paths[: len(record.images)],
+                    target_image=paths[-1] if record.target else None,
                     task=record.task,
                     messages=list(record.messages),
                     answer=record.answer,
@@ -252,7 +261,7 @@ def prepare(
         ok, offenders = check_patient_split([(s.patient_id, s.split) for s in samples])
         if not ok:  # cannot happen with group-level assignment; refuse to write a leaking dataset
             raise DataError(f"patient-level split violated for {len(offenders)} patient(s)")
-        used = {p for s in samples for p in s.images}
+        used = {p for s in samples for p in (*s.images, *((s.target_image,) if s.target_image else ()))}
         for orphan in (staging / "images").glob("*"):  # images only quarantined/duplicate records used
             if f"images/{orphan.name}" not in used:
                 orphan.unlink()

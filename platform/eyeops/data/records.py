@@ -38,6 +38,7 @@ class RawRecord:
     task: Task
     where: str  # "file row N" for quarantine reports
     images: tuple[ImageInput, ...] = ()
+    target: ImageInput | None = None  # generate_image: the image the answer is (Sample.target_image)
     patient: str | None = None  # RAW id: hashed before anything is written
     eye: Eye | None = None
     modality: Modality = Modality.NONE

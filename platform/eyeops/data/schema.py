@@ -100,6 +100,11 @@ class Sample(BaseModel):
     eye: Eye | None = None
     modality: Modality = Modality.NONE
     images: list[str] = Field(default_factory=list, description="Paths relative to the dataset root.")
+    target_image: str | None = Field(
+        None,
+        description="Image-generation target (path relative to the dataset root): the image a "
+        "generate_image sample answers with (super-resolved, converted modality, drawn from text).",
+    )
     task: Task
     messages: list[Message] = Field(default_factory=list)
     answer: str | None = Field(None, description="Target text (answer letter, free text or report).")

@@ -49,6 +49,7 @@ PARQUET_SCHEMA = pa.schema(
         ("eye", pa.string()),
         ("modality", pa.string()),
         ("images", pa.list_(pa.string())),
+        ("target_image", pa.string()),
         ("task", pa.string()),
         ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
         ("answer", pa.string()),
@@ -60,6 +61,9 @@ PARQUET_SCHEMA = pa.schema(
         ("meta", pa.string()),
     ]
 )
+
+# Columns added after datasets were first written: an older table without them still reads.
+_OPTIONAL_COLUMNS = frozenset({"target_image"})
 
 
 def sha256_file(path: Path) -> str:
@@ -87,7 +91,11 @@ def samples_to_table(samples: Sequence[Sample]) -> pa.Table:
 
 
 def table_to_samples(table: pa.Table, origin: str = PARQUET) -> list[Sample]:
-    missing = [name for name in PARQUET_SCHEMA.names if name not in table.column_names]
+    missing = [
+        name
+        for name in PARQUET_SCHEMA.names
+        if name not in table.column_names and name not in _OPTIONAL_COLUMNS
+    ]
     if missing:
         raise DataError(f"not an eyeops samples table: missing columns {missing}", file=origin)
     out = []

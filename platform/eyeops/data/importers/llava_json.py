@@ -2,7 +2,10 @@
 
 ``[{"id": …, "image": "a.jpg" | ["a.jpg", "b.jpg"], "conversations": [{"from": "human",
 "value": "<image>\\n…"}, {"from": "gpt", "value": "…"}, …]}, …]`` as .json or .jsonl. Optional
-keys: ``modality``, ``eye``, ``patient_id``, ``task``. Images resolve against ``image_dir``, the
+keys: ``modality``, ``eye``, ``patient_id``, ``task``; for image generation (VL-Health's
+generation data) ``target_image`` (the image the answer is; the sample becomes ``generate_image``),
+``generation`` (reconstruction, super_resolution, modality_conversion, text_to_image) and
+``target_modality``. Images resolve against ``image_dir``, the
 file's folder or its ``images/`` subfolder. The last gpt turn is the answer; earlier turns stay in
 ``messages``. Without a ``task`` key: several user turns → dialogue, a yes/no or single-letter
 answer → closed_qa, otherwise open_qa.
@@ -69,6 +72,16 @@ def _record(src: Path, base: Path, row_no: int, item: object) -> RawRecord | tup
     task_name = text(item.get("task"))
     if task_name and task_name not in Task._value2member_map_:
         return "task", f"unknown task {task_name!r} (known: {', '.join(t.value for t in Task)})"
+    target = item.get("target_image")
+    if target is not None:
+        if not isinstance(target, str) or not target:
+            return "target_image", "must be a file name"
+        if task_name and task_name != Task.GENERATE_IMAGE:
+            return "target_image", f"a target image makes a generate_image sample, not {task_name!r}"
+        task_name = Task.GENERATE_IMAGE.value
+    elif task_name == Task.GENERATE_IMAGE:
+        return "target_image", "a generate_image sample needs the target image it answers with"
+    meta = {k: text(item.get(k)) for k in ("generation", "target_modality") if text(item.get(k))}
     modality = text(item.get("modality")).lower().replace("-", "_").replace(" ", "_") or "fundus"
     if modality not in Modality._value2member_map_:
         return "modality", f"unknown modality {modality!r} (known: {', '.join(m.value for m in Modality)})"
@@ -85,11 +98,13 @@ def _record(src: Path, base: Path, row_no: int, item: object) -> RawRecord | tup
         ),
         patient=text(item.get("patient_id")) or None,
         eye=Eye(eye) if eye else None,
+        target=ImageInput(ref=f"{ref}:target", path=str(_resolve(base, target))) if target else None,
         modality=Modality(modality) if images else Modality.NONE,
         messages=tuple(messages),
-        answer=answer,
+        answer=None if target else answer,
         source="llava",
         license=text(item.get("license")) or "unknown",
+        meta=meta,
     )
 
 
