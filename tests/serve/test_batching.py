@@ -4,6 +4,7 @@ real InferenceBackend over a tiny LLM's ChatModel (the model itself never queues
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from eyeops_testing.llm_tiny import save_tiny_llm
 from prometheus_client import REGISTRY
 
+from eyeops import compute
 from eyeops.data.schema import Message
 from eyeops.errors import InvalidRequest
 from eyeops.inference import GenerationRequest
@@ -81,7 +83,7 @@ def test_eight_concurrent_requests_are_one_generate_call(predictor):
         assert prefills.sizes == [8]  # one left-padded decode over all eight
         assert _batch_metric() == (calls + 1, items + 8)
     finally:
-        backend.executor.shutdown()
+        backend.close()
     assert [a.text for a in answers] == [a.text for a in alone]
     assert [a.completion_tokens for a in answers] == [a.completion_tokens for a in alone]
 
@@ -93,7 +95,7 @@ def test_a_burst_arriving_one_by_one_still_shares_one_call(predictor):
         with _Prefills(predictor.model.model) as prefills:
             asyncio.run(_concurrently(backend, [_req(PROMPTS[i % 3]) for i in range(8)], gap_s=0.003))
     finally:
-        backend.executor.shutdown()
+        backend.close()
     assert prefills.sizes == [8]
 
 
@@ -105,7 +107,7 @@ def test_sampling_settings_and_bad_requests_stay_apart(predictor):
     try:
         answers = asyncio.run(_concurrently(backend, requests))
     finally:
-        backend.executor.shutdown()
+        backend.close()
     assert isinstance(answers[2], InvalidRequest) and "does not accept images" in str(answers[2])
     for i in (0, 1, 3, 5):  # greedy batch-mates answer as they would alone
         assert answers[i].text == predictor.generate([requests[i]])[0].text
@@ -138,3 +140,24 @@ def test_after_a_long_model_call_a_slowly_parsed_burst_still_meets():
 
     assert asyncio.run(scenario()) == [[i] for i in range(8)]
     assert calls == [1, 8]
+
+
+def test_model_calls_and_streams_run_on_the_one_compute_thread(predictor):
+    # One thread runs torch in a serving process (eyeops.compute): a second thread entering torch
+    # would give libgomp a second worker team and slow every decode (benchmarks/generate.py).
+    ran_on: set[int] = set()
+    hook = predictor.model.model.register_forward_pre_hook(lambda *_: ran_on.add(threading.get_ident()))
+    backend = InferenceBackend([predictor], batch_wait_timeout_s=0.01)
+
+    async def stream_then_batch():
+        pieces = [piece async for piece in backend.stream(None, _req(PROMPTS[0]))]
+        return pieces, await _concurrently(backend, [_req(p) for p in PROMPTS])
+
+    try:
+        pieces, answers = asyncio.run(stream_then_batch())
+    finally:
+        hook.remove()
+        backend.close()
+    assert "".join(pieces) == answers[0].text
+    assert ran_on == {compute.call(threading.get_ident)}
+    assert threading.get_ident() not in ran_on

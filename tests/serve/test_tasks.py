@@ -227,4 +227,4 @@ def test_served_name_with_a_colon_wins_over_a_suffix(served):
         with pytest.raises(InvalidRequest, match="unknown task 'x'"):
             target(f"{HG}@prod:x")
     finally:
-        backend.executor.shutdown()
+        backend.close()

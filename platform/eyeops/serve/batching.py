@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 
 from PIL import Image
 
+from eyeops import compute
 from eyeops.errors import EyeopsError, InferenceTimeout, NotFoundError
 from eyeops.inference import GenerationRequest, GenerationResult
 from eyeops.serve.limits import BATCH_SIZE
@@ -155,8 +156,13 @@ class InferenceBackend:
         self.predictors = {p.name: p for p in predictors}
         self.default = predictors[0].name
         self.request_timeout_s = request_timeout_s
-        # torch already uses every core inside one forward pass; more threads only add contention
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eyeops-infer")
+        # torch already uses every core inside one forward pass; more threads only add contention,
+        # and one thread (the process's compute thread, which loaded the model) keeps libgomp's one
+        # team of workers spinning between kernels (eyeops.compute)
+        if threads == 1:
+            self.executor = compute.executor()
+        else:
+            self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eyeops-infer")
         batching = {
             "max_batch_size": max_batch_size,
             "wait_s": batch_wait_timeout_s,
@@ -166,6 +172,11 @@ class InferenceBackend:
         # Concurrent chat requests reach the model as one list, decoded as one left-padded batch
         # (HealthGPT routes each row through its own task's adapters).
         self._generators = {p.name: MicroBatcher(p.generate, **batching) for p in predictors}
+
+    def close(self) -> None:
+        """Stop this backend's own inference threads (the process's compute thread lives on)."""
+        if self.executor is not compute.executor():
+            self.executor.shutdown()
 
     @property
     def ready(self) -> bool:
@@ -208,7 +219,7 @@ class InferenceBackend:
             except Exception as exc:  # handed to the consumer, which reports it in the stream
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
 
-        # Its own thread, not the inference pool: a long stream must not hold up other requests.
+        # The pump only moves text; the decode it reads runs on the compute thread (eyeops.compute).
         threading.Thread(target=pump, name="eyeops-stream", daemon=True).start()
         try:
             while True:

@@ -22,6 +22,7 @@ from typing import Literal
 import httpx
 import uvicorn
 
+from eyeops import compute
 from eyeops.config import get_settings
 from eyeops.errors import ConfigError, ModelNotReady, NotFoundError, StorageError
 from eyeops.recipes import Recipe
@@ -46,7 +47,8 @@ def serve_gateway(
 
     configure_logging()
 
-    predictor = load_predictor(model_ref, device=device, max_batch_size=settings.max_batch_size)
+    # Loaded on the compute thread, which then runs every model call (eyeops.compute).
+    predictor = compute.call(load_predictor, model_ref, device=device, max_batch_size=settings.max_batch_size)
     app = create_app(predictor, settings)
     # No access log: our middleware logs route + status + request id, never query strings.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

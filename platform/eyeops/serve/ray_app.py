@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from PIL import Image
 from ray import serve
 
+from eyeops import compute
 from eyeops.errors import EyeopsError, InferenceTimeout
 from eyeops.inference import GenerationRequest, GenerationResult
 from eyeops.recipes import ServeSpec
@@ -75,6 +76,11 @@ def _observe_batch(items: int) -> None:
     BATCH_SIZE.observe(items)
 
 
+async def _on_compute(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on the replica's compute thread (eyeops.compute), awaited."""
+    return await asyncio.get_running_loop().run_in_executor(compute.executor(), fn, *args)
+
+
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress()
 class EyeopsModel:
@@ -85,7 +91,10 @@ class EyeopsModel:
         from eyeops.serve.settings import load_serve_settings
 
         self.settings = s = load_serve_settings(**settings_overrides)
-        self.predictor = load_predictor(model_ref, device=device, max_batch_size=s.max_batch_size)
+        # Loaded on the compute thread, which then runs every model call (eyeops.compute).
+        self.predictor = compute.call(
+            load_predictor, model_ref, device=device, max_batch_size=s.max_batch_size
+        )
         for method in (self.classify_one, self.generate_one):
             method.set_max_batch_size(s.max_batch_size)
             method.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
@@ -93,15 +102,15 @@ class EyeopsModel:
     # The decorator's numbers are placeholders: __init__ sets both from ServeSettings.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def classify_one(self, images: list[Image.Image]) -> list[ClassifyAnswer]:
-        # The forward pass runs in a thread so the replica keeps accepting (and batching) requests.
+        # The forward pass runs on the compute thread so the replica keeps accepting (and batching).
         _observe_batch(len(images))
-        return await asyncio.to_thread(self.predictor.classify, images)
+        return await _on_compute(self.predictor.classify, images)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def generate_one(self, requests: list[GenerationRequest]) -> list[GenerationResult | EyeopsError]:
         """Concurrent chat requests as one ``model.generate`` call; a bad one answers alone."""
         _observe_batch(len(requests))
-        return await asyncio.to_thread(each_alone_on_client_error, self.predictor.generate, requests)
+        return await _on_compute(each_alone_on_client_error, self.predictor.generate, requests)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         from eyeops.serve.gateway import install

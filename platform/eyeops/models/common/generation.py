@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+from eyeops import compute
 from eyeops.devices import module_device, resolve_device, to_device
 from eyeops.errors import ConfigError
 from eyeops.inference import GenerationRequest, GenerationResult
@@ -58,12 +59,11 @@ def strip_stream(pieces: Iterable[str]) -> Iterator[str]:
         held = piece[len(body) :]
 
 
-def stream_generation(
-    tokenizer: PreTrainedTokenizerBase, run: Callable[..., None], *, thread_name: str = "eyeops-stream"
-) -> Iterator[str]:
+def stream_generation(tokenizer: PreTrainedTokenizerBase, run: Callable[..., None]) -> Iterator[str]:
     """Stream the text of ``run(streamer=..., stopping_criteria=...)`` (one ``model.generate`` call).
 
-    ``run`` decodes on a worker thread into transformers' ``TextIteratorStreamer``; the pieces are
+    ``run`` decodes on the compute thread (:mod:`eyeops.compute`) into transformers'
+    ``TextIteratorStreamer``; the pieces are
     stripped like ``generate``'s text (:func:`strip_stream`), so a streamed answer joins to the
     non-streamed one. Closing the iterator (the client went away) stops decoding at the next token;
     an error in ``run`` is raised here, in the consumer, not lost on the worker thread.
@@ -87,13 +87,12 @@ def stream_generation(
             streamer.end()
 
     def pieces() -> Iterator[str]:
-        thread = threading.Thread(target=work, name=thread_name, daemon=True)
-        thread.start()
+        join = compute.start(work)
         try:
             yield from strip_stream(streamer)
         finally:
             cancelled.set()
-            thread.join()
+            join()
         if errors:
             raise errors[0]
 
@@ -226,14 +225,17 @@ class BatchedChat(ABC):
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         """Text pieces as tokens are decoded; joined, they equal ``generate``'s text."""
         self.check(request)
-        with self._lock:
-            inputs = self.inputs([request])  # bad inputs raise here, before any piece is sent
+        inputs = compute.call(self._locked_inputs, request)  # bad inputs raise here, before any piece
 
         def run(**streaming: Any) -> None:
             with self._lock:
                 self._decode([request], inputs, **streaming)
 
-        return stream_generation(self.tokenizer, run, thread_name=f"eyeops-{type(self).__name__}-stream")
+        return stream_generation(self.tokenizer, run)
+
+    def _locked_inputs(self, request: GenerationRequest) -> dict[str, Any]:
+        with self._lock:
+            return self.inputs([request])
 
     def _decode(self, batch: Sequence[GenerationRequest], inputs: dict[str, Any], **extra: Any) -> Any:
         import torch
