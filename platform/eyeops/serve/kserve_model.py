@@ -27,6 +27,7 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.protocol.infer_type import deserialize_bytes_tensor
 
+from eyeops import compute
 from eyeops.errors import EyeopsError, InvalidRequest, PayloadTooLarge
 from eyeops.serve import images as imaging
 from eyeops.serve.auth import ApiKeyAuth, presented_key
@@ -242,7 +243,8 @@ def serve_kserve(
     from eyeops.serve.predictor import load_predictor
 
     configure_logging()
-    predictor = load_predictor(model_ref, device=device, max_batch_size=settings.max_batch_size)
+    # Loaded on the compute thread, which then runs every model call (eyeops.compute).
+    predictor = compute.call(load_predictor, model_ref, device=device, max_batch_size=settings.max_batch_size)
     backend = InferenceBackend(
         [predictor],
         max_batch_size=settings.max_batch_size,
