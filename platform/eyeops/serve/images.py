@@ -82,7 +82,7 @@ def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> Image
             raise PayloadTooLarge(f"{field}: {exc}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
             raise InvalidRequest(f"{field}: corrupt or truncated {fmt} image ({exc})") from None
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # a JPEG is RGB already: no copy
 
 
 def _check_pixels(width: int, height: int, frames: int, max_pixels: int, field: str) -> None:

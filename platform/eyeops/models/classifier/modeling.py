@@ -28,12 +28,19 @@ _FIELD_SIDE = 512
 
 
 # --- transforms ----------------------------------------------------------------------------------
+def as_rgb(image: Image.Image) -> Image.Image:
+    """``image`` in RGB; the same object when it already is (``convert`` would copy every pixel)."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def bright_field(image: Image.Image, level: int = BORDER_LEVEL) -> tuple[int, int, int, int] | None:
     """``(top, bottom, left, right)`` bounding the pixels brighter than ``level``; None if none are."""
-    rgb = image.convert("RGB")
+    rgb = as_rgb(image)
     factor = max(1, max(rgb.size) // _FIELD_SIDE)
     small = rgb.reduce(factor) if factor > 1 else rgb
-    mask = np.asarray(small).max(axis=2) > level
+    pixels = np.asarray(small)
+    # channel by channel: numpy's max over the last (size-3) axis is ~25x slower
+    mask = np.maximum(np.maximum(pixels[..., 0], pixels[..., 1]), pixels[..., 2]) > level
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0 or cols.size == 0:
         return None
@@ -48,7 +55,7 @@ def bright_field(image: Image.Image, level: int = BORDER_LEVEL) -> tuple[int, in
 
 def square_crop(image: Image.Image, field: tuple[int, int, int, int] | None) -> Image.Image:
     """The square around ``field``'s centre (PIL pads outside the image with black); whole if None."""
-    image = image.convert("RGB")
+    image = as_rgb(image)
     if field is None:
         return image
     top, bottom, left, right = field

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from eyeops.data.schema import IMAGE_TOKEN, Message, Modality, Sample
 from eyeops.errors import DataError, InvalidRequest
-from eyeops.models.classifier.modeling import bright_field, crop_fundus_border, square_crop
+from eyeops.models.classifier.modeling import as_rgb, bright_field, crop_fundus_border, square_crop
 from eyeops.models.common.anyres import GLOBAL_ONLY, ViewPlan, make_views, select_grid, to_tensor
 
 IMAGE_TOKEN_ID = -200  # never a vocabulary id: marks image-feature slots (LLaVA's convention)
@@ -49,7 +49,7 @@ def border_crop(image: Image.Image, modality: Modality | str | None) -> Image.Im
     serving request carries none (``None`` / ``"none"``): then the crop applies only when the bright
     field is a near-square disc left on a darker border, so it never squares a wide or tall image.
     """
-    image = image.convert("RGB")
+    image = as_rgb(image)
     kind = str(modality or Modality.NONE)
     if kind == Modality.FUNDUS:
         return crop_fundus_border(image)
@@ -104,7 +104,7 @@ class VLMProcessor:
         """Views of every image, the fundus border cropped as :func:`border_crop` decides."""
         views, plans = [], []
         for image in images:
-            image = border_crop(image, modality) if self.crop_border else image.convert("RGB")
+            image = border_crop(image, modality) if self.crop_border else as_rgb(image)
             plan = self.plan(image)
             views.extend(make_views(image, plan, self.image_size))
             plans.append(plan)
