@@ -48,7 +48,12 @@ class ServeSettings(BaseSettings):
         ge=0,
         description="Dynamic batching: how long a partial batch waits for company.",
     )
-    inference_threads: int = Field(1, ge=1, description="Threads running model forward passes.")
+    inference_threads: int = Field(
+        1,
+        ge=1,
+        description="Threads running model calls: 1 is the process's compute thread (eyeops.compute); "
+        "more give torch one OpenMP team each, which contend for the same cores.",
+    )
 
     @model_validator(mode="after")
     def _auth_is_configured(self) -> ServeSettings:
