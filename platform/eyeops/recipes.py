@@ -155,6 +155,21 @@ class TrainSpec(Strict):
 
 
 # --- evaluation, registry, serving ---------------------------------------------------------------
+class JudgeSpec(Strict):
+    """An LLM-as-judge through any OpenAI-compatible chat endpoint (``eyeops.evaluate.judge``)."""
+
+    base_url: str = Field(description="API root of the endpoint, e.g. http://judge:8000/v1.")
+    model: str = Field(min_length=1, description="Judge model name the endpoint serves.")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key; null for no key."
+    )
+    rubric: str | None = Field(None, description="System prompt; null: the built-in 1-5 rubric.")
+    max_score: int = Field(5, ge=2, le=100, description="Top of the rubric's 1..N scale.")
+    max_items: int | None = Field(None, ge=1, description="Judge at most N answers per task (by id).")
+    max_tokens: int = Field(256, ge=1, description="Reply budget of the judge.")
+    timeout_s: float = Field(60, gt=0, description="Per-request timeout.")
+
+
 class EvalSpec(Strict):
     threshold: float = Field(0.5, gt=0, lt=1)
     primary_metric: str = Field("macro_auc", description="Metric the gate compares.")
@@ -170,6 +185,20 @@ class EvalSpec(Strict):
         description="Where evaluation loads the model: auto (the settings' device) | cpu | cuda | cuda:N "
         "| mps. On a cluster, cuda gives the KFP evaluate task the GPU(s) it needs (eyeops.devices).",
     )
+    semscore_model: str = Field(
+        "sentence-transformers/all-mpnet-base-v2",
+        description="SemScore encoder: local dir or hub id (offline cache); when absent the packaged "
+        "all-MiniLM-L6-v2 scores and the metric is named semscore_all-MiniLM-L6-v2.",
+    )
+    bertscore_model: str = Field(
+        "roberta-large",
+        description="BERTScore encoder (bert-score), resolved like semscore_model; a stand-in names "
+        "the metric bertscore_<encoder>.",
+    )
+    bertscore_layers: int | None = Field(
+        None, ge=1, description="BERTScore layer; null: bert-score's tuned layer, else the last."
+    )
+    judge: JudgeSpec | None = Field(None, description="Optional LLM-as-judge; off when null.")
 
     @property
     def gpus(self) -> int:

@@ -8,6 +8,7 @@ from sklearn.metrics import cohen_kappa_score, f1_score, roc_auc_score
 
 from eyeops.errors import DataError
 from eyeops.evaluate import breakdown, classification_metrics
+from eyeops.evaluate.metrics import patient_level
 
 LABELS = ["N", "D", "G"]
 
@@ -79,3 +80,19 @@ def test_breakdown_per_group():
 def test_bad_input_names_row_and_field(y, p, match):
     with pytest.raises(DataError, match=match):
         classification_metrics(y, p, LABELS)
+
+
+def test_patient_level_merges_eyes_as_odir_labels_patients():
+    # p1: a normal right eye and a DR left eye → the patient has D and is not normal (N is an AND,
+    # diseases an OR); p2: both eyes normal → normal; the unnamed sample is its own patient.
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0], [0, 0, 1]])
+    p = np.array([[0.9, 0.2, 0.1], [0.3, 0.7, 0.4], [0.8, 0.1, 0.2], [0.6, 0.3, 0.1], [0.2, 0.1, 0.9]])
+    t, q, ids = patient_level(y, p, ["p1", "p1", "p2", "p2", None], LABELS)
+    assert ids == ["p1", "p2", "sample-4"]
+    assert t.tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
+    assert q.tolist() == [[0.3, 0.7, 0.4], [0.6, 0.3, 0.2], [0.2, 0.1, 0.9]]
+    # without a normal label every class is an OR
+    t_or, _, _ = patient_level(y, p, ["p1", "p1", "p2", "p2", None], LABELS, normal_label=None)
+    assert t_or[0].tolist() == [1, 1, 0]
+    with pytest.raises(DataError, match="2 patient ids for 5 samples"):
+        patient_level(y, p, ["p1", "p2"], LABELS)

@@ -61,6 +61,24 @@ def test_metrics_match_the_written_predictions(report, tiny_recipe):
     )
 
 
+def test_odir_per_patient_beside_per_eye(report, tiny_recipe, tiny_dataset):
+    # ODIR scores patients: the report's patient/… figures are the eyes' predictions merged per patient.
+    from eyeops.evaluate.metrics import patient_level
+
+    frame = pd.read_csv(report.artifacts["predictions"])
+    samples = pq.read_table(Path(tiny_dataset.uri) / "samples.parquet").to_pandas().set_index("id")
+    patients = [samples.loc[i, "patient_id"] for i in frame["id"]]
+    labels = list(tiny_recipe.model.labels)
+    y = frame[[f"y_{lab}" for lab in labels]].to_numpy()
+    truth, probs, ids = patient_level(y, frame[[f"p_{lab}" for lab in labels]].to_numpy(), patients, labels)
+    again = classification_metrics(truth, probs, labels, tiny_recipe.evaluate.threshold)
+    assert report.metrics["patient/n"] == len(ids) == len(set(patients)) < len(frame)  # eyes merged
+    for name in ("kappa", "odir_f1", "odir_auc", "odir_score", "macro_auc"):
+        assert report.metrics.get(f"patient/{name}") == pytest.approx(getattr(again, name)), name
+    units = {row["unit"]: row for row in report.tables["odir_units"]}
+    assert units["eye"]["n"] == len(frame) and units["patient"]["n"] == len(ids)
+
+
 def test_model_card(report, tiny_dataset, tiny_checkpoint):
     card = Path(report.artifacts["model_card"]).read_text()
     for needle in (

@@ -10,6 +10,7 @@ from eyeops_testing.llm_tiny import save_tiny_llm, text_samples, tiny_recipe, wr
 from eyeops.data.schema import Split, Task
 from eyeops.errors import DataError
 from eyeops.evaluate import evaluate
+from eyeops.evaluate import text_metrics as tm
 from eyeops.families import get_family
 from eyeops.recipes import parse_recipe
 from eyeops.refs import CheckpointRef, DatasetRef
@@ -47,17 +48,20 @@ def test_evaluate_reports_mcq_and_essay_metrics_by_source_and_topic(saved, tmp_p
     # an untrained random model rarely names a letter: unparseable answers count as wrong
     assert m["mcq/correct"] + m["mcq/unparseable"] + m["mcq/missing"] <= n_mcq
     assert m["mcq/accuracy"] == pytest.approx(m["mcq/correct"] / n_mcq)
+    names = tm.EssayMetrics.from_spec(recipe.evaluate).names()  # encoder named unless the paper's
     for key in (
         "essay/rougeL",
         "essay/bleu",
         "essay/meteor",
-        "essay/semscore",
+        f"essay/{names['bertscore']}",
         "source/ophtimus-mcq/mcq/accuracy",
         "source/kb/essay/rougeL",
         "topic/glaucoma/mcq/accuracy",
-        "topic/cataract/essay/semscore",
+        "mcq/unparsed_rate",
     ):
         assert key in m and 0.0 <= m[key] <= 1.0, key
+    for key in (f"essay/{names['semscore']}", f"topic/cataract/essay/{names['semscore']}"):
+        assert -1.0 <= m[key] <= 1.0, key  # SemScore is a cosine, not clipped
     mcq_rows, essay_rows = report.tables["mcq_generations"], report.tables["essay_generations"]
     assert sorted(r["id"] for r in mcq_rows) == sorted(s.id for s in test if s.task == Task.MCQ)
     assert sorted(r["id"] for r in essay_rows) == sorted(s.id for s in test if s.task == Task.TEXT_QA)

@@ -3,7 +3,9 @@
 Per class: AUC, F1, precision, recall at a threshold. Overall: macro AUC over the classes whose
 AUC is defined, macro/micro F1, and the ODIR-5K challenge figures computed exactly as the
 challenge's reference script does — on the *flattened* (sample × class) matrix: Cohen's kappa,
-F1 with ``average="micro"`` and ROC AUC, and their mean as the final score.
+F1 with ``average="micro"`` and ROC AUC, and their mean as the final score. The challenge labels
+and scores *patients*, not eyes: :func:`patient_level` merges a patient's eyes first (a disease is
+present when either eye has it; normal only when both eyes are).
 """
 
 from __future__ import annotations
@@ -218,3 +220,38 @@ def breakdown(
         g: classification_metrics(t[keys == g], p[keys == g], labels, threshold)
         for g in sorted(set(keys.tolist()))
     }
+
+
+NORMAL_LABEL = "N"  # ODIR's "normal" class: a patient is normal only when every eye is
+
+
+def patient_level(
+    y_true,
+    y_prob,
+    patients: Sequence[str | None],
+    labels: Sequence[str],
+    normal_label: str | None = NORMAL_LABEL,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Ground truth and probabilities per patient, as ODIR-5K labels patients (patients sorted).
+
+    A disease label is the OR of the patient's eyes (probability: the highest); ``normal_label``,
+    when it is one of ``labels``, is the AND (probability: the lowest). A sample without a patient
+    id stands for its own patient (``sample-<row>``).
+    """
+    t, p = _as_arrays(y_true, y_prob, labels)
+    if len(patients) != len(t):
+        raise DataError(f"{len(patients)} patient ids for {len(t)} samples", field="patient_id")
+    keys = [str(pid) if pid else f"sample-{i}" for i, pid in enumerate(patients)]
+    order = sorted(set(keys))
+    index = {k: i for i, k in enumerate(order)}
+    rows = np.asarray([index[k] for k in keys])
+    truth = np.zeros((len(order), len(labels)), dtype=int)
+    prob = np.zeros((len(order), len(labels)))
+    np.maximum.at(truth, rows, t)
+    np.maximum.at(prob, rows, p)
+    if normal_label in labels:
+        j = list(labels).index(normal_label)
+        truth[:, j], prob[:, j] = 1, 1.0
+        np.minimum.at(truth[:, j], rows, t[:, j])
+        np.minimum.at(prob[:, j], rows, p[:, j])
+    return truth, prob, order

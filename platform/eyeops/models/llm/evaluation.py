@@ -1,7 +1,8 @@
 """The ``llm`` family's evaluation hook: generate answers for the eval split and score them.
 
 MCQ samples → accuracy (letters parsed from free text, matched to gold by sample id); essay-style
-samples (text_qa, open_qa, report, dialogue) → ROUGE-L, BLEU, METEOR, SemScore. Both overall and
+samples (text_qa, open_qa, report, dialogue) → ROUGE-L, BLEU, METEOR, SemScore, BERTScore (encoders
+from the recipe's evaluate section) and, when ``evaluate.judge`` is set, an LLM judge. Both overall and
 per dataset (``source/<name>/…``) and per topic (``topic/<name>/…``); every generation is kept in
 the ``mcq_generations`` / ``essay_generations`` tables that the registry logs to MLflow.
 """
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 
 from eyeops.data.schema import Sample, Task
 from eyeops.errors import DataError
+from eyeops.evaluate import judge
 from eyeops.evaluate import text_metrics as tm
 from eyeops.families import EvalContext, EvalOutput
 from eyeops.inference import GenerationRequest, GenerationResult
@@ -69,6 +71,7 @@ def evaluate_text(ctx: EvalContext) -> EvalOutput:
     metrics: dict[str, float] = {}
     tables: dict[str, list[dict[str, str | float | int]]] = {}
     notes: list[str] = []
+    artifacts: dict[str, str] = {}
     if mcq:
         answers = _generate(ctx, mcq, min(spec.eval_max_new_tokens, 32))
         predictions = {s.id: a.text for s, a in zip(mcq, answers, strict=True)}
@@ -103,10 +106,12 @@ def evaluate_text(ctx: EvalContext) -> EvalOutput:
         answers = _generate(ctx, essay, spec.eval_max_new_tokens)
         refs = [D.reference_answer(s) for s in essay]
         preds = [a.text for a in answers]
-        metrics.update({f"essay/{k}": v for k, v in tm.essay_scores(refs, preds).items()})
+        scorer = tm.EssayMetrics.from_spec(ctx.recipe.evaluate)
+        items = scorer.item_scores(refs, preds)  # scored once, summarised per group below
+        metrics.update({f"essay/{k}": v for k, v in scorer.scores(refs, preds, items=items).items()})
         for prefix, groups in (("source", [s.source for s in essay]), ("topic", [_topic(s) for s in essay])):
-            metrics.update(_regroup(tm.essay_scores(refs, preds, groups=groups), prefix, "essay"))
-        items = tm.essay_item_scores(refs, preds)
+            grouped = scorer.scores(refs, preds, groups=groups, items=items)
+            metrics.update(_regroup(grouped, prefix, "essay"))
         for s, ref, pred, item in zip(essay, refs, preds, items, strict=True):
             tables.setdefault("essay_generations", []).append(
                 {
@@ -122,4 +127,19 @@ def evaluate_text(ctx: EvalContext) -> EvalOutput:
             )
         if not tm.meteor_uses_wordnet():
             notes.append("METEOR computed without WordNet synonyms (Debian wordnet-base not installed)")
-    return EvalOutput(num_samples=len(mcq) + len(essay), metrics=metrics, tables=tables, notes=notes)
+        notes += scorer.notes()
+        if ctx.recipe.evaluate.judge is not None:
+            verdict = judge.judge_answers(
+                ctx.recipe.evaluate.judge,
+                [
+                    judge.JudgeItem(s.id, _question(s), r, p)
+                    for s, r, p in zip(essay, refs, preds, strict=True)
+                ],
+                ctx.out_dir,
+            )
+            metrics.update({f"essay/{k}": v for k, v in verdict.metrics.items()})
+            tables["judge_essay"] = verdict.rows
+            artifacts |= verdict.artifacts
+    return EvalOutput(
+        num_samples=len(mcq) + len(essay), metrics=metrics, tables=tables, notes=notes, artifacts=artifacts
+    )
