@@ -19,6 +19,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from eyeops.data.schema import Task
+from eyeops.data.specs import CorpusSpec, EngineSpec
 from eyeops.devices import Device, gpus_for
 from eyeops.errors import ConfigError, NotFoundError, RecipeError
 from eyeops.families import model_specs
@@ -30,18 +31,62 @@ RECIPES_DIR = Path(__file__).resolve().parent / "builtin_recipes"
 
 
 # --- data ----------------------------------------------------------------------------------------
+Source = Literal[
+    "synthetic", "odir", "llava", "mcq", "essay", "alpaca", "raw_dialogue", "corpus", "knowledge",
+    "dataset", "mix",
+    # benchmarks as published (eyeops.data.importers.BENCHMARKS)
+    "medmcqa", "pubmedqa", "medquad", "vqa_rad", "slake", "omnimedvqa", "ophtimus_eval",
+    "flashcards", "wikidoc",
+]  # fmt: skip
+
+
+class MixEntry(Strict):
+    """One source of a mixed dataset (``data.source: mix``)."""
+
+    source: Source
+    path: str | None = Field(None, description="Input file/dir (not used by synthetic / knowledge).")
+    n: int | None = Field(None, ge=1, le=1_000_000, description="Synthetic: images (default data.n).")
+    tasks: list[Task] | None = Field(None, description="Tasks to materialise (default data.tasks).")
+    filter: list[str] | None = Field(None, description="Benchmark sources: as data.filter.")
+    weight: float | None = Field(
+        None,
+        gt=0,
+        description="Share of the mix, relative to the other entries' weights (all entries or none): "
+        "records are drawn without repetition, as many as every share allows.",
+    )
+    max_records: int | None = Field(
+        None, ge=1, description="Most records taken from this source (before tasks are derived)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> MixEntry:
+        if self.source in ("mix", "dataset"):
+            raise ValueError(f"a mix entry cannot be source {self.source!r}")
+        if self.source not in ("synthetic", "knowledge") and not self.path:
+            raise ValueError(f"path is required for source {self.source!r}")
+        from eyeops.data.importers import BENCHMARKS
+
+        if self.filter is not None and self.source not in BENCHMARKS:
+            raise ValueError(f"filter is for benchmark sources, not {self.source!r}")
+        return self
+
+
 class DataSpec(Strict):
     """Where the training data comes from and how it is split."""
 
-    source: Literal[
-        "synthetic", "odir", "llava", "mcq", "essay", "alpaca", "knowledge", "dataset",
-        # benchmarks as published (eyeops.data.importers.BENCHMARKS)
-        "medmcqa", "pubmedqa", "medquad", "vqa_rad", "slake", "omnimedvqa", "ophtimus_eval",
-        "flashcards", "wikidoc",
-    ] = Field(
-        "synthetic", description="Importer to use; 'dataset' reuses an already prepared dataset directory."
-    )  # fmt: skip
+    source: Source = Field(
+        "synthetic",
+        description="Importer to use; 'dataset' reuses an already prepared dataset directory; 'mix' "
+        "combines the sources listed under data.mix.",
+    )
     path: str | None = Field(None, description="Input file/dir for importers (not used by synthetic).")
+    mix: list[MixEntry] = Field(
+        default_factory=list, description="source mix: the sources, split by patient across all of them."
+    )
+    engine: EngineSpec = Field(
+        default_factory=EngineSpec, description="How QA / reports / MCQs are written: template or llm."
+    )
+    corpus: CorpusSpec = Field(default_factory=CorpusSpec, description="source corpus: cleaning and packing.")
     n: int = Field(600, ge=1, le=1_000_000, description="Synthetic: number of images to generate.")
     seed: int = 0
     image_size: int = Field(256, ge=32, le=4096, description="Stored image side in pixels.")
@@ -69,8 +114,15 @@ class DataSpec(Strict):
     def _check(self) -> DataSpec:
         from eyeops.data.importers import BENCHMARKS
 
-        if self.source not in ("synthetic", "knowledge") and not self.path:
+        if self.source not in ("synthetic", "knowledge", "mix") and not self.path:
             raise ValueError(f"data.path is required for source {self.source!r}")
+        if (self.source == "mix") != bool(self.mix):
+            raise ValueError("data.mix lists the sources of data.source 'mix' (and only then)")
+        if self.mix and self.role == "benchmark":
+            raise ValueError("a benchmark is one source: role benchmark cannot mix")
+        weighted = [e.weight is not None for e in self.mix]
+        if any(weighted) and not all(weighted):
+            raise ValueError("data.mix: give every entry a weight, or none")
         if self.filter is not None and self.source not in BENCHMARKS:
             raise ValueError(
                 f"data.filter is for benchmark sources ({', '.join(BENCHMARKS)}), not {self.source!r}"

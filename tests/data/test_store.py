@@ -41,6 +41,8 @@ def test_manifest_hashes_every_file_and_output_dir_is_safe(tmp_path):
     manifest = read_manifest(ref.uri)
     assert {f.path for f in manifest.files} == {
         "samples.parquet",
+        "quality.html",
+        "quality.json",
         *(f"images/{p.name}" for p in (tmp_path / "ds" / "images").iterdir()),
     }
     for entry in manifest.files:

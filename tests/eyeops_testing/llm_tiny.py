@@ -74,22 +74,37 @@ def save_tiny_llm(
 def teach_answer(model: Any, tokenizer: Any, messages: list[dict], answer: str, steps: int = 80) -> None:
     """Make a tiny LM memorise ``answer`` to ``messages`` (a fraction of a second for 2 layers), so
     greedy decoding gives visible text instead of a random model's whitespace or special tokens."""
+    teach_answers(model, tokenizer, [(messages, answer)], steps=steps)
+
+
+def teach_answers(
+    model: Any, tokenizer: Any, pairs: list[tuple[list[dict], str]], steps: int = 80, lr: float = 1e-2
+) -> None:
+    """:func:`teach_answer` for several ``(messages, answer)`` pairs at once (one padded batch)."""
     import torch
 
     from eyeops.models.common.generation import render_chat
 
-    prompt = render_chat(tokenizer, messages, add_generation_prompt=True)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + answer_ids])
-    labels = ids.clone()
-    labels[0, : len(prompt_ids)] = -100
+    rows = []
+    for messages, answer in pairs:
+        prompt = render_chat(tokenizer, messages, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        rows.append((prompt_ids + answer_ids, len(prompt_ids)))
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, n_prompt) in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        labels[i, n_prompt : len(row)] = torch.tensor(row[n_prompt:])
+        mask[i, : len(row)] = 1
     torch.manual_seed(0)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for _ in range(steps):
         optimizer.zero_grad()
-        model(input_ids=ids, labels=labels).loss.backward()
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         optimizer.step()
     model.eval()
 

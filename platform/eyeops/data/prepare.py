@@ -1,13 +1,15 @@
 """The ``prepare`` stage: a :class:`~eyeops.recipes.DataSpec` in, a stored dataset + ``DatasetRef`` out.
 
-source → RawRecords → (engine: derived closed-QA / open-QA / report samples) → image ingest
-(decode, strip, hash, store) → quarantine → exact-dedup → de-identify → split by patient →
-``samples.parquet`` + ``images/`` + ``manifest.json`` (local or s3://).
+source (or a mix: ``eyeops.data.sources``) → RawRecords → (engine: derived closed-QA / open-QA /
+report samples, template or LLM) → image ingest (decode, strip, hash, store) → quarantine →
+exact-dedup → de-identify → split by patient → ``samples.parquet`` + ``images/`` +
+``quality.html`` / ``quality.json`` (``eyeops.data.report``) + ``manifest.json`` (local or s3://).
 
 ``spec.tasks`` chooses what is *derived*: for labelled image sources (synthetic, odir) any of
 classify / closed_qa / open_qa / report / generate_image (``image_pairs``: one sample per generation
 task, each with its target image); for the knowledge base text_qa / mcq (both if neither is
-asked). Sources that carry their own task (llava, mcq, essay, alpaca) keep it.
+asked); for a corpus pretrain_text / mcq / text_qa. Sources that carry their own task (llava, mcq,
+essay, alpaca, raw_dialogue) keep it.
 """
 
 from __future__ import annotations
@@ -17,11 +19,8 @@ import importlib
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from eyeops.data.importers import BENCHMARKS
 from eyeops.data.quality import (
@@ -32,8 +31,10 @@ from eyeops.data.quality import (
     resolve_salt,
     split_groups,
 )
-from eyeops.data.records import ImageInput, ImportResult, RawRecord
-from eyeops.data.schema import ODIR_LABELS, Manifest, Modality, QuarantineEntry, Sample, Split, Task
+from eyeops.data.records import RawRecord
+from eyeops.data.report import REPORT_HTML, REPORT_JSON, write_report
+from eyeops.data.schema import Manifest, QuarantineEntry, Sample, Split
+from eyeops.data.sources import ProgressHook, import_source, no_progress
 from eyeops.data.store import MANIFEST, is_s3, publish, write_samples
 from eyeops.errors import DataError, StorageError
 from eyeops.refs import DatasetRef
@@ -42,96 +43,6 @@ if TYPE_CHECKING:  # annotations only: eyeops.recipes imports eyeops.data (impor
     from eyeops.recipes import DataSpec
 
 __all__ = ["ProgressHook", "import_source", "prepare"]
-
-# progress(description, total) -> advance(n): lets the CLI drive a rich progress bar.
-ProgressHook = Callable[[str, int], Callable[[int], None]]
-_IMPORTERS = {
-    "odir": "eyeops.data.importers.odir",
-    "llava": "eyeops.data.importers.llava_json",
-    "mcq": "eyeops.data.importers.mcq",
-    "essay": "eyeops.data.importers.mcq",
-    "alpaca": "eyeops.data.importers.alpaca_dialogue",
-}
-_IMAGE_TASKS = {Task.CLOSED_QA, Task.OPEN_QA, Task.REPORT}
-
-
-def _no_progress(description: str, total: int) -> Callable[[int], None]:
-    return lambda n=1: None
-
-
-def _synthetic(spec: DataSpec, progress: ProgressHook) -> ImportResult:
-    from eyeops.data.synthetic import generate
-
-    result = ImportResult(label_names=list(ODIR_LABELS))
-    advance = progress("generating synthetic fundus images", spec.n)
-    for item in generate(spec.n, seed=spec.seed, size=spec.image_size):
-        ref = f"synthetic#{item.index}"
-        result.records.append(
-            RawRecord(
-                key=f"{item.index:06d}-{item.eye}",
-                task=Task.CLASSIFY,
-                where=ref,
-                images=(ImageInput(ref=ref, array=item.image),),
-                patient=item.patient,
-                eye=item.eye,
-                modality=Modality.FUNDUS,
-                labels=item.labels,
-                findings=item.findings,
-                source="synthetic",
-                license="CC0-1.0 (generated)",
-                meta={"findings": "; ".join(f.description for f in item.findings)},
-            )
-        )
-        advance(1)
-    return result
-
-
-def import_source(spec: DataSpec, progress: ProgressHook = _no_progress) -> ImportResult:
-    """Records (and importer-level rejects) for ``spec.source``, with derived tasks expanded."""
-    if spec.source == "synthetic":
-        imported = _synthetic(spec, progress)
-    elif spec.source == "knowledge":
-        from eyeops.data.engine import knowledge_records
-
-        tasks = [t for t in spec.tasks if t in (Task.TEXT_QA, Task.MCQ)] or [Task.TEXT_QA, Task.MCQ]
-        imported = ImportResult(records=knowledge_records(tasks, seed=spec.seed))
-    elif spec.source in BENCHMARKS:
-        module = importlib.import_module(BENCHMARKS[spec.source])
-        imported = module.load(spec.path, kind=spec.source, filter=spec.filter)
-    elif spec.source in _IMPORTERS:
-        module = importlib.import_module(_IMPORTERS[spec.source])
-        imported = module.load(spec.path, kind=spec.source)
-    elif spec.source == "dataset":
-        raise DataError(
-            "source 'dataset' is already prepared: pass its DatasetRef to train directly", field="data.source"
-        )
-    else:  # pragma: no cover - DataSpec's Literal makes this unreachable
-        raise DataError(f"unknown data source {spec.source!r}", field="data.source")
-    return _derive(imported, spec)
-
-
-def _derive(imported: ImportResult, spec: DataSpec) -> ImportResult:
-    """Apply ``spec.tasks`` to labelled image records (classify → closed/open QA, report, generate_image)."""
-    wanted = set(spec.tasks)
-    derived = wanted & _IMAGE_TASKS
-    out: list[RawRecord] = []
-    rng = np.random.default_rng([spec.seed, 11])
-    for record in imported.records:
-        if record.task != Task.CLASSIFY or not record.labels:
-            out.append(record)
-            continue
-        if Task.CLASSIFY in wanted or not derived:
-            out.append(record)
-        if derived:
-            from eyeops.data.engine import image_records
-
-            out.extend(image_records(record, sorted(derived), rng=rng, label_names=imported.label_names))
-        if Task.GENERATE_IMAGE in wanted:  # HealthGPT's generation tasks with target images
-            from eyeops.data.image_pairs import generation_records
-
-            out.extend(generation_records(record, label_names=imported.label_names))
-    imported.records = out
-    return imported
 
 
 def _reason_kind(reason: str) -> str:
@@ -159,7 +70,7 @@ def prepare(
     Rejected records are quarantined and reported in the manifest; :class:`DataError` only when
     nothing usable remains.
     """
-    progress = progress or _no_progress
+    progress = progress or no_progress
     imported = import_source(spec, progress)
     quarantine: list[QuarantineEntry] = list(imported.quarantine)
     records = imported.records
@@ -273,6 +184,8 @@ def prepare(
             if s.patient_id:
                 patients.setdefault(str(s.split), set()).add(s.patient_id)
         write_samples(samples, staging)
+        for entry in imported.mix:  # the mix as stored: samples per split of each source
+            entry["samples"] = dict(Counter(str(s.split) for s in samples if s.source == entry["source"]))
         manifest = Manifest(
             name=name,
             label_names=imported.label_names,
@@ -288,13 +201,17 @@ def prepare(
             deid=deid,
             patients_per_split={k: len(v) for k, v in sorted(patients.items())},
             duplicates_dropped=duplicates,
-            spec=spec.model_dump(mode="json", exclude={"path"}),
+            spec=spec.model_dump(mode="json", exclude={"path": True, "mix": {"__all__": {"path"}}}),
             benchmark=spec.source if spec.role == "benchmark" else None,
             filter=_applied_filter(spec),
             import_counts=imported.counts(),
             filtered_counts=dict(imported.filtered.most_common()),
             import_notes=imported.notes,
+            masked=dict(imported.masked.most_common()),
+            generation=imported.generation,
+            mix=imported.mix,
         )
+        write_report(staging, samples, manifest)
         manifest = publish(staging, manifest, dest=out if remote else None)
     finally:
         if remote:
@@ -315,7 +232,7 @@ def _local_target(out: str) -> Path:
     if path.exists() and any(path.iterdir()):
         if not (path / MANIFEST).is_file():
             raise StorageError(f"{path} is not empty and holds no eyeops dataset; refusing to overwrite it")
-        for child in ("images", "samples.parquet", MANIFEST):
+        for child in ("images", "samples.parquet", REPORT_HTML, REPORT_JSON, MANIFEST):
             target = path / child
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     path.mkdir(parents=True, exist_ok=True)

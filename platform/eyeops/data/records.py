@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +63,9 @@ class ImportResult:
     label_names: list[str] = field(default_factory=list)
     filtered: Counter[str] = field(default_factory=Counter)  # rows a filter left out, by reason
     notes: dict[str, str] = field(default_factory=dict)  # how the file was read (e.g. answer index base)
+    masked: Counter[str] = field(default_factory=Counter)  # identifiers masked in free text, by kind
+    generation: dict[str, Any] = field(default_factory=dict)  # the LLM engine's report (manifest)
+    mix: list[dict[str, Any]] = field(default_factory=list)  # per-source counts of a mixed dataset
 
     def reject(self, where: str, reason: str) -> None:
         self.quarantine.append(QuarantineEntry(path=where, reason=reason))

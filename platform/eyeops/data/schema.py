@@ -170,3 +170,14 @@ class Manifest(BaseModel):
     )
     filtered_counts: dict[str, int] = Field(default_factory=dict, description="Rows filtered out, by reason.")
     import_notes: dict[str, str] = Field(default_factory=dict, description="How the source was read.")
+    masked: dict[str, int] = Field(
+        default_factory=dict, description="Identifiers masked in free text (dialogues), by kind."
+    )
+    generation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="LLM engine: endpoint, model, prompts, calls, counts (generated / verified / "
+        "rejected) and every verdict; empty for the template engine.",
+    )
+    mix: list[dict[str, Any]] = Field(
+        default_factory=list, description="Mixed datasets: each source's weight, cap and counts."
+    )
