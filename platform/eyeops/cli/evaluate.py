@@ -1,50 +1,81 @@
-"""``eyeops evaluate CHECKPOINT --data DIR``: metrics, plots and a model card for one checkpoint."""
+"""``eyeops evaluate MODEL --data DIR…`` and ``eyeops report``: benchmark any model, print the table.
+
+MODEL is a registered model (``NAME@alias``, ``NAME/3``), a model directory (or a CheckpointRef
+JSON file), or ``base`` / ``base:<hub id | dir>`` — the recipe's model zero-shot, no fine-tuning.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from eyeops.errors import NotFoundError
+console = Console()
 
 
 def evaluate_command(
-    checkpoint: str = typer.Argument(
-        ..., help="A model directory written by training, or a CheckpointRef JSON file."
+    model: str = typer.Argument(
+        ...,
+        help="NAME@alias | NAME/N | a model directory | a CheckpointRef JSON | base | base:<hub id or dir>.",
     ),
-    data: str = typer.Option(..., "--data", "-d", help="Prepared dataset directory (or s3:// URI)."),
+    data: list[str] = typer.Option(
+        ..., "--data", "-d", help="Prepared dataset or benchmark directory (or s3:// URI); repeatable."
+    ),
     recipe: str = typer.Option(
-        None, "--recipe", "-r", help="Recipe name or YAML path; default: the recipe saved with the model."
+        None,
+        "--recipe",
+        "-r",
+        help="Recipe name or YAML path; default: the recipe saved with the model (required for base).",
+    ),
+    label: str = typer.Option(None, "--label", help="Row name in `eyeops report` (default: from MODEL)."),
+    max_per_task: int = typer.Option(
+        None, "--max-per-task", min=0, help="Score at most N items per task (0: all); default: the recipe's."
     ),
     out: str = typer.Option(None, "--out", "-o", help="Report directory; default under the storage root."),
     device: str = typer.Option(
         None, "--device", help="auto | cpu | cuda | cuda:N | mps; default: the recipe's evaluate.device."
     ),
+    log: bool = typer.Option(True, "--log/--no-log", help="Log one MLflow run for MODEL x the datasets."),
 ) -> None:
-    """Evaluate CHECKPOINT on the recipe's eval split of DATA and print the metrics."""
-    from rich.console import Console
-    from rich.table import Table
+    """Evaluate MODEL on each DATA and print the metrics; one MLflow run per model x benchmark set."""
+    from eyeops.evaluate.benchmark import evaluate_benchmarks
+    from eyeops.evaluate.runner import dataset_ref
 
-    from eyeops.evaluate.runner import checkpoint_ref, dataset_ref, evaluate
+    target = _target(model, recipe, label)
+    limit = "recipe" if max_per_task is None else (max_per_task or None)
+    run = evaluate_benchmarks(
+        target, [dataset_ref(d) for d in data], max_per_task=limit, device=device, out_dir=out, log=log
+    )
+    for result in run.results:
+        _print_report(result.report, f"{target.label} · {result.name}")
+    if run.run_id:
+        console.print(f"MLflow run {run.run_id} (experiment eyeops-benchmarks, model {target.label!r})")
+
+
+def _target(model: str, recipe: str | None, label: str | None):
+    from eyeops.evaluate.targets import resolve_target
     from eyeops.recipes import load_recipe
     from eyeops.refs import CheckpointRef
-    from eyeops.storage import local_copy
 
-    if checkpoint.endswith(".json") and Path(checkpoint).is_file():
-        ref = CheckpointRef.model_validate_json(Path(checkpoint).read_text(encoding="utf-8"))
-        chosen = load_recipe(recipe or _saved_recipe(local_copy(ref.uri)))
-    else:
-        chosen = load_recipe(recipe or _saved_recipe(local_copy(checkpoint)))
-        ref = checkpoint_ref(checkpoint, chosen)
-    report = evaluate(chosen, ref, dataset_ref(data), out_dir=out, device=device)
+    if model.endswith(".json") and Path(model).is_file():
+        from eyeops.storage import local_copy
 
-    console = Console()
-    table = Table(title=f"{chosen.name} · split {report.split} · {report.num_samples} samples")
+        ref = CheckpointRef.model_validate_json(Path(model).read_text(encoding="utf-8"))
+        target = resolve_target(
+            str(local_copy(ref.uri)), load_recipe(recipe) if recipe else None, label=label
+        )
+        return target.model_copy(update={"checkpoint": ref})
+    return resolve_target(model, recipe, label=label)
+
+
+def _print_report(report, title: str) -> None:
+    table = Table(title=f"{title} · split {report.split} · {report.num_samples} samples")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in sorted(report.metrics.items()):
-        if "/" not in name and name != "n":
+        if name.count("/") <= 1 and name.rsplit("/", 1)[-1] != "n":
             style = "bold" if name == report.primary_metric else ""
             table.add_row(name, f"{value:.4f}", style=style)
     console.print(table)
@@ -59,12 +90,46 @@ def evaluate_command(
     console.print(f"report: {report.uri}")
 
 
-def _saved_recipe(model_dir: Path) -> str:
-    path = model_dir / "recipe.yaml"
-    if not path.is_file():
-        raise NotFoundError(f"{model_dir} holds no recipe.yaml: pass --recipe NAME")
-    return str(path)
+def report_command(
+    recipe: str = typer.Option(None, "--recipe", "-r", help="Only models evaluated under this recipe name."),
+    benchmark: list[str] = typer.Option(None, "--benchmark", "-b", help="Only these benchmarks; repeatable."),
+    metric: list[str] = typer.Option(
+        None,
+        "--metric",
+        "-m",
+        help="Column glob over <benchmark>/<metric>, e.g. '*/mcq/accuracy'; repeatable.",
+    ),
+    out: str = typer.Option(
+        None, "--out", "-o", help="Export directory; default <storage>/reports/<recipe>."
+    ),
+    log: bool = typer.Option(True, "--log/--no-log", help="Log the exports as an MLflow run."),
+) -> None:
+    """The papers' table: rows = models (base first), columns = benchmark metrics; md + csv + chart."""
+    from eyeops.config import get_settings
+    from eyeops.evaluate.report import collect, export
+
+    table = collect(recipe=recipe, benchmarks=benchmark or None, metrics=metric or None)
+    view = Table(title="benchmark report" + (f" · {recipe}" if recipe else ""))
+    view.add_column("model")
+    for column in table.columns:
+        view.add_column(column, justify="right")
+    for row in table.rows:
+        name = f"{row.model} [dim](zero-shot)[/dim]" if row.kind == "base" else row.model
+        view.add_row(name, *(_cell(row.values.get(c)) for c in table.columns))
+    console.print(view)
+    settings = get_settings()
+    if out is None and not settings.is_local_storage:
+        out = str(Path.cwd() / "eyeops-report")
+    files = export(table, out or settings.path("reports", recipe or "all"), log=log)
+    console.print(f"wrote {files.markdown}, {files.csv}, {files.chart}")
+    if files.run_id:
+        console.print(f"MLflow run {files.run_id} (experiment eyeops-benchmarks)")
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate_command)
+    app.command("report")(report_command)

@@ -17,13 +17,14 @@ def show(name: str = typer.Argument(..., help="Registered model name.")) -> None
 
     view = show_model(name)
     table = Table(title=f"{view.name}  " + "  ".join(f"@{a}=v{v}" for a, v in sorted(view.aliases.items())))
-    for column in ("version", "aliases", "gate", "metric", "value", "reason"):
+    for column in ("version", "aliases", "gate", "failed", "metric", "value", "reason"):
         table.add_column(column, justify="right" if column in ("version", "value") else "left")
     for v in view.versions:
         table.add_row(
             str(v.version),
             ", ".join(f"@{a}" for a in v.aliases),
             v.gate,
+            ", ".join(v.gate_failed),
             v.metric,
             "" if v.value is None else f"{v.value:.4f}",
             v.gate_reason,

@@ -132,11 +132,13 @@ def evaluate(
     out_dir: str | None = None,
     batch_size: int = 32,
     device: str | None = None,
+    require_primary: bool = True,
 ) -> EvalReport:
     """Evaluate ``checkpoint`` on ``recipe.evaluate.split`` of ``dataset``; write the report files.
 
     The model loads on ``device`` when given, else on ``recipe.evaluate.device`` (``auto``: the
-    settings' device, whose ``auto`` is the accelerator when present).
+    settings' device, whose ``auto`` is the accelerator when present). ``require_primary=False``
+    (benchmarks: MedQuAD has essays but no MCQ) notes a missing primary metric instead of failing.
     """
     if checkpoint.family != recipe.family:
         raise ConfigError(
@@ -173,12 +175,15 @@ def evaluate(
             f"(evaluate.max_per_task={recipe.evaluate.max_per_task})"
         )
     if primary not in result.metrics:
-        if primary not in result.undefined:
+        if primary in result.undefined:
+            notes.append(f"primary metric {primary!r} is undefined on this split")
+        elif not require_primary:
+            notes.append(f"primary metric {primary!r} is not scored on this dataset")
+        else:
             known = ", ".join(sorted(k for k in result.metrics if "/" not in k))
             raise ConfigError(
                 f"evaluate.primary_metric {primary!r} is not a metric of this evaluator (known: {known})"
             )
-        notes.append(f"primary metric {primary!r} is undefined on this split")
 
     artifacts = dict(result.artifacts)
     tables_dir = out / "tables"

@@ -11,7 +11,7 @@ import json
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,11 +29,13 @@ from eyeops.families import get_family
 from eyeops.recipes import Recipe
 from eyeops.refs import CheckpointRef, DatasetRef, EvalReport, ModelVersionRef
 from eyeops.registry import _pyfunc
-from eyeops.registry.gate import GateDecision, decide, gate_metric
+from eyeops.registry.baseline import gate_references, log_candidate
+from eyeops.registry.gate import GateDecision, Reference, decide, gate_metric
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 _MODEL_NAME = "model"  # LoggedModel name inside the run
 _PARAM_MAX = 6000  # MLflow 3 param value limit
+_TAG_MAX = 7500  # MLflow 3 tag value limit (8000)
 
 
 # --- connection -----------------------------------------------------------------------------------
@@ -46,7 +48,7 @@ def client() -> MlflowClient:
 
 
 @contextmanager
-def _mlflow_errors(what: str) -> Iterator[None]:
+def mlflow_errors(what: str) -> Iterator[None]:
     """Turn MLflow failures into our errors, naming the operation."""
     try:
         yield
@@ -56,7 +58,7 @@ def _mlflow_errors(what: str) -> Iterator[None]:
         raise RegistryError(f"{what}: {exc.message}") from None
 
 
-def _experiment_id(c: MlflowClient, name: str) -> str:
+def experiment_id(c: MlflowClient, name: str) -> str:
     existing = c.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
@@ -146,15 +148,16 @@ def register(
     name = recipe.register.model_name
     c = client()
     tags = lineage_tags(recipe, checkpoint, dataset, lineage)
-    with _mlflow_errors(f"registering {name!r}"):
-        experiment_id = _experiment_id(c, recipe.register.experiment or recipe.name)
+    # Chance and the base model first: a baseline that cannot be measured registers nothing.
+    metric = gate_metric(recipe)
+    references = gate_references(recipe, metric, report, dataset) if metric in report.metrics else []
+    with mlflow_errors(f"registering {name!r}"):
+        experiment = experiment_id(c, recipe.register.experiment or recipe.name)
         # Reuse a run already opened for this training (e.g. one the train loop streamed into).
-        runs = c.search_runs(
-            [experiment_id], f"tags.`eyeops.run_name` = '{checkpoint.run_name}'", max_results=1
-        )
+        runs = c.search_runs([experiment], f"tags.`eyeops.run_name` = '{checkpoint.run_name}'", max_results=1)
         run_id = runs[0].info.run_id if runs else None
         with mlflow.start_run(
-            run_id=run_id, experiment_id=experiment_id, run_name=checkpoint.run_name, tags=tags
+            run_id=run_id, experiment_id=experiment, run_name=checkpoint.run_name, tags=tags
         ) as run:
             run_id = run.info.run_id
             if not runs:
@@ -185,8 +188,10 @@ def register(
         version = int(info.registered_model_version)
         for key, value in tags.items():
             c.set_model_version_tag(name, str(version), key, value)
-        decision = _gate(c, recipe, name, version, report.metrics)
+        decision = _gate(c, recipe, name, version, report.metrics, references)
         _apply_decision(c, name, version, decision)
+    if dataset is not None and recipe.register.gate.baseline:
+        log_candidate(recipe, checkpoint, report, dataset, model_uri=f"models:/{name}/{version}")
     return ModelVersionRef(
         name=name,
         version=version,
@@ -210,9 +215,13 @@ def _log_hf_export(model_dir: Path) -> None:
         mlflow.log_artifacts(str(export_merged(model_dir, Path(tmp) / HF_ARTIFACT)), HF_ARTIFACT)
 
 
+def safe_key(name: str) -> str:
+    """An MLflow metric key for any metric name; breakdown groups (topics, sources) may hold any text."""
+    return re.sub(r"[^\w\-. :/]", "_", name)
+
+
 def _eval_key(name: str) -> str:
-    """MLflow metric key for an eval metric; breakdown groups (topics, sources) may hold any text."""
-    return "eval/" + re.sub(r"[^\w\-. :/]", "_", name)
+    return "eval/" + safe_key(name)
 
 
 def _check_report_dir(report: EvalReport) -> None:
@@ -243,7 +252,12 @@ def _alias_version(c: MlflowClient, name: str, alias: str) -> ModelVersion | Non
 
 
 def _gate(
-    c: MlflowClient, recipe: Recipe, name: str, version: int, metrics: Mapping[str, float]
+    c: MlflowClient,
+    recipe: Recipe,
+    name: str,
+    version: int,
+    metrics: Mapping[str, float],
+    references: Sequence[Reference],
 ) -> GateDecision:
     metric = gate_metric(recipe)
     champion = _alias_version(c, name, CHAMPION)
@@ -259,6 +273,7 @@ def _gate(
                 champion_version=champion_version,
                 reason=f"champion v{champion_version} has no {metric!r} to compare with; "
                 "promote manually if intended",
+                failed=["champion"],
             )
         champion_value = run_metrics[_eval_key(metric)]
     return decide(
@@ -267,6 +282,7 @@ def _gate(
         metrics,
         champion_value=champion_value,
         champion_version=champion_version,
+        references=references,
     )
 
 
@@ -287,6 +303,10 @@ def _apply_decision(c: MlflowClient, name: str, version: int, decision: GateDeci
     c.set_model_version_tag(name, v, "eyeops.gate_metric", decision.metric)
     if decision.value is not None:
         c.set_model_version_tag(name, v, "eyeops.gate_value", repr(decision.value))
+    if decision.failed:
+        c.set_model_version_tag(name, v, "eyeops.gate_failed", ",".join(decision.failed))
+    checks = json.dumps([check.model_dump(exclude_none=True) for check in decision.checks])
+    c.set_model_version_tag(name, v, "eyeops.gate_checks", checks[:_TAG_MAX])
     if decision.champion_value is not None:
         c.set_model_version_tag(name, v, "eyeops.champion_value", repr(decision.champion_value))
         c.set_model_version_tag(name, v, "eyeops.champion_version", str(decision.champion_version))
@@ -304,6 +324,7 @@ class VersionInfo(BaseModel):
     run_id: str
     gate: str
     gate_reason: str
+    gate_failed: list[str] = []
     metric: str
     value: float | None
     created: int
@@ -327,6 +348,7 @@ def _version_info(mv: ModelVersion, aliases: Mapping[str, int] | None = None) ->
         run_id=mv.run_id or "",
         gate=tags.get("eyeops.gate", "unknown"),
         gate_reason=tags.get("eyeops.gate_reason", ""),
+        gate_failed=[f for f in tags.get("eyeops.gate_failed", "").split(",") if f],
         metric=tags.get("eyeops.gate_metric", ""),
         value=float(value) if value else None,
         created=int(mv.creation_timestamp or 0),
@@ -349,7 +371,7 @@ def _ref(mv: ModelVersion, name: str, alias: str, reason: str) -> ModelVersionRe
 
 
 def _get_version(c: MlflowClient, name: str, version: int) -> ModelVersion:
-    with _mlflow_errors(f"model {name!r} version {version}"):
+    with mlflow_errors(f"model {name!r} version {version}"):
         return c.get_model_version(name, str(version))
 
 
@@ -357,7 +379,7 @@ def promote(name: str, version: int) -> ModelVersionRef:
     """Make ``version`` the champion by hand (the old champion keeps ``@previous``)."""
     c = client()
     _get_version(c, name, version)
-    with _mlflow_errors(f"promoting {name!r} v{version}"):
+    with mlflow_errors(f"promoting {name!r} v{version}"):
         _set_champion(c, name, version)
         c.set_model_version_tag(name, str(version), "eyeops.promoted", "manual")
     return _ref(_get_version(c, name, version), name, CHAMPION, "promoted manually")
@@ -366,7 +388,7 @@ def promote(name: str, version: int) -> ModelVersionRef:
 def rollback(name: str) -> ModelVersionRef:
     """Restore ``@previous`` as champion; the demoted version is tagged and loses its alias."""
     c = client()
-    with _mlflow_errors(f"rolling back {name!r}"):
+    with mlflow_errors(f"rolling back {name!r}"):
         c.get_registered_model(name)
         previous = _alias_version(c, name, PREVIOUS)
         if previous is None:
@@ -383,7 +405,7 @@ def rollback(name: str) -> ModelVersionRef:
 def show(name: str) -> RegisteredModelView:
     """Aliases and every version with its gate decision."""
     c = client()
-    with _mlflow_errors(f"model {name!r}"):
+    with mlflow_errors(f"model {name!r}"):
         model = c.get_registered_model(name)
         versions = c.search_model_versions(f"name = '{name}'")
     aliases = {alias: int(v) for alias, v in (model.aliases or {}).items()}
@@ -423,7 +445,7 @@ def resolve(name_or_uri: str) -> ResolvedModel:
     c = client()
     if version is None:
         alias = alias or CHAMPION
-        with _mlflow_errors(f"model {name!r}"):
+        with mlflow_errors(f"model {name!r}"):
             mv = _alias_version(c, name, alias)
         if mv is None:
             raise NotFoundError(f"model {name!r} has no @{alias} version")
@@ -466,7 +488,7 @@ def load_model_dir(model_uri: str) -> Path:
 
 
 def _download(model_uri: str, dest: Path) -> None:
-    with _mlflow_errors(f"downloading {model_uri}"):
+    with mlflow_errors(f"downloading {model_uri}"):
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
     if local.resolve() != dest.resolve():
         raise RegistryError(f"downloading {model_uri}: MLflow wrote it to {local}, not into {dest}")
