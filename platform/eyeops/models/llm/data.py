@@ -164,8 +164,14 @@ def pack(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], block: int) -
 
 # --- corpus ---------------------------------------------------------------------------------------
 def read_corpus(entry: str) -> list[str]:
-    """Documents from a .txt/.md file (blank-line separated) or a Parquet file's ``text`` column."""
+    """Documents from a .txt/.md file (blank-line separated), a Parquet file's ``text`` column, or
+    PDF / HTML files (one file, or a directory of corpus files) through the data layer's corpus
+    pipeline (:func:`eyeops.data.corpus.documents`: cleaned, quality-filtered, deduplicated)."""
     path = Path(entry).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix.lower() in (".pdf", ".html", ".htm")):
+        from eyeops.data.corpus import documents
+
+        return documents(path)
     if not path.is_file():
         raise NotFoundError(f"model.corpus entry {entry!r}: file not found")
     if path.suffix == ".parquet":
@@ -182,7 +188,9 @@ def read_corpus(entry: str) -> list[str]:
                 )
         return texts
     if path.suffix not in (".txt", ".md"):
-        raise DataError("corpus files must be .txt, .md or .parquet", file=str(path))
+        raise DataError(
+            "corpus files must be .txt, .md, .parquet, .pdf or .html (or a directory)", file=str(path)
+        )
     try:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -47,7 +47,8 @@ class LLMModel(Strict):
     corpus: list[str] = Field(
         default_factory=lambda: ["knowledge_base"],
         description="Extra continued-pretraining text: "
-        "'knowledge_base' (the packaged ophthalmic knowledge base) and/or .txt/.md/.parquet paths.",
+        "'knowledge_base' (the packaged ophthalmic knowledge base) and/or .txt/.md/.parquet paths, "
+        "PDF/HTML files or directories of them (cleaned, filtered, deduplicated: eyeops.data.corpus).",
     )
     eval_max_new_tokens: int = Field(128, ge=1, le=4096, description="Generation length in evaluation.")
 
