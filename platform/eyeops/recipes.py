@@ -260,12 +260,27 @@ class EvalSpec(Strict):
 
 class GateSpec(Strict):
     metric: str | None = Field(None, description="Defaults to evaluate.primary_metric.")
-    min_margin: float = Field(0.0, ge=0, description="Candidate must beat champion by at least this.")
+    min_margin: float = Field(
+        0.0,
+        ge=0,
+        description="Candidate must beat the champion by at least this, and chance / the base model "
+        "by more than this at the lower confidence bound.",
+    )
     min_value: float | None = Field(None, description="Absolute floor for the metric.")
     higher_is_better: bool = True
     floors: dict[str, float] = Field(
         default_factory=dict, description="Per-breakdown floors, e.g. {'modality/fundus/macro_auc': 0.8}."
     )
+    baseline: bool = Field(
+        False,
+        description="Candidate must beat the base model's zero-shot score on the same eval split "
+        "(computed once per base model x benchmark fingerprint, cached in MLflow).",
+    )
+    chance: bool = Field(
+        False, description="Candidate must beat chance / the majority answer on the gate metric."
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided bootstrap interval level.")
+    bootstrap_samples: int = Field(1000, ge=100, le=100_000, description="Paired bootstrap resamples.")
 
 
 class RegisterSpec(Strict):

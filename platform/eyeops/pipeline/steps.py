@@ -135,6 +135,11 @@ def evaluate_step(
         dataset = read_ref_file(dataset_path, DatasetRef, "evaluate.dataset")
         out_dir = str(Path(checkpoint.uri).parent / "eval") if "://" not in checkpoint.uri else None
         report = evaluate(resolved, checkpoint, dataset, out_dir=out_dir)
+        if resolved.register.gate.baseline:
+            from eyeops.registry.baseline import ensure_baseline
+
+            # Measured here, where evaluate.device's GPU is; the register step reads it from MLflow.
+            ensure_baseline(resolved, dataset)
         write_ref_file(out_path, report)
         Path(markdown_path).write_text(report_markdown(report, resolved), encoding="utf-8")
         rec.metric, rec.value = report.primary_metric, float(report.primary_value)
