@@ -231,3 +231,55 @@ def test_closing_a_stream_stops_decoding(untrained):
         time.sleep(0.2)
         assert len(steps.times) == stopped_at
     assert stopped_at < 300 and not untrained._lock.locked()
+
+
+def test_step3_trains_on_a_mixed_odir_and_dialogue_dataset(llm_dir, tmp_path):
+    """Issue 19: ODIR images + scraped dialogues prepared as one mix; step 3 (LoRA SFT) reads both
+    the image-text and the text-only samples and learns from both in one batch."""
+    from eyeops_testing.raw_data import write_odir, write_raw_dialogues
+
+    from eyeops.data import prepare
+    from eyeops.recipes import DataSpec
+
+    spec = DataSpec(
+        source="mix",
+        image_size=64,
+        tasks=["closed_qa"],
+        val_fraction=0.0,
+        test_fraction=0.0,
+        mix=[
+            {
+                "source": "odir",
+                "path": str(write_odir(tmp_path / "odir", patients=2, size=64)),
+                "max_records": 2,
+            },
+            {"source": "raw_dialogue", "path": str(write_raw_dialogues(tmp_path / "dialogues.txt"))},
+        ],
+    )
+    ref = prepare(spec, str(tmp_path / "mixed"), name="ophglm-mix")
+    recipe = _recipe(llm_dir)
+    sft = StageSpec(name="sft", trainable=["lora"], data_tasks=["closed_qa", "dialogue", "text_qa"])
+    train = FAMILY.datasets(recipe, ref.uri, sft)["train"]
+    assert sorted(s.source for s in train.samples) == ["odir"] * 4 + ["raw_dialogue"] * 2  # 2 eyes x 2 QA
+    image_row = next(i for i, s in enumerate(train.samples) if s.images)
+    text_rows = [i for i, s in enumerate(train.samples) if not s.images]
+    batch = FAMILY.collate_fn(recipe)([train[i] for i in (image_row, *text_rows)])
+    slots = batch["input_ids"] == IMAGE_TOKEN_ID
+    assert slots[0].sum() == 2 and not slots[1:].any()  # prefix tokens only where there is an image
+
+    torch.manual_seed(0)
+    model = FAMILY.build_model(recipe)
+    FAMILY.apply_stage(model, sft)
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = FAMILY.loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+    assert all("lora" in n for n in lora) and any(
+        not torch.equal(p, lora[n]) for n, p in model.named_parameters() if n in lora
+    )
