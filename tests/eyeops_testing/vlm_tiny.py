@@ -96,8 +96,23 @@ HEALTHGPT_STAGES = [
 ]
 
 
+# The VQGAN's f=8 layout (ch_mult [1, 1, 2, 4], attention at the lowest level) at 32 px and width 8:
+# a 4x4 code map of 16 codes.
+TINY_VQ = {
+    "image_size": 32,
+    "ch": 8,
+    "ch_mult": [1, 1, 2, 4],
+    "num_res_blocks": 1,
+    "attn_resolutions": [4],
+    "z_channels": 8,
+    "embed_dim": 8,
+    "codebook_size": 16,
+    "norm_groups": 4,
+}
+
+
 def tiny_healthgpt_recipe(llm_dir: Path) -> dict:
-    """A recipe mapping for a tiny HealthGPT (32 px SigLIP, H-LoRA r=4, 16-code VQ at 32 px)."""
+    """A recipe mapping for a tiny HealthGPT (32 px SigLIP, H-LoRA r=4, 16-code VQGAN at 32 px)."""
     return {
         "name": "tiny-healthgpt",
         "model": {
@@ -110,14 +125,7 @@ def tiny_healthgpt_recipe(llm_dir: Path) -> dict:
                 "comprehension": {"r": 4, "alpha": 8, "dropout": 0.0, "num_experts": 2},
                 "generation": {"r": 4, "alpha": 8, "dropout": 0.0, "num_experts": 2},
             },
-            "vq": {
-                "image_size": 32,
-                "downsample": 2,
-                "hidden": 8,
-                "codebook_size": 16,
-                "embed_dim": 8,
-                "train_steps": 5,
-            },
+            "vq": TINY_VQ | {"train_steps": 2},
         },
         "train": {"num_workers": 1, "batch_size": 2, "stages": HEALTHGPT_STAGES},
         "evaluate": {"primary_metric": "closed_qa/accuracy"},

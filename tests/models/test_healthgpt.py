@@ -1,5 +1,6 @@
 """HealthGPT on tiny configs: image tokens with mean-initialised embeddings, H-LoRA on the LLM only,
-per-task feature layers, the three stages' freezing, save/load, mixed-task generation with a PNG."""
+per-task feature layers, the three stages' freezing, save/load, mixed-task generation with a PNG,
+the generation tasks with target images (data, serving, PSNR/SSIM/MSE per task)."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def test_image_tokens_mean_initialised_and_hlora_on_llm_only(recipe, model):
     tok = _tokenizer(recipe.model)
     start, idx0 = tok.convert_tokens_to_ids([START, index_token(0)])
     emb = model.lm.get_input_embeddings().weight
-    old = len(tok) - 16 - 2
+    old = len(tok) - 16 - 3  # <start_index>, 16 codes, <end_index>, <pixel_newline> (the seed's order)
     assert emb.shape[0] == len(tok)
     torch.testing.assert_close(emb[start], emb[:old].mean(0))
     torch.testing.assert_close(emb[idx0], emb[:old].mean(0))
@@ -138,7 +139,97 @@ def test_save_load_and_mixed_task_generation(recipe, model, tmp_path):
     assert not torch.allclose(logits["comprehension"], logits["generation"])
     with pytest.raises(InvalidRequest, match="unknown task 'segment'"):
         predictor.generate([GenerationRequest(messages=[Q], images=[_image()], task="segment")])
-    with pytest.raises(InvalidRequest, match="exactly one input image"):
+    with pytest.raises(InvalidRequest, match="reconstruction task takes exactly one input image, got 0"):
         predictor.generate(
-            [GenerationRequest(messages=[Message(role="user", content="draw")], task="generation")]
+            [GenerationRequest(messages=[Message(role="user", content="draw")], task="reconstruction")]
         )
+
+
+def _write_pairs(root):
+    """A dataset of every generation task (distinct input and target images) plus one closed QA."""
+    from eyeops.data.image_pairs import GENERATION_TASKS, generation_prompt
+    from eyeops.data.store import write_samples
+
+    (root / "images").mkdir(parents=True)
+    samples = []
+    for i, task in enumerate(GENERATION_TASKS):
+        _image((40 * i, 90, 200 - 40 * i)).save(root / "images" / f"in{i}.png")
+        _image((200 - 40 * i, 60, 40 * i)).save(root / "images" / f"out{i}.png")
+        for split in ("train", "test"):
+            samples.append(
+                Sample(
+                    id=f"g{i}-{split}",
+                    patient_id=f"p{i}-{split}",
+                    modality="fundus",
+                    images=[] if task == "text_to_image" else [f"images/in{i}.png"],
+                    target_image=f"images/out{i}.png",
+                    task="generate_image",
+                    messages=[
+                        Message(role="user", content=generation_prompt(task, eye="OD", findings=["drusen"]))
+                    ],
+                    split=split,
+                    meta={"generation": task},
+                )
+            )
+    samples.append(
+        Sample(id="q", images=["images/in0.png"], task="closed_qa", messages=[Q], answer="no", split="test")
+    )
+    write_samples(samples, root)
+    (root / "manifest.json").write_text(Manifest(name="pairs").model_dump_json())
+    return root
+
+
+def test_generation_tasks_with_target_images(recipe, model, tmp_path):
+    import pandas as pd
+
+    from eyeops.data.image_pairs import GENERATION_TASKS
+    from eyeops.families import EvalContext
+    from eyeops.models.common.vq import image_tokens
+    from eyeops.models.healthgpt.evaluation import generation_metrics
+    from eyeops.models.healthgpt.family import image_answer
+
+    data = _write_pairs(tmp_path / "pairs")
+    sets = FAMILY.datasets(recipe, data)
+    items = [sets["train"].items[i] for i in range(len(sets["train"]))]
+    assert sorted(t for t, _ in items) == ["generation"] * len(
+        GENERATION_TASKS
+    )  # no implicit reconstructions
+    # the answer is the *target* image's codes, not the input's
+    task, encoded = sets["train"][0]
+    sample = items[0][1]
+    target = Image.open(data / sample.target_image).convert("RGB")
+    tok = sets["train"].processor.tokenizer
+    want = tok(image_answer(image_tokens(sets["train"].vq, target)), add_special_tokens=False)["input_ids"]
+    got = [t for t in encoded.labels if t >= 0]
+    assert got[: len(want)] == want
+
+    FAMILY.save(model, recipe, tmp_path / "model")
+    predictor = FAMILY.load(tmp_path / "model")
+    assert {t for t, c in predictor.tasks.items() if c == "generate_image"} == {
+        "generation",
+        *GENERATION_TASKS,
+    }
+    ask = Message(role="user", content="Generate a fundus photograph of a left eye with drusen.")
+    for task in GENERATION_TASKS:
+        images = [] if task == "text_to_image" else [_image()]
+        result = predictor.generate([GenerationRequest(messages=[ask], images=images, task=task)])[0]
+        assert result.images_png[0][:4] == b"\x89PNG" and task in result.text
+    with pytest.raises(InvalidRequest, match="text_to_image task draws from the prompt alone"):
+        predictor.generate([GenerationRequest(messages=[ask], images=[_image()], task="text_to_image")])
+    with pytest.raises(InvalidRequest, match="super_resolution task takes exactly one input image, got 0"):
+        predictor.generate([GenerationRequest(messages=[ask], task="super_resolution")])
+
+    from eyeops.data.store import load_samples
+
+    rows = pd.DataFrame([s.model_dump(mode="json") for s in load_samples(data, split="test")])
+    ctx = EvalContext(recipe, predictor, data, rows, tmp_path / "eval", None, batch_size=4)
+    metrics, tables, artifacts = generation_metrics(ctx)
+    for task in GENERATION_TASKS:
+        assert metrics[f"generation/{task}/n"] == 1
+        assert metrics[f"generation/{task}/mse"] > 0 and -1 <= metrics[f"generation/{task}/ssim"] <= 1
+        assert metrics[f"generation/{task}/vq_psnr_db"] > 0
+    assert metrics["generation/n"] == len(GENERATION_TASKS) and len(tables["generation"]) == len(
+        GENERATION_TASKS
+    )
+    grid = Image.open(artifacts["generation_grid"])
+    assert grid.size == (3 * 32, len(GENERATION_TASKS) * 32)

@@ -1,5 +1,6 @@
-"""The VQ tokenizer: trains on synthetic fundus images (PSNR reported), round-trips to a PNG,
-straight-through gradients, EMA codebook, a taming-layout checkpoint, the trained-model cache."""
+"""The VQGAN tokenizer: trains (PSNR reported), round-trips to a PNG, straight-through gradients,
+EMA codebook, the trained-model cache, training on a dataset's own images. taming's published
+layout is checked key for key in test_vqgan_layout.py."""
 
 from __future__ import annotations
 
@@ -9,21 +10,31 @@ import pytest
 import torch
 from PIL import Image
 
-from eyeops.errors import ConfigError, NotFoundError
+from eyeops.errors import ConfigError
 from eyeops.models.common.specs import VQSpec
 from eyeops.models.common.vq import (
     VQModel,
     build_vq,
     evaluate_vq,
     image_tokens,
-    load_vq_checkpoint,
     synthetic_pixels,
     to_images,
     tokens_to_png,
     train_vq,
 )
 
-SPEC = VQSpec(image_size=32, downsample=2, hidden=16, codebook_size=64, embed_dim=16, train_steps=80)
+SPEC = VQSpec(
+    image_size=32,
+    ch=16,
+    ch_mult=[1, 2, 2],  # f=4: an 8x8 code map at 32 px
+    num_res_blocks=1,
+    attn_resolutions=[8],
+    z_channels=16,
+    embed_dim=16,
+    codebook_size=64,
+    norm_groups=8,
+    train_steps=80,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +62,7 @@ def test_training_raises_reconstruction_psnr(trained, record_property):
     print(f"VQ reconstruction PSNR: {before['psnr_db']:.1f} dB untrained -> {report['psnr_db']:.1f} dB")
     assert report["psnr_db"] > before["psnr_db"] + 6
     assert report["psnr_db"] > 18
-    assert report["codebook_usage"] > before["codebook_usage"]
+    assert report["codebook_usage"] > 0.1  # dead-code restarts keep the codebook in use
 
 
 def test_round_trip_to_png(trained, pixels):
@@ -75,7 +86,8 @@ def test_straight_through_and_ema_codebook(pixels):
     model = VQModel(SPEC).train()
     recon, vq_loss, _ = model(pixels[:4])
     (torch.nn.functional.mse_loss(recon, pixels[:4]) + vq_loss).backward()
-    assert model.encoder[0].weight.grad is not None and model.encoder[0].weight.grad.abs().sum() > 0
+    grad = model.encoder.conv_in.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
     assert model.quantize.embedding.weight.grad is None  # EMA: no optimiser on the codebook
     loss_trained = VQModel(SPEC.model_copy(update={"ema": False})).train()
     recon, vq_loss, _ = loss_trained(pixels[:4])
@@ -83,26 +95,8 @@ def test_straight_through_and_ema_codebook(pixels):
     assert loss_trained.quantize.embedding.weight.grad.abs().sum() > 0
 
 
-def test_taming_layout_checkpoint(trained, pixels, tmp_path):
-    model, _, _ = trained
-    state = {k: v for k, v in model.state_dict().items() if k in dict(model.named_parameters())}
-    state["loss.discriminator.main.0.weight"] = torch.zeros(2, 2)  # taming's GAN part is dropped
-    path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": state, "global_step": 10}, path)
-    fresh = VQModel(SPEC)
-    load_vq_checkpoint(fresh, path)
-    fresh.eval()
-    model.eval()
-    with torch.no_grad():
-        assert torch.equal(fresh(pixels[:2])[2], model(pixels[:2])[2])
-    with pytest.raises(ConfigError, match=r"does not fit model\.vq"):
-        load_vq_checkpoint(VQModel(SPEC.model_copy(update={"hidden": 8})), path)
-    with pytest.raises(NotFoundError, match="file not found"):
-        load_vq_checkpoint(fresh, tmp_path / "nope.ckpt")
-
-
 def test_build_vq_trains_once_then_reuses(tmp_path):
-    spec = SPEC.model_copy(update={"train_steps": 5, "hidden": 8})
+    spec = SPEC.model_copy(update={"train_steps": 5, "ch": 8})
     first, report = build_vq(spec, n_images=8)
     second, again = build_vq(spec, n_images=8)
     assert report == again and "psnr_db" in report
@@ -116,5 +110,42 @@ def test_build_vq_trains_once_then_reuses(tmp_path):
 
     save_file({k: v.contiguous() for k, v in first.state_dict().items()}, str(path))
     loaded, meta = build_vq(spec.model_copy(update={"checkpoint": str(path)}))
-    assert meta == {"source": "checkpoint"}
+    assert meta["source"] == "checkpoint"
     assert torch.equal(loaded.quantize.embedding.weight, first.quantize.embedding.weight)
+
+
+def test_dataset_vq_trains_on_the_datasets_own_images(tmp_path):
+    """Without a checkpoint the recipe's tokenizer learns the dataset's inputs and targets; the
+    cache keeps it per (spec, seed) and retrains when the data changes."""
+    from eyeops.data import prepare
+    from eyeops.models.common.vq import current_vq, dataset_vq
+    from eyeops.recipes import DataSpec
+
+    spec = VQSpec(
+        image_size=16,
+        ch=8,
+        ch_mult=[1, 2],
+        num_res_blocks=1,
+        attn_resolutions=[],
+        z_channels=8,
+        embed_dim=8,
+        codebook_size=16,
+        norm_groups=4,
+        train_steps=1,
+    )
+    refs = [
+        prepare(
+            DataSpec(source="synthetic", n=n, image_size=64, tasks=["generate_image"], test_fraction=0.2),
+            str(tmp_path / f"ds{n}"),
+            name=f"ds{n}",
+        )
+        for n in (2, 4)
+    ]
+    first, report = dataset_vq(spec, refs[0].uri, seed=7)
+    assert report["data"] == f"dataset:{refs[0].fingerprint[:16]}"
+    # 2 photographs + their low-resolution inputs + angiogram targets (train split, distinct files)
+    assert 2 <= report["images"] <= 6
+    assert dataset_vq(spec, refs[0].uri, seed=7)[1] == report  # cached
+    assert torch.equal(current_vq(spec, seed=7).quantize.embedding.weight, first.quantize.embedding.weight)
+    _, other = dataset_vq(spec, refs[1].uri, seed=7)
+    assert other["data"] == f"dataset:{refs[1].fingerprint[:16]}" != report["data"]

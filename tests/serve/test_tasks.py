@@ -127,7 +127,8 @@ def _answer(response: httpx.Response) -> tuple[str, list[bytes]]:
 def test_models_list_tasks(served):
     url, _, _ = served
     cards = {c["id"]: c for c in httpx.get(url + "/v1/models", headers=HEADERS).json()["data"]}
-    assert cards[HG]["tasks"] == {"comprehension": "chat", "generation": "generate_image"}
+    image_tasks = ("generation", "reconstruction", "super_resolution", "modality_conversion", "text_to_image")
+    assert cards[HG]["tasks"] == {"comprehension": "chat"} | dict.fromkeys(image_tasks, "generate_image")
     assert cards[HG]["default_task"] == "comprehension"
     assert cards[LLM]["tasks"] == {} and cards[LLM]["default_task"] is None
 

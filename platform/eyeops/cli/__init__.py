@@ -54,7 +54,7 @@ def _mount_groups() -> None:
     """Mount every command group that is installed (each module defines ``app``)."""
     import importlib
 
-    for name in ("data", "train", "evaluate", "registry", "export", "serve", "pipeline", "plan"):
+    for name in ("data", "train", "evaluate", "registry", "export", "serve", "pipeline", "plan", "imports"):
         try:
             module = importlib.import_module(f"eyeops.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -159,24 +159,69 @@ class HLoRASpec(Strict):
 
 
 class VQSpec(Strict):
-    """The VQ image tokenizer of HealthGPT's generation task (a small VQ-VAE trained here)."""
+    """HealthGPT's image tokenizer: taming-transformers' VQGAN (:mod:`eyeops.models.common.vqgan`).
+
+    The defaults are a CPU-sized model trained here on the dataset's images. The published
+    OpenImages f=8 8192-code model HealthGPT decodes with (taming ``GumbelVQ``) is ``image_size 256,
+    ch 128, ch_mult [1, 1, 2, 4], num_res_blocks 2, attn_resolutions [32], z_channels 256,
+    embed_dim 256, codebook_size 8192, quantizer gumbel`` plus ``checkpoint`` (recipe healthgpt-m3).
+    """
 
     image_size: int = Field(64, ge=16, le=1024, description="Side of the images it encodes/decodes.")
-    downsample: int = Field(3, ge=1, le=6, description="Encoder halvings: tokens = (image_size / 2^n)^2.")
-    hidden: int = Field(64, ge=8, le=1024, description="Conv channels of encoder and decoder.")
+    ch: int = Field(16, ge=4, le=1024, description="Base width (taming ddconfig 'ch').")
+    ch_mult: list[int] = Field(
+        default_factory=lambda: [1, 1, 2, 4],
+        min_length=1,
+        max_length=7,
+        description="Width multiplier per resolution level; len-1 halvings (f = 2^(len-1)).",
+    )
+    num_res_blocks: int = Field(1, ge=1, le=8, description="ResNet blocks per encoder level (decoder: +1).")
+    attn_resolutions: list[int] = Field(
+        default_factory=lambda: [8],
+        description="Feature-map sides that get self-attention blocks (taming: [32] at 256 px, f=8).",
+    )
+    z_channels: int = Field(32, ge=1, le=1024, description="Encoder output / decoder input channels.")
+    embed_dim: int = Field(32, ge=1, le=1024, description="Code vector width.")
     codebook_size: int = Field(256, ge=2, le=65_536, description="Number of VQ codes (image tokens).")
-    embed_dim: int = Field(32, ge=2, le=1024, description="Code vector width.")
-    beta: float = Field(0.25, ge=0, description="Commitment loss weight.")
-    ema: bool = Field(True, description="Codebook updated by exponential moving averages (else by loss).")
+    quantizer: Literal["vq", "gumbel"] = Field(
+        "vq",
+        description="vq: nearest code (taming VQModel, quantize.embedding); gumbel: scored codes "
+        "(taming GumbelVQ, quantize.proj + quantize.embed; HealthGPT's f=8 8192 model).",
+    )
+    norm_groups: int = Field(8, ge=1, le=64, description="GroupNorm groups (taming: 32).")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    beta: float = Field(0.25, ge=0, description="vq: commitment loss weight.")
+    ema: bool = Field(True, description="vq: codebook updated by exponential moving averages (else by loss).")
     train_steps: int = Field(300, ge=0, description="Steps to train the tokenizer on the dataset's images.")
     checkpoint: str | None = Field(
         None,
-        description="Local state dict (.ckpt/.pt/.safetensors; taming-transformers layout) "
-        "loaded instead of training.",
+        description="Local state dict in taming-transformers' layout (.ckpt/.pt/.safetensors; a "
+        "Lightning 'state_dict' wrapper and the GAN loss.* keys are accepted), loaded instead of "
+        "training; every architecture key must be present with this spec's shapes.",
     )
 
+    @property
+    def downsample(self) -> int:
+        return len(self.ch_mult) - 1
+
     @model_validator(mode="after")
-    def _grid(self) -> VQSpec:
-        if self.image_size % (2**self.downsample):
+    def _layout(self) -> VQSpec:
+        f = 2**self.downsample
+        if self.image_size % f:
             raise ValueError(f"vq.image_size {self.image_size} is not divisible by 2^{self.downsample}")
+        bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % self.norm_groups]
+        if bad:
+            raise ValueError(
+                f"vq widths {bad} (ch x ch_mult) are not divisible by norm_groups {self.norm_groups}"
+            )
+        sides = [self.image_size // 2**i for i in range(len(self.ch_mult))]
+        stray = [r for r in self.attn_resolutions if r not in sides]
+        if stray:
+            raise ValueError(
+                f"vq.attn_resolutions {stray} match no level side of image_size {self.image_size} {sides}"
+            )
+        if self.quantizer == "gumbel" and self.z_channels != self.embed_dim:
+            raise ValueError(
+                "vq.quantizer gumbel scores quant_conv's output: z_channels must equal embed_dim"
+            )
         return self

@@ -34,7 +34,7 @@ from eyeops.errors import ConfigError, NotFoundError
 from eyeops.families import ChatFamily, EvalContext, EvalOutput
 from eyeops.models.common.processing import VLMProcessor, collate, open_image
 from eyeops.models.common.stages import stages_of, train_only, unwrap, write_model_dir
-from eyeops.models.common.vq import VQModel, build_vq, image_tokens
+from eyeops.models.common.vq import VQModel, build_vq, dataset_vq, image_tokens
 from eyeops.models.healthgpt.evaluation import generation_metrics
 from eyeops.models.healthgpt.inference import HealthGPTPredictor
 from eyeops.models.healthgpt.modeling import (
@@ -58,9 +58,9 @@ from eyeops.models.healthgpt.modeling import (
 from eyeops.recipes import Recipe, StageSpec
 
 
-# --- data ----------------------------------------------------------------------------------------
+# --- data ---------------------------------------------------------------------------------------
 class HealthGPTDataset(Dataset):
-    """(task, sample) pairs: comprehension answers text, generation answers the image's VQ tokens."""
+    """(adapter, sample) pairs: comprehension answers text, generation the target image's VQ tokens."""
 
     def __init__(
         self, root: Path, items: list[tuple[str, Any]], processor: VLMProcessor, vq: VQModel
@@ -77,13 +77,15 @@ class HealthGPTDataset(Dataset):
         if task == "generation":
             from eyeops.data.schema import Message
 
-            answer = image_answer(image_tokens(self.vq, images[0]))
+            if sample.target_image:  # a generate_image sample: its own prompt, input(s) and target
+                target = open_image(self.root / sample.target_image, where=where)
+                messages = sample.messages
+            else:  # an image of a comprehension sample: reconstruct it
+                target, images = images[0], images[:1]
+                messages = [Message(role="user", content=GENERATE_PROMPT)]
+            answer = image_answer(image_tokens(self.vq, target))
             return task, self.processor.encode(
-                [Message(role="user", content=GENERATE_PROMPT)],
-                answer,
-                images[:1],
-                where=where,
-                modality=sample.modality,
+                messages, answer, images, where=where, modality=sample.modality
             )
         return task, self.processor.encode(
             sample.messages, sample.answer or "", images, where=where, modality=sample.modality
@@ -117,21 +119,35 @@ class HealthGPTFamily(ChatFamily):
             raise ConfigError(f"stage {stage.name!r}: trainable {stage.trainable} selects no parameters")
 
     def datasets(self, recipe: Recipe, data_dir: Path, stage: StageSpec | None = None) -> dict[str, Dataset]:
-        """Comprehension: QA/report samples; generation: one item per distinct image (all splits)."""
+        """Comprehension: QA/report samples; generation: generate_image samples with their target
+        images, or, when the dataset has none, one reconstruction per distinct image.
+
+        The VQ tokenizer comes from ``vq.checkpoint`` or is trained on this dataset's images.
+        """
         from eyeops.data.store import load_samples
 
         spec = _spec(recipe)
         wanted = {str(t) for t in stage.data_tasks} if stage and stage.data_tasks else set()
-        vq, _ = build_vq(spec.vq, seed=recipe.train.seed)
+        generate = not wanted or "generate_image" in wanted
+        vq, _ = dataset_vq(spec.vq, data_dir, seed=recipe.train.seed)
+        samples = [s for s in load_samples(data_dir) if s.split is not None]
+        paired = any(s.target_image for s in samples)
         by_split: dict[str, list[tuple[str, Any]]] = {}
         seen: set[str] = set()
-        for s in load_samples(data_dir):
-            if s.split is None or not s.images:
-                continue
+        for s in samples:
             split = str(s.split)
-            if str(s.task) in COMPREHENSION_DATA and s.answer and (not wanted or str(s.task) in wanted):
+            if (
+                s.images
+                and str(s.task) in COMPREHENSION_DATA
+                and s.answer
+                and (not wanted or str(s.task) in wanted)
+            ):
                 by_split.setdefault(split, []).append(("comprehension", s))
-            if (not wanted or "generate_image" in wanted) and s.images[0] not in seen:
+            if not generate:
+                continue
+            if s.target_image:
+                by_split.setdefault(split, []).append(("generation", s))
+            elif not paired and s.images and s.images[0] not in seen:
                 seen.add(s.images[0])
                 by_split.setdefault(split, []).append(("generation", s))
         if not by_split.get("train"):
@@ -163,7 +179,9 @@ class HealthGPTFamily(ChatFamily):
         keys = set().union(*(group_parameter_names(hg, g) for g in groups))
         keys |= {k for k in hg.state_dict() if k.startswith(("tower.", "connectors.")) and "vision" in groups}
         state = {k: v.detach().contiguous().cpu() for k, v in hg.state_dict().items() if k in keys}
-        _, vq_report = build_vq(spec.vq, seed=recipe.train.seed)
+        # The tokenizer this run's data trained (datasets() caches it), or the checkpoint's.
+        vq, vq_report = build_vq(spec.vq, seed=recipe.train.seed)
+        hg.vq.load_state_dict(vq.state_dict())
         meta = {
             "groups": sorted(groups),
             "format": "base+hlora-adapters",
@@ -178,11 +196,18 @@ class HealthGPTFamily(ChatFamily):
         return HealthGPTPredictor.from_dir(Path(model_dir), device=device)
 
     def evaluate(self, ctx: EvalContext) -> EvalOutput:
-        """Comprehension as the VLM family scores it, plus generation PSNR against each input image."""
+        """Comprehension as the VLM family scores it; every generation task by PSNR / SSIM / MSE."""
         from eyeops.models.common.vqa_eval import evaluate_vlm
 
         out = evaluate_vlm(ctx)
-        return out.model_copy(update={"metrics": {**out.metrics, **generation_metrics(ctx)}})
+        metrics, tables, artifacts = generation_metrics(ctx)
+        return out.model_copy(
+            update={
+                "metrics": {**out.metrics, **metrics},
+                "tables": {**out.tables, **tables},
+                "artifacts": {**out.artifacts, **artifacts},
+            }
+        )
 
 
 FAMILY = HealthGPTFamily()

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from eyeops.data.image_pairs import GENERATION_PROMPTS
+from eyeops.data.schema import Message
 from eyeops.devices import place, resolve_device
 from eyeops.errors import ConfigError, InvalidRequest
 from eyeops.inference import Capability, ClassifyResult, GenerationRequest, GenerationResult
@@ -20,12 +22,13 @@ from eyeops.models.common.stages import read_model_dir
 from eyeops.models.common.vq import VQModel, to_images, to_pixels, tokens_to_png
 from eyeops.models.healthgpt.modeling import (
     RECIPE_FILE,
-    TASKS,
+    SERVED_TASKS,
     VQ_FILE,
     WEIGHTS_FILE,
     HealthGPT,
     _processor,
     _spec,
+    adapter_of,
     build_healthgpt,
 )
 from eyeops.recipes import Recipe
@@ -55,9 +58,10 @@ class HealthGPTPredictor(BatchedChat):
     """InferenceModel: chat/report (comprehension) and image generation, task chosen per request."""
 
     capabilities: frozenset[Capability] = frozenset({"chat", "report", "generate_image"})
-    # what each H-LoRA task answers; the gateway selects one per request (model suffix / eyeops_task)
+    # what each task answers; the gateway selects one per request (model suffix / eyeops_task).
+    # Every image task runs the generation H-LoRA adapter and vision layer.
     tasks: Mapping[str, Capability] = MappingProxyType(
-        {"comprehension": "chat", "generation": "generate_image"}
+        {t: "chat" if t == "comprehension" else "generate_image" for t in SERVED_TASKS}
     )
     default_task: str | None = "comprehension"
 
@@ -81,40 +85,54 @@ class HealthGPTPredictor(BatchedChat):
 
     @staticmethod
     def task_of(request: GenerationRequest) -> str:
+        """The request's task, checked (default comprehension)."""
         task = request.task or "comprehension"
-        if task not in TASKS:
-            raise InvalidRequest(f"unknown task {task!r} for healthgpt (known: {', '.join(TASKS)})")
+        adapter_of(task)  # raises InvalidRequest for an unknown task
         return task
 
+    @classmethod
+    def adapter(cls, request: GenerationRequest) -> str:
+        return adapter_of(cls.task_of(request))
+
     def check(self, request: GenerationRequest) -> None:
-        if self.task_of(request) == "generation" and len(request.images) != 1:
-            raise InvalidRequest(
-                f"the generation task takes exactly one input image, got {len(request.images)}"
-            )
+        task, n = self.task_of(request), len(request.images)
+        if task == "text_to_image" and n:
+            raise InvalidRequest(f"the text_to_image task draws from the prompt alone, got {n} image(s)")
+        if task in GENERATION_PROMPTS and task != "text_to_image" and n != 1:
+            raise InvalidRequest(f"the {task} task takes exactly one input image, got {n}")
+        if task == "generation" and n > 1:
+            raise InvalidRequest(f"the generation task takes at most one input image, got {n}")
+
+    def messages_of(self, request: GenerationRequest) -> list[Message]:
+        """The turns the model reads: an image task's training prompt, else the request's own."""
+        task = self.task_of(request)
+        if task in GENERATION_PROMPTS and task != "text_to_image":
+            return [Message(role="user", content=GENERATION_PROMPTS[task])]
+        return list(request.messages)
 
     def inputs(self, requests: Sequence[GenerationRequest]) -> dict[str, torch.Tensor]:
         """Left-padded prompt embeddings; each image read through its row's task connector."""
         prompts, pixels, image_tasks = [], [], []
         for request in requests:
-            task = self.task_of(request)
+            task = self.adapter(request)
             pv, plans = self.processor.pixels(request.images)
-            prompts.append(self.processor.prompt_ids(request.messages, plans))
+            prompts.append(self.processor.prompt_ids(self.messages_of(request), plans))
             pixels.append(pv)
             image_tasks += [task] * len(plans)
         pixel_values = torch.cat(pixels).to(self.device)
         return self.embedded(prompts, lambda ids: self.model.embed(ids, pixel_values, image_tasks))
 
     def token_limit(self, request: GenerationRequest) -> int:
-        if self.task_of(request) == "generation":
+        if self.adapter(request) == "generation":
             return self.model.vq.num_tokens + 2  # <start_index>, the codes, <end_index>
         return request.max_new_tokens
 
     def decoding(self, requests: Sequence[GenerationRequest]) -> AbstractContextManager:
         """Row i decodes through its own task's adapters: tasks mix freely inside a batch."""
-        return route_tasks(self.model.lm, [self.task_of(r) for r in requests])
+        return route_tasks(self.model.lm, [self.adapter(r) for r in requests])
 
     def constraints(self, requests: Sequence[GenerationRequest]) -> dict[str, Any]:
-        row_tasks = [self.task_of(r) for r in requests]
+        row_tasks = [self.adapter(r) for r in requests]
         if "generation" not in row_tasks:
             return {}
         return {"prefix_allowed_tokens_fn": self._image_grammar(row_tasks)}
@@ -133,13 +151,14 @@ class HealthGPTPredictor(BatchedChat):
         return allowed
 
     def result(self, tokens: list[int], request: GenerationRequest, prompt_tokens: int) -> GenerationResult:
-        if self.task_of(request) != "generation":
+        task = self.task_of(request)
+        if adapter_of(task) != "generation":
             return super().result(tokens, request, prompt_tokens)
         code_of = {tid: i for i, tid in enumerate(self.model.image_token_ids[1:-1])}
         codes = [code_of[t] for t in tokens if t in code_of][: self.model.vq.num_tokens]
         side = self.model.vq.spec.image_size
         return GenerationResult(
-            text=f"Generated fundus image ({side}x{side} px).",
+            text=f"Generated image ({task}, {side}x{side} px).",
             prompt_tokens=prompt_tokens,
             completion_tokens=len(codes) + 2,
             images_png=[tokens_to_png(self.model.vq, codes)],
@@ -147,8 +166,10 @@ class HealthGPTPredictor(BatchedChat):
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         """Comprehension text token by token (an image answer cannot be streamed)."""
-        if self.task_of(request) == "generation":
-            raise InvalidRequest("the generation task returns an image: request it without streaming")
+        if self.adapter(request) == "generation":
+            raise InvalidRequest(
+                f"the {self.task_of(request)} task returns an image: request it without streaming"
+            )
         return super().stream(request)
 
     def reconstruct(self, image: Image.Image) -> Image.Image:

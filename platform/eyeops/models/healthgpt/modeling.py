@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from eyeops.data.image_pairs import GENERATION_PROMPTS, GENERATION_TASKS
 from eyeops.errors import ConfigError, InvalidRequest
 from eyeops.models.common.connectors import Connector, build_connector
 from eyeops.models.common.hlora import apply_hlora, route_tasks
@@ -16,11 +17,14 @@ from eyeops.models.common.processing import IMAGE_TOKEN_ID, VLMProcessor
 from eyeops.models.common.specs import ResolutionSpec
 from eyeops.models.common.stages import check_group
 from eyeops.models.common.towers import VisionTower, build_tower, tower_geometry
-from eyeops.models.common.vq import VQModel, build_vq
+from eyeops.models.common.vq import VQModel, current_vq
 from eyeops.models.healthgpt.spec import HealthGPTModel
 from eyeops.recipes import Recipe
 
-TASKS = ("comprehension", "generation")
+TASKS = ("comprehension", "generation")  # the H-LoRA adapters, chosen per row by the hard router
+# What a request may name: every generation task runs the generation adapter; "generation" follows
+# the request's own prompt, the others use the prompt their training samples had.
+SERVED_TASKS = ("comprehension", "generation", *GENERATION_TASKS)
 GROUPS = (
     "connector",
     "hlora",
@@ -34,7 +38,8 @@ GROUPS = (
 )
 COMPREHENSION_DATA = ("closed_qa", "open_qa", "report")
 START, END = "<start_index>", "<end_index>"
-GENERATE_PROMPT = "<image>\nReconstruct this fundus photograph as an image."
+PIXEL_NEWLINE = "<pixel_newline>"  # in the seed's vocabulary (so its embeddings import); never emitted
+GENERATE_PROMPT = GENERATION_PROMPTS["reconstruction"]
 WEIGHTS_FILE, VQ_FILE, RECIPE_FILE, META_FILE = (
     "healthgpt.safetensors",
     "vq.safetensors",
@@ -47,6 +52,13 @@ def index_token(i: int) -> str:
     return f"<idx_{i}>"
 
 
+def adapter_of(task: str) -> str:
+    """The H-LoRA adapter (and vision layer) a served task runs through."""
+    if task not in SERVED_TASKS:
+        raise InvalidRequest(f"unknown task {task!r} for healthgpt (known: {', '.join(SERVED_TASKS)})")
+    return "comprehension" if task == "comprehension" else "generation"
+
+
 def _spec(recipe: Recipe) -> HealthGPTModel:
     if not isinstance(recipe.model, HealthGPTModel):
         raise ConfigError(f"recipe {recipe.name!r} has model.family {recipe.family!r}, not 'healthgpt'")
@@ -54,12 +66,14 @@ def _spec(recipe: Recipe) -> HealthGPTModel:
 
 
 def _tokenizer(spec: HealthGPTModel) -> Any:
-    """The LLM's tokenizer plus ``<start_index>``, ``<idx_0..K-1>``, ``<end_index>``."""
+    """The LLM's tokenizer plus ``<start_index>``, ``<idx_0..K-1>``, ``<end_index>``, ``<pixel_newline>``
+    (the seed's order: its released embedding rows line up with ours)."""
     from eyeops.models.common.hub import load_tokenizer
 
     tokenizer = load_tokenizer(spec.llm)
     tokenizer.add_tokens(
-        [START, *(index_token(i) for i in range(spec.vq.codebook_size)), END], special_tokens=True
+        [START, *(index_token(i) for i in range(spec.vq.codebook_size)), END, PIXEL_NEWLINE],
+        special_tokens=True,
     )
     return tokenizer
 
@@ -146,7 +160,7 @@ def build_healthgpt(recipe: Recipe, tokenizer: Any, vq: VQModel | None = None) -
     """Tower, one connector per task, the LLM grown by the image tokens with H-LoRA per task, VQ."""
     spec = _spec(recipe)
     tower = build_tower(spec.vision)
-    base_vocab = len(tokenizer) - spec.vq.codebook_size - 2
+    base_vocab = len(tokenizer) - spec.vq.codebook_size - 3
     lm = build_language_model(spec, base_vocab)
     _add_token_rows(lm, len(tokenizer))
     lm.config.use_cache = False
@@ -160,7 +174,7 @@ def build_healthgpt(recipe: Recipe, tokenizer: Any, vq: VQModel | None = None) -
     }
     tower.truncate(max(layer for c in connectors.values() for layer in c.layers) + 1)
     if vq is None:
-        vq, _ = build_vq(spec.vq, seed=recipe.train.seed)
+        vq = current_vq(spec.vq, seed=recipe.train.seed)
     ids = tokenizer.convert_tokens_to_ids(
         [START, *(index_token(i) for i in range(spec.vq.codebook_size)), END]
     )
