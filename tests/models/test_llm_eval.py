@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from eyeops_testing.judge_server import JudgeServer
 from eyeops_testing.llm_tiny import save_tiny_llm, text_samples, tiny_recipe, write_dataset
 
 from eyeops.data.schema import Split, Task
@@ -12,7 +13,7 @@ from eyeops.errors import DataError
 from eyeops.evaluate import evaluate
 from eyeops.evaluate import text_metrics as tm
 from eyeops.families import get_family
-from eyeops.recipes import parse_recipe
+from eyeops.recipes import JudgeSpec, parse_recipe
 from eyeops.refs import CheckpointRef, DatasetRef
 
 FAMILY = get_family("llm")
@@ -79,3 +80,30 @@ def test_evaluate_without_text_samples_is_a_clear_error(saved, tmp_path):
     data = write_dataset(tmp_path / "docs", only_docs)
     with pytest.raises(DataError, match="no text MCQ or essay samples"):
         evaluate(recipe, checkpoint, DatasetRef(uri=str(data), fingerprint="z"), out_dir=str(tmp_path / "e"))
+
+
+def test_llm_judge_grades_essays_through_an_openai_compatible_server(saved, tmp_path):
+    recipe, checkpoint, _, _ = saved
+    essays = [s for s in text_samples() if s.task == Task.TEXT_QA and s.split == Split.TEST][:2]
+    data = write_dataset(tmp_path / "essays", essays)
+    with JudgeServer() as server:
+        spec = JudgeSpec(base_url=server.base_url, model="judge-test", api_key_env=None)
+        judged = recipe.model_copy(
+            update={
+                "evaluate": recipe.evaluate.model_copy(
+                    update={"judge": spec, "primary_metric": "essay/judge_score"}
+                )
+            }
+        )
+        report = evaluate(
+            judged, checkpoint, DatasetRef(uri=str(data), fingerprint="j"), out_dir=str(tmp_path / "e")
+        )
+    rows = report.tables["judge_essay"]
+    assert len(server.requests) == len(rows) == report.metrics["essay/judge_n"] == len(essays)
+    assert report.metrics["essay/judge_score"] == pytest.approx(
+        sum(r["judge_score"] for r in rows) / len(rows)
+    )
+    unparsed = sum(r["status"] == "unparseable" for r in rows) / len(rows)
+    assert report.metrics["essay/judge_unparsed_rate"] == pytest.approx(unparsed)
+    assert "Question:\n" in server.requests[0]["messages"][1]["content"]
+    assert (tmp_path / "e" / "judge" / "rubric.md").is_file() and "judge_rubric" in report.artifacts
