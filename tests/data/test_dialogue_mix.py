@@ -93,3 +93,12 @@ def test_weighted_mix_of_odir_and_dialogues_splits_by_patient(tmp_path):
 def test_mix_recipe_errors_name_the_problem(data, message):
     with pytest.raises(RecipeError, match=message):
         parse_recipe({"name": "x", "data": data, "model": {"family": "llm"}, "register": {"model_name": "x"}})
+
+
+def test_one_data_source_replaces_a_recipes_mix():
+    from eyeops.pipeline.steps import resolve_recipe
+    from eyeops.recipes import load_recipe
+
+    assert [e.source for e in load_recipe("ophglm").data.mix] == ["synthetic", "knowledge"]
+    recipe = resolve_recipe("ophglm", "{}", "synthetic:12")  # eyeops pipeline run ophglm -d synthetic:12
+    assert (recipe.data.source, recipe.data.n, recipe.data.mix) == ("synthetic", 12, [])

@@ -67,6 +67,22 @@ def _summary(manifest, title: str) -> None:
             + (f"   filter: {', '.join(manifest.filter)}" if manifest.filter else "")
             + (f"   benchmark: {manifest.benchmark} (evaluation-only)" if manifest.benchmark else "")
         )
+    if manifest.masked:
+        console.print(f"masked in free text: {', '.join(f'{k} {v}' for k, v in manifest.masked.items())}")
+    if manifest.generation:
+        counts = manifest.generation.get("counts", {})
+        calls = manifest.generation.get("calls", {})
+        console.print(
+            f"LLM engine ({manifest.generation.get('model')}): "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+            + f"   calls {calls.get('calls', 0)}, cache hits {calls.get('cache_hits', 0)}"
+        )
+    for entry in manifest.mix:
+        console.print(
+            f"mix: {entry['source']} ({entry.get('path') or '-'}): took {entry['taken']} of "
+            f"{entry['available']} record(s), weight {entry.get('weight') or '-'}, "
+            f"samples {entry.get('samples')}"
+        )
     console.print(f"fingerprint: {manifest.fingerprint}")
 
 
@@ -77,8 +93,15 @@ def prepare_cmd(
         "synthetic",
         "--source",
         "-s",
-        help="synthetic | odir | llava | mcq | essay | alpaca | knowledge, or a benchmark: medmcqa | "
-        "pubmedqa | medquad | vqa_rad | slake | omnimedvqa | ophtimus_eval | flashcards | wikidoc",
+        help="synthetic | odir | llava | mcq | essay | alpaca | raw_dialogue | corpus | knowledge, or a "
+        "benchmark: medmcqa | pubmedqa | medquad | vqa_rad | slake | omnimedvqa | ophtimus_eval | "
+        "flashcards | wikidoc (mixes and the LLM engine: --spec)",
+    ),
+    spec_file: Path | None = typer.Option(
+        None,
+        "--spec",
+        help="A YAML data spec (or a recipe: its data: section): mixes, data.engine (llm), data.corpus. "
+        "Replaces the source/data options above.",
     ),
     out: str = typer.Option(..., "--out", "-o", help="Output directory or s3://bucket/prefix."),
     name: str | None = typer.Option(None, help="Dataset name (default: the output folder's name)."),
@@ -100,6 +123,7 @@ def prepare_cmd(
     ),
     image_format: str = typer.Option("png", "--format", help="png (lossless) or jpeg (q95)."),
     workers: int | None = typer.Option(None, help="Decode threads (default: 2 × CPUs, at most 8)."),
+    mlflow: bool = typer.Option(False, "--mlflow", help="Log the quality report with the dataset to MLflow."),
 ) -> None:
     """Import, check, de-identify, split and store a dataset; print what was kept and rejected."""
     from eyeops.data import prepare, read_manifest
@@ -107,24 +131,28 @@ def prepare_cmd(
 
     try:
         try:
-            spec = DataSpec(
-                source=source,
-                path=path,
-                n=n,
-                seed=seed,
-                image_size=image_size,
-                tasks=[t.strip() for t in tasks.split(",") if t.strip()],
-                role="benchmark" if benchmark else "train",
-                **(
-                    {"filter": [t.strip() for t in filter_.split(",") if t.strip()]}
-                    if filter_ is not None
-                    else {}
-                ),
-                **{
-                    k: v
-                    for k, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction))
-                    if v is not None
-                },
+            spec = (
+                _spec_file(spec_file)
+                if spec_file
+                else DataSpec(
+                    source=source,
+                    path=path,
+                    n=n,
+                    seed=seed,
+                    image_size=image_size,
+                    tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+                    role="benchmark" if benchmark else "train",
+                    **(
+                        {"filter": [t.strip() for t in filter_.split(",") if t.strip()]}
+                        if filter_ is not None
+                        else {}
+                    ),
+                    **{
+                        k: v
+                        for k, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction))
+                        if v is not None
+                    },
+                )
             )
         except ValidationError as exc:
             detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors())
@@ -153,6 +181,54 @@ def prepare_cmd(
                 progress=hook,
             )
         _summary(read_manifest(ref.uri), f"dataset {ref.name} → {ref.uri}")
+        if mlflow:
+            _log(ref.uri)
+    except EyeopsError as exc:
+        _fail(exc)
+
+
+def _spec_file(path: Path):
+    """The DataSpec in a YAML file: a recipe's ``data:`` section or a bare data mapping."""
+    import yaml
+
+    from eyeops.recipes import DataSpec
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--spec {path}: cannot read YAML: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), dict):
+        data = data["data"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"--spec {path}: expected a mapping (a data spec or a recipe)")
+    return DataSpec.model_validate(data)
+
+
+def _log(uri: str) -> None:
+    from eyeops.data.report import log_to_mlflow
+
+    run_id = log_to_mlflow(uri)
+    console.print(f"quality report logged to MLflow: run {run_id} (artifacts dataset/quality.html)")
+
+
+@app.command("report")
+def report_cmd(
+    uri: str = typer.Argument(..., help="Dataset directory or s3:// URI."),
+    mlflow: bool = typer.Option(False, "--mlflow", help="Also log it with the dataset to MLflow."),
+) -> None:
+    """Show where a dataset's quality report is (quality.html), and log it to MLflow."""
+    from eyeops.data import local_dataset_dir, read_manifest
+    from eyeops.data.report import REPORT_HTML
+
+    try:
+        manifest = read_manifest(uri)
+        page = local_dataset_dir(uri) / REPORT_HTML
+        console.print(
+            f"quality report: {page if page.is_file() else '(none: prepared before reports existed)'}"
+        )
+        _summary(manifest, f"dataset {manifest.name} ({uri})")
+        if mlflow:
+            _log(uri)
     except EyeopsError as exc:
         _fail(exc)
 

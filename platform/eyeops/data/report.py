@@ -16,6 +16,7 @@ import itertools
 import json
 import re
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,8 +146,8 @@ def log_to_mlflow(uri: str, *, experiment: str = "eyeops-datasets") -> str:
 
     from eyeops.data.store import MANIFEST, load_dataset, read_manifest
 
-    # The registry's client and experiment placement (artifacts under the storage root).
-    from eyeops.registry.mlflow_registry import _experiment_id, client
+    # The registry's client, experiment placement (artifacts under the storage root) and errors.
+    from eyeops.registry.mlflow_registry import client, experiment_id, mlflow_errors
 
     manifest = read_manifest(uri)
     frame, local = load_dataset(uri, as_frame=True)
@@ -161,8 +162,9 @@ def log_to_mlflow(uri: str, *, experiment: str = "eyeops-datasets") -> str:
                 (folder / name).write_bytes((local / name).read_bytes())
         (folder / MANIFEST).write_bytes((local / MANIFEST).read_bytes())
         stats = json.loads((folder / REPORT_JSON).read_text(encoding="utf-8"))
-        with mlflow.start_run(
-            experiment_id=_experiment_id(c, experiment), run_name=f"dataset {manifest.name}"
+        with (
+            mlflow_errors(f"logging dataset {manifest.name}"),
+            mlflow.start_run(experiment_id=experiment_id(c, experiment), run_name=f"dataset {manifest.name}"),
         ):
             mlflow.set_tags(
                 {"eyeops.dataset_name": manifest.name, "eyeops.dataset_fingerprint": manifest.fingerprint}
@@ -171,10 +173,10 @@ def log_to_mlflow(uri: str, *, experiment: str = "eyeops-datasets") -> str:
             for name, value in (stats["generation"].get("counts") or {}).items():
                 mlflow.log_metric(f"llm_{name}", value)
             mlflow.log_artifacts(str(folder), artifact_path="dataset")
-            mlflow.log_input(
-                mlflow.data.from_pandas(
+            with warnings.catch_warnings():  # a local path matches MLflow's local source twice: same class
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                dataset = mlflow.data.from_pandas(
                     frame, source=str(uri), name=manifest.name, digest=manifest.fingerprint[:20]
-                ),
-                context="prepare",
-            )
+                )
+            mlflow.log_input(dataset, context="prepare")
             return mlflow.active_run().info.run_id  # type: ignore[union-attr]

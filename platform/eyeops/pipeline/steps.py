@@ -49,6 +49,8 @@ def resolve_recipe(recipe: str, overrides: str | dict[str, Any] = "{}", data_sou
     if not isinstance(extra, dict):
         raise RecipeError(f"overrides must be a JSON object of dotted keys, got {overrides!r}")
     merged = {**parse_data_source(data_source), **extra}
+    if merged.get("data.source") not in (None, "mix"):  # one source given: it replaces a recipe's mix
+        merged.setdefault("data.mix", [])
     base = load_recipe(recipe)
     return base.with_overrides(merged) if merged else base
 
