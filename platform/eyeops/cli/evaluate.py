@@ -109,14 +109,22 @@ def report_command(
     from eyeops.evaluate.report import collect, export
 
     table = collect(recipe=recipe, benchmarks=benchmark or None, metrics=metric or None)
-    view = Table(title="benchmark report" + (f" · {recipe}" if recipe else ""))
-    view.add_column("model")
+    # One terminal table per benchmark (rows = models, columns = its metrics) stays readable; the
+    # exported markdown / CSV hold them side by side.
+    by_bench: dict[str, list[str]] = {}
     for column in table.columns:
-        view.add_column(column, justify="right")
-    for row in table.rows:
-        name = f"{row.model} [dim](zero-shot)[/dim]" if row.kind == "base" else row.model
-        view.add_row(name, *(_cell(row.values.get(c)) for c in table.columns))
-    console.print(view)
+        by_bench.setdefault(column.split("/", 1)[0], []).append(column)
+    for bench, columns in by_bench.items():
+        view = Table(title=f"{bench}" + (f" · {recipe}" if recipe else ""))
+        view.add_column("model")
+        for column in columns:
+            view.add_column(column.split("/", 1)[1], justify="right")
+        for row in table.rows:
+            if not any(c in row.values for c in columns):
+                continue
+            name = f"{row.model} [dim](zero-shot)[/dim]" if row.kind == "base" else row.model
+            view.add_row(name, *(_cell(row.values.get(c)) for c in columns))
+        console.print(view)
     settings = get_settings()
     if out is None and not settings.is_local_storage:
         out = str(Path.cwd() / "eyeops-report")

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict
 from eyeops.errors import NotFoundError
 from eyeops.evaluate.benchmark import EXPERIMENT, find_runs
 
-# Counts, not scores: never a column unless asked for by name.
-_NOT_SCORES = ("n", "unparseable")
+# Counts and parse bookkeeping, not scores: never a column unless asked for by --metric.
+_NOT_SCORES = ("n", "correct", "unparseable", "unparsed_rate", "missing")
 
 
 class ReportRow(BaseModel):
