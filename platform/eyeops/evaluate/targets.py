@@ -81,10 +81,11 @@ def with_base(recipe: Recipe, base: str | None) -> Recipe:
 
 def base_key(recipe: Recipe) -> str:
     """What determines a base model's zero-shot answers: its model section (base, prompt format,
-    adapter shapes), the stages (which groups a save carries) and the seed of fresh layers."""
+    adapter shapes), the stages' trainable groups (what a save carries) and the seed of fresh layers;
+    not step counts or learning rates, so retraining longer reuses the measured baseline."""
     data = {
         "model": recipe.model.model_dump(mode="json"),
-        "stages": [s.model_dump(mode="json") for s in recipe.train.stages],
+        "stages": [sorted(s.trainable) for s in recipe.train.stages],
         "seed": recipe.train.seed,
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
