@@ -106,7 +106,7 @@ def llm_server(odir_csv, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: several times faster on a busy 2-core machine, and repeatable
     try:
-        teach_answers(model, load_tokenizer(str(base)), pairs, steps=140)
+        teach_answers(model, load_tokenizer(str(base)), pairs, steps=200, exact_for=10)
     finally:
         torch.set_num_threads(threads)
     model_dir = tmp_path_factory.mktemp("eye-llm")

@@ -78,9 +78,17 @@ def teach_answer(model: Any, tokenizer: Any, messages: list[dict], answer: str, 
 
 
 def teach_answers(
-    model: Any, tokenizer: Any, pairs: list[tuple[list[dict], str]], steps: int = 80, lr: float = 1e-2
-) -> None:
-    """:func:`teach_answer` for several ``(messages, answer)`` pairs at once (one padded batch)."""
+    model: Any,
+    tokenizer: Any,
+    pairs: list[tuple[list[dict], str]],
+    steps: int = 80,
+    lr: float = 1e-2,
+    exact_for: int | None = None,
+) -> int:
+    """:func:`teach_answer` for several ``(messages, answer)`` pairs at once (one padded batch).
+
+    ``exact_for=N`` stops early once every answer token has been the model's top prediction for N
+    steps in a row (then greedy decoding reproduces every answer); returns the steps taken."""
     import torch
 
     from eyeops.models.common.generation import render_chat
@@ -102,11 +110,20 @@ def teach_answers(
     torch.manual_seed(0)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
-    for _ in range(steps):
+    exact, taken = 0, 0
+    while taken < steps:
+        taken += 1
         optimizer.zero_grad()
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
         optimizer.step()
+        if exact_for is not None:
+            hit = out.logits[:, :-1].argmax(-1) == labels[:, 1:]
+            exact = exact + 1 if bool(hit[labels[:, 1:] != -100].all()) else 0
+            if exact >= exact_for:
+                break
     model.eval()
+    return taken
 
 
 def text_samples() -> list[Sample]:
