@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 from eyeops_testing.raw_data import write_pdf
 
 from eyeops.data import load_samples, prepare, read_manifest
 from eyeops.data.corpus import dedup, pack
+from eyeops.data.llm_engine import GENERATE_SYSTEM, VERIFY_SYSTEM
 from eyeops.data.schema import Task
 from eyeops.recipes import DataSpec
 
@@ -97,3 +102,89 @@ def test_llm_family_corpus_entries_read_pdf_and_html_through_the_pipeline(tmp_pa
     assert sorted(d.split()[0] for d in docs) == ["Diabetic", "Glaucoma"] and all(
         HEADER not in d for d in docs
     )
+
+
+class _Endpoint(BaseHTTPRequestHandler):
+    """A stand-in for an external OpenAI-compatible service: canned replies by prompt, and one 500
+    first so the client's retry is exercised."""
+
+    requests: list[str] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        system, user = (m["content"] for m in body["messages"])
+        type(self).requests.append(user)
+        if len(self.requests) == 1:
+            self.send_response(500)
+            self.end_headers()
+            return
+        if system == VERIFY_SYSTEM:
+            reply = "UNSUPPORTED" if "OCT" in user else "SUPPORTED."
+        elif system == GENERATE_SYSTEM:
+            reply = "```json\n" + json.dumps({"items": PASSAGE_ITEMS}) + "\n```"
+        else:
+            reply = "Glaucoma is optic nerve damage, treated by lowering the pressure."
+        message = {"role": "assistant", "content": reply}
+        payload = {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60},
+        }
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+PASSAGE_ITEMS = [
+    {
+        "task": "mcq",
+        "question": "Which drugs usually lower eye pressure first?",
+        "options": ["Prostaglandin analogues", "Antibiotics", "Steroids", "Antihistamines"],
+        "answer": "A",
+    },
+    {"task": "essay", "question": "How is progress followed?", "answer": "With visual fields and OCT."},
+    {"task": "essay", "question": "Are prostaglandin drops used?", "answer": "prostaglandin drops"},
+]
+
+
+def test_corpus_summaries_mcq_and_essays_through_an_llm_endpoint(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "corpus").mkdir()
+        (tmp_path / "corpus" / "glaucoma.txt").write_text(
+            " ".join([*GLAUCOMA, *GLAUCOMA_2]), encoding="utf-8"
+        )
+        endpoint = {"base_url": f"http://127.0.0.1:{server.server_port}/v1", "model": "m", "max_retries": 1}
+        spec = DataSpec(
+            source="corpus",
+            path=str(tmp_path / "corpus"),
+            tasks=[Task.PRETRAIN_TEXT, Task.MCQ, Task.TEXT_QA],
+            corpus={"summarize": True},
+            engine={"kind": "llm", "llm": endpoint, "cache_dir": str(tmp_path / "cache")},
+            val_fraction=0.0,
+            test_fraction=0.0,
+        )
+        ref = prepare(spec, str(tmp_path / "out"), name="qa")
+    finally:
+        server.shutdown()
+    generation = read_manifest(ref.uri).generation
+    assert generation["counts"]["generated"] == 3 and generation["counts"]["verified"] == 1
+    assert generation["rejected_by_reason"] == {"answer leaked into question": 1, "verifier UNSUPPORTED": 1}
+    # summary (map of one passage) + generation + 2 verifications; the 500 was retried by the client
+    assert generation["calls"]["calls"] == 4 and len(_Endpoint.requests) == 5
+    by_kind = {s.meta.get("kind", str(s.task)): s for s in load_samples(ref.uri)}
+    assert set(by_kind) == {"packed", "summary", "mcq"}
+    mcq = by_kind["mcq"]
+    assert mcq.answer == "A" and mcq.options[0] == "Prostaglandin analogues"
+    assert mcq.messages[0].content.endswith("D. Antihistamines\nAnswer with the letter.")
+    assert by_kind["summary"].answer.startswith("Glaucoma is optic nerve damage")
