@@ -110,6 +110,12 @@ class Family(Protocol):
         """Reload a saved model for inference."""
         ...
 
+    def calibrate(self, model: torch.nn.Module, recipe: Recipe, data_dir: Path, out_dir: Path) -> None:
+        """After training (rank 0): fit what the model needs to judge its own answers on held-out data
+        (temperature, out-of-distribution threshold) and write it into the saved ``out_dir``, which
+        ``load`` then applies. Families without image inputs write nothing."""
+        ...
+
     def evaluate(self, ctx: EvalContext) -> EvalOutput:
         """Score the loaded model on the eval split: the family's metrics, tables and notes."""
         ...
@@ -122,6 +128,9 @@ class ChatFamily:
 
     def labels(self, recipe: Recipe) -> list[str]:
         return []
+
+    def calibrate(self, model: torch.nn.Module, recipe: Recipe, data_dir: Path, out_dir: Path) -> None:
+        return None  # no OOD screen for this family (yet): its answers carry no verdict
 
 
 def _package(name: str) -> str:

@@ -19,10 +19,30 @@ from eyeops.errors import ConfigError
 Capability = Literal["classify", "chat", "report", "generate_image"]
 
 
-class ClassifyResult(BaseModel):
+class OODFields(BaseModel):
+    """The out-of-distribution verdict every classify and image-chat answer carries.
+
+    ``None`` throughout: the model has no OOD screen (saved without a calibration) or, for chat,
+    the request had no image. See :mod:`eyeops.models.common.calibration`.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+    out_of_distribution: bool | None = Field(
+        None, description="True: the image is unlike the images the model was trained on."
+    )
+    ood_score: float | None = Field(None, description="k-NN feature distance to the training images.")
+    ood_threshold: float | None = Field(None, description="Scores above this are out of distribution.")
+    message: str | None = Field(
+        None, description="'outside what this model was trained on' when out_of_distribution."
+    )
+
+
+class ClassifyResult(OODFields):
     probabilities: dict[str, float] = Field(description="Per-label probability, label order kept.")
-    findings: list[str] = Field(description="Labels at or above the decision threshold, most likely first.")
+    findings: list[str] = Field(
+        description="Labels at or above the decision threshold, most likely first; empty when the "
+        "image is out of distribution."
+    )
 
 
 class GenerationRequest(BaseModel):
@@ -37,8 +57,7 @@ class GenerationRequest(BaseModel):
     task: str | None = Field(None, description="Adapter/task selector for multi-task models (H-LoRA).")
 
 
-class GenerationResult(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class GenerationResult(OODFields):
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from eyeops.data import local_dataset_dir
 from eyeops.families import Family, get_family
 from eyeops.recipes import Recipe, StageSpec, parse_recipe
-from eyeops.train.strategies import StepPlan, construction, make_engine, resolve_precision
+from eyeops.train.strategies import StepPlan, construction, is_zero3, make_engine, resolve_precision
 
 META_FILE = "meta.json"
 MODEL_DIR = "model"
@@ -218,7 +218,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         **extra_metrics,
     }
     _report_checkpoint(
-        engine, family, recipe, rank, final, final=True, meta={"step": step, "stage": stages[-1].index}
+        engine,
+        family,
+        recipe,
+        rank,
+        final,
+        final=True,
+        meta={"step": step, "stage": stages[-1].index},
+        data_dir=data_dir,
     )
 
 
@@ -231,14 +238,19 @@ def _report_checkpoint(
     *,
     final: bool,
     meta: dict[str, Any],
+    data_dir: Path | None = None,
 ) -> None:
-    """Save the training state (and, when ``final``, the model dir) and report it to Ray Train."""
+    """Save the training state (and, when ``final``, the calibrated model dir); report it to Ray Train."""
     with tempfile.TemporaryDirectory(prefix="eyeops-ckpt-") as tmp:
         directory = Path(tmp)
         wrote = engine.save(directory, rank, extra=meta)
         with engine.gathered():
             if final and rank == 0:
                 family.save(engine.unwrap(), recipe, directory / MODEL_DIR)
+                # Temperature + OOD screen, fitted on held-out data. Not under ZeRO-3: its forward
+                # hooks gather parameters collectively, which one rank alone cannot do.
+                if data_dir is not None and not is_zero3(recipe):
+                    family.calibrate(engine.unwrap(), recipe, data_dir, directory / MODEL_DIR)
         if rank == 0:
             (directory / META_FILE).write_text(json.dumps(meta))
         keep = wrote or rank == 0

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from eyeops.errors import DataError
 from eyeops.evaluate import plots
+from eyeops.evaluate.calibration import calibration_report
 from eyeops.evaluate.metrics import (
     NORMAL_LABEL,
     ClassificationMetrics,
@@ -79,8 +80,13 @@ def _load_image(ctx: EvalContext, images, row: int, sid: str) -> Image.Image:
         ) from None
 
 
-def predict_probabilities(ctx: EvalContext, rows: pd.DataFrame) -> np.ndarray:
-    """(samples × model labels) probabilities, inferred in batches of ``ctx.batch_size``."""
+def predict_probabilities(
+    ctx: EvalContext, rows: pd.DataFrame, ood_flags: list[bool | None] | None = None
+) -> np.ndarray:
+    """(samples × model labels) probabilities, inferred in batches of ``ctx.batch_size``.
+
+    ``ood_flags``, when given, receives each sample's out-of-distribution verdict in order.
+    """
     labels = list(ctx.model.labels)
     out = np.zeros((len(rows), len(labels)))
     for start in range(0, len(rows), ctx.batch_size):
@@ -91,6 +97,8 @@ def predict_probabilities(ctx: EvalContext, rows: pd.DataFrame) -> np.ndarray:
         ]
         for k, result in enumerate(ctx.model.classify(images)):
             out[start + k] = [result.probabilities[lab] for lab in labels]
+            if ood_flags is not None:
+                ood_flags.append(result.out_of_distribution)
     return out
 
 
@@ -154,7 +162,8 @@ def evaluate_classifier(ctx: EvalContext) -> EvalOutput:
         )
     labels, threshold = list(ctx.model.labels), ctx.recipe.evaluate.threshold
     truth = _ground_truth(ctx, rows, _label_columns(ctx))
-    probs = predict_probabilities(ctx, rows)
+    ood_flags: list[bool | None] = []
+    probs = predict_probabilities(ctx, rows, ood_flags)
 
     overall = classification_metrics(truth, probs, labels, threshold)
     by_modality = breakdown(truth, probs, _group_keys(rows, "modality"), labels, threshold)
@@ -185,7 +194,15 @@ def evaluate_classifier(ctx: EvalContext) -> EvalOutput:
     artifacts["predictions"] = ctx.out_dir / "predictions.csv"
     predictions.to_csv(artifacts["predictions"], index=False)
 
+    # --- calibration (issue 17.6): ECE per label, reliability diagram, share flagged OOD ---
+    calibration, calibration_rows, calibration_plots = calibration_report(
+        truth, probs, labels, plot_dir, ood_flags
+    )
+    metrics |= calibration
+    artifacts |= calibration_plots
+
     tables = {
+        "calibration": calibration_rows,
         "per_class": overall.class_rows(),
         "per_modality": [m.summary_row(modality=k) for k, m in by_modality.items()],
         "per_eye": [m.summary_row(eye=k) for k, m in by_eye.items()],

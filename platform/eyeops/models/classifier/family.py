@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from eyeops.data import load_samples, read_manifest
 from eyeops.errors import ConfigError, DataError
 from eyeops.families import EvalContext, EvalOutput, PyfuncTask
+from eyeops.models.classifier.calibration import calibrate_classifier
 from eyeops.models.classifier.evaluation import evaluate_classifier
 from eyeops.models.classifier.inference import ClassifierPredictor
 from eyeops.models.classifier.modeling import (
@@ -34,7 +35,9 @@ from eyeops.models.classifier.modeling import (
     build_classifier,
 )
 from eyeops.models.classifier.spec import ClassifierModel
-from eyeops.models.common.stages import read_model_dir
+from eyeops.models.common.calibration import Calibrator
+from eyeops.models.common.processing import open_image
+from eyeops.models.common.stages import read_model_dir, unwrap
 from eyeops.recipes import Recipe, StageSpec
 
 
@@ -175,7 +178,27 @@ class ClassifierFamily:
         spec = _spec(recipe).model_copy(update={"weights": "none"})
         model = FundusClassifier(spec)
         model.net.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)))
-        return ClassifierPredictor(model, spec, recipe.evaluate.threshold, device)
+        calibrator = Calibrator.load(model_dir)
+        return ClassifierPredictor(model, spec, recipe.evaluate.threshold, device, calibrator)
+
+    def calibrate(self, model: nn.Module, recipe: Recipe, data_dir: Path, out_dir: Path) -> None:
+        """Fit the temperature on the 'val' split and the OOD screen on 'train' + 'val'; save both."""
+        spec = _spec(recipe)
+        by_split = classify_items(Path(data_dir), list(spec.labels))
+        train = by_split["train"]
+        if len(train) > spec.ood.max_reference:  # neighbours: a seeded random subset, not the first N
+            keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(recipe.train.seed))
+            train = [train[int(i)] for i in keep[: spec.ood.max_reference]]
+        val = by_split.get("val", [])
+        calibrator = calibrate_classifier(
+            unwrap(model, FundusClassifier),
+            spec,
+            train_images=(open_image(Path(data_dir) / rel, where=rel) for rel, _ in train),
+            val_images=(open_image(Path(data_dir) / rel, where=rel) for rel, _ in val),
+            val_labels=[labels for _, labels in val],
+            batch_size=recipe.train.batch_size,
+        )
+        calibrator.save(Path(out_dir))
 
     def evaluate(self, ctx: EvalContext) -> EvalOutput:
         """Multi-label metrics, ODIR-5K figures, breakdowns per modality and eye, plots."""

@@ -13,6 +13,7 @@ from torchvision.transforms import v2 as T
 
 from eyeops.errors import ConfigError, NotFoundError
 from eyeops.models.classifier.spec import ClassifierModel
+from eyeops.models.common.calibration import stage_means
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -118,6 +119,16 @@ class FundusClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(OOD-screen features, logits)`` of one pass: every stage's channel means
+        (:func:`~eyeops.models.common.calibration.stage_means`), or the pooled pre-logits for a timm
+        model without ``forward_intermediates``."""
+        if hasattr(self.net, "forward_intermediates"):
+            final, maps = self.net.forward_intermediates(images)
+            return stage_means(maps), self.net.forward_head(final)
+        pooled = self.net.forward_head(self.net.forward_features(images), pre_logits=True)
+        return pooled, self.net.get_classifier()(pooled)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.net.get_classifier().parameters())

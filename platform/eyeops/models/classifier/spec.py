@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from eyeops.data.schema import ODIR_LABELS
+from eyeops.models.common.calibration_spec import OODSpec
 from eyeops.models.common.specs import Strict
 
 
@@ -24,6 +25,12 @@ class ClassifierModel(Strict):
     image_size: int = Field(224, ge=32, le=1024)
     drop_rate: float = Field(0.2, ge=0.0, lt=1.0)
     circular_crop: bool = Field(True, description="Crop the black border around the fundus disc.")
+    temperature_scaling: Literal["global", "per_label", "none"] = Field(
+        "global",
+        description="Temperature fitted on the validation split after training and applied when "
+        "serving: one for all labels, one per label, or none.",
+    )
+    ood: OODSpec = Field(default_factory=OODSpec, description="Out-of-distribution screen (k-NN features).")
 
 
 SPEC = ClassifierModel
