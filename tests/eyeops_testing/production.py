@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -250,12 +252,9 @@ def run_many(recipes: list[Recipe], dataset: Any, tmp: Path) -> list[PlatformRun
     return runs
 
 
-def serve_one(model_dir: Path, with_image: bool) -> dict[str, Any]:
-    """POST one chat completion to the real gateway app over ``model_dir`` (uvicorn + httpx)."""
-    import base64
-    import io
-
-    import httpx
+@contextmanager
+def gateway(model_dir: Path) -> Iterator[tuple[str, Any]]:
+    """(base URL, predictor) of the real gateway app over ``model_dir`` (uvicorn in a thread)."""
     import uvicorn
 
     from eyeops.serve.gateway import create_app
@@ -275,23 +274,37 @@ def serve_one(model_dir: Path, with_image: bool) -> dict[str, Any]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.05)
-    content: Any = QUESTION
-    if with_image:
-        buffer = io.BytesIO()
-        chat_request(True).images[0].save(buffer, format="PNG")
-        url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": QUESTION}]
-    body = {"model": predictor.name, "messages": [{"role": "user", "content": content}], "max_tokens": 4}
     try:
+        yield f"http://127.0.0.1:{server.config.port}", predictor
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def image_content(image: Any, text: str) -> list[dict[str, Any]]:
+    """OpenAI chat content parts: one PNG data URL, then the text."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+
+
+def serve_one(model_dir: Path, with_image: bool) -> dict[str, Any]:
+    """POST one chat completion to the real gateway app over ``model_dir`` (uvicorn + httpx)."""
+    import httpx
+
+    with gateway(model_dir) as (url, predictor):
+        content: Any = image_content(chat_request(True).images[0], QUESTION) if with_image else QUESTION
+        body = {"model": predictor.name, "messages": [{"role": "user", "content": content}], "max_tokens": 4}
         response = httpx.post(
-            f"http://127.0.0.1:{server.config.port}/v1/chat/completions",
+            f"{url}/v1/chat/completions",
             json=body,
             headers={"Authorization": f"Bearer {API_KEY}"},
             timeout=120,
         )
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
     if response.status_code != 200:
         raise AssertionError(f"gateway answered {response.status_code}: {response.text}")
     return response.json()

@@ -1,7 +1,9 @@
 """Architecture-exact CPU tests of the vision production recipes (issue 16 items 2, 3, 6).
 
 EyecareGPT-3-8B (SigLIP-so400m + Phi-3.5-mini), EyecareGPT-7B (Qwen2.5-VL, native backbone),
-HealthGPT-M3 (CLIP-L/14 + Phi-3-mini) and HealthGPT-L14 (CLIP-L/14 + phi-4): each shipped recipe,
+HealthGPT-M3 (CLIP-L/14 + Phi-3-mini, taming's GumbelVQ f=8 layout from vq.checkpoint; trained on
+synthetic generation pairs, every generation task evaluated and served through the openai client)
+and HealthGPT-L14 (CLIP-L/14 + phi-4): each shipped recipe,
 with its hub ids swapped for tiny local checkpoints of the same ``model_type`` and module names,
 trains two steps per stage through the real Ray Train loop, is reloaded, generates and answers one
 HTTP chat request; the saved adapters are counted per decoder layer against what the seed adapts.
@@ -9,14 +11,26 @@ HTTP chat request; the saved adapters are counted per decoder layer against what
 
 from __future__ import annotations
 
+import base64
+import io
+
 import pytest
-from eyeops_testing.production import run_through_platform, tiny_hub_dir, tiny_variant
+from eyeops_testing.production import (
+    API_KEY,
+    chat_request,
+    gateway,
+    image_content,
+    run_through_platform,
+    tiny_hub_dir,
+    tiny_variant,
+)
 from eyeops_testing.production_vision import (
     TOWER_SIDE,
     adapters_per_layer,
     tiny_qwen25vl_dir,
     tiny_tower_dir,
 )
+from eyeops_testing.taming_layout import tiny_gumbel_vq
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -28,7 +42,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PHI3_LINEARS = {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
 QWEN_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-TINY_VQ = {"image_size": 32, "downsample": 2, "hidden": 8, "codebook_size": 16, "embed_dim": 8}
 
 
 @pytest.fixture(scope="module")
@@ -40,22 +53,22 @@ def hub(tmp_path_factory):
         "siglip": tiny_tower_dir(root, "siglip", layers=27),  # so400m's depth: the LDC reads 1..26
         "clip": tiny_tower_dir(root, "clip", layers=24),  # ViT-L/14's depth
         "qwen2_5_vl": tiny_qwen25vl_dir(root),
+        "vqgan": tiny_gumbel_vq(root),  # taming's GumbelVQ f=8 layout, narrow: loaded by vq.checkpoint
     }
+
+
+def _synthetic(tmp_path_factory, name: str, n: int, tasks: list[str], test_fraction: float):
+    from eyeops.data import prepare
+
+    spec = DataSpec(
+        source="synthetic", n=n, image_size=64, tasks=tasks, val_fraction=0.0, test_fraction=test_fraction
+    )
+    return prepare(spec, str(tmp_path_factory.mktemp(name) / "ds"), name=name)
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from eyeops.data import prepare
-
-    spec = DataSpec(
-        source="synthetic",
-        n=8,
-        image_size=64,
-        tasks=["closed_qa", "open_qa", "report"],
-        val_fraction=0.0,
-        test_fraction=0.2,
-    )
-    return prepare(spec, str(tmp_path_factory.mktemp("data") / "ds"), name="vision-production")
+    return _synthetic(tmp_path_factory, "vision-production", 8, ["closed_qa", "open_qa", "report"], 0.2)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +130,7 @@ def _healthgpt(name, hub):
         llm=hub["phi3"],
         vision__name=hub["clip"],
         vision__image_size=TOWER_SIDE,
-        vq=TINY_VQ | {"train_steps": 2},
+        vq=hub["vqgan"],
     )
 
 
@@ -129,13 +142,50 @@ def _check_hlora(state, comprehension_r):
         assert a.shape[0] == rank and router.shape[0] == 4  # the seed's rank, 4 experts
 
 
-def test_healthgpt_m3(hub, dataset, ray_session, tmp_path):
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """Synthetic fundus photographs with every generation task's pair (data.tasks generate_image)."""
+    return _synthetic(tmp_path_factory, "healthgpt-pairs", 4, ["closed_qa", "report", "generate_image"], 0.45)
+
+
+def test_healthgpt_m3(hub, pairs, ray_session, tmp_path):
+    """Train on synthetic pairs, evaluate every generation task, serve each through openai."""
+    from eyeops.data.image_pairs import GENERATION_TASKS
+    from eyeops.evaluate import evaluate
+
     recipe = _healthgpt("healthgpt-m3", hub)
     assert [s.name for s in recipe.train.stages] == ["align", "plugin", "instruct"]
-    run = run_through_platform(recipe, dataset, tmp_path)
+    assert recipe.model.vq.quantizer == "gumbel" and recipe.model.vq.ch_mult == [1, 1, 2, 4]
+    run = run_through_platform(recipe, pairs, tmp_path)
     _check_hlora(load_file(str(run.model_dir / "healthgpt.safetensors")), 64)
     assert type(run.model.model.tower.model).__name__ == "CLIPVisionModel"
     _check_served(run)
+
+    report = evaluate(recipe, run.checkpoint, pairs, out_dir=str(tmp_path / "eval"))
+    for task in GENERATION_TASKS:  # every task scored on the whole test split
+        assert report.metrics[f"generation/{task}/n"] >= 1
+        assert 0 < report.metrics[f"generation/{task}/psnr_db"] < 100
+        assert -1 <= report.metrics[f"generation/{task}/ssim"] <= 1
+        assert report.metrics[f"generation/{task}/mse"] > 0
+    grid = Image.open(report.artifacts["generation_grid"])
+    assert grid.size[0] == 3 * 32  # input | target | output, up to 2 rows per task
+    assert len(GENERATION_TASKS) * 32 <= grid.size[1] <= 2 * len(GENERATION_TASKS) * 32
+
+    from openai import OpenAI
+
+    retina = chat_request(True).images[0]
+    with gateway(run.model_dir) as (url, predictor):
+        client = OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+        for task in (*GENERATION_TASKS, "generation"):
+            text = "Generate a fundus photograph of a left eye with drusen."
+            content = text if task == "text_to_image" else image_content(retina, text)
+            answer = client.chat.completions.create(
+                model=f"{predictor.name}:{task}", messages=[{"role": "user", "content": content}]
+            )
+            parts = answer.choices[0].message.content
+            assert [p["type"] for p in parts] == ["text", "image_url"], task
+            png = Image.open(io.BytesIO(base64.b64decode(parts[1]["image_url"]["url"].split(",", 1)[1])))
+            assert png.format == "PNG" and png.size == (32, 32)
 
 
 def test_healthgpt_l14_builds_with_its_own_comprehension_rank(hub):
