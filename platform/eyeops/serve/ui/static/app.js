@@ -22,6 +22,16 @@ const DEFAULT_PROMPTS = {
     + 'recommendation.',
 };
 const MAX_TOKENS = 256;
+// A model's image tasks (card.tasks entries answering generate_image) as the picker names them;
+// the ones listed in IMAGE_INPUT_TASKS transform the attached image, text_to_image draws from text.
+const IMAGE_TASK_LABELS = {
+  generation: 'as instructed',
+  reconstruction: 'reconstruct the image',
+  super_resolution: 'super-resolve a low-resolution image',
+  modality_conversion: 'convert fundus photo → angiogram',
+  text_to_image: 'draw from the description',
+};
+const IMAGE_INPUT_TASKS = new Set(['reconstruction', 'super_resolution', 'modality_conversion']);
 
 const $ = (id) => document.getElementById(id);
 const state = { key: null, models: [], images: [], turns: [], pending: [], busy: null };
@@ -118,6 +128,29 @@ function onModelChange() {
   }
   const current = document.querySelector('input[name="task"]:checked');
   if ((!current || current.disabled) && firstEnabled) firstEnabled.checked = true;
+  fillImageTasks(card);
+}
+
+/** The image-task picker: one option per task of the model that answers with an image. */
+function fillImageTasks(card) {
+  const select = $('image-task');
+  const previous = select.value;
+  const tasks = Object.entries(card.tasks || {}).filter(([, c]) => c === 'generate_image').map(([t]) => t);
+  select.replaceChildren(...tasks.map((t) => {
+    const option = node('option', '', IMAGE_TASK_LABELS[t] || t);
+    option.value = t;
+    return option;
+  }));
+  if (tasks.includes(previous)) select.value = previous;
+  const label = $('image-task-label');
+  label.hidden = tasks.length < 2;
+  label.style.display = label.hidden ? 'none' : ''; // '.tasks label' sets display, which beats [hidden]
+}
+
+/** The model task an image turn runs: the picker's choice, else the model's one image task. */
+function imageTaskOf(card) {
+  const picked = $('image-task').value;
+  return picked && (card.tasks || {})[picked] === 'generate_image' ? picked : modelTask(card, 'generate_image');
 }
 
 const currentTask = () => (document.querySelector('input[name="task"]:checked') || {}).value;
@@ -275,7 +308,8 @@ function modelTask(card, needs) {
 
 /** An image task (e.g. HealthGPT generation): this turn's image (else the last one) + text, no streaming. */
 async function runImageTask(card, modelTaskName, turn, article, signal) {
-  const images = (turn.images.length ? turn.images : lastImages()).slice(-1);
+  const images = modelTaskName === 'text_to_image' ? []
+    : (turn.images.length ? turn.images : lastImages()).slice(-1);
   const content = [];
   for (const image of images) content.push({ type: 'image_url', image_url: { url: await dataUrl(image) } });
   if (turn.text) content.push({ type: 'text', text: turn.text });
@@ -321,7 +355,13 @@ async function send(event) {
     showAlert('Attach at least one image to classify.');
     return;
   }
-  if ((task === 'ask' || task === 'generate') && !text) {
+  const imageTask = task === 'generate' ? imageTaskOf(card) : null;
+  if (IMAGE_INPUT_TASKS.has(imageTask) && !turnImages.length && !lastImages().length) {
+    state.pending.push(...turnImages);
+    showAlert('Attach the image to transform first.');
+    return;
+  }
+  if ((task === 'ask' || (task === 'generate' && !IMAGE_INPUT_TASKS.has(imageTask))) && !text) {
     state.pending.push(...turnImages);
     showAlert(task === 'ask' ? 'Type a question first.' : 'Describe the image to generate first.');
     return;
@@ -340,7 +380,6 @@ async function send(event) {
   setBusy(true);
   const reply = { role: 'assistant', task, text: '' };
   try {
-    const imageTask = task === 'generate' ? modelTask(card, 'generate_image') : null;
     if (task === 'classify') reply.text = await runClassify(card, turn, article, controller.signal);
     else if (imageTask) reply.text = await runImageTask(card, imageTask, turn, article, controller.signal);
     else reply.text = await runChat(card, article, controller.signal);
