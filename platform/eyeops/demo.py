@@ -146,11 +146,17 @@ def _print_answer(console: Console, answer: dict[str, Any]) -> None:
     console.print(
         f"answered by {stamp['name']} v{stamp.get('version')}{alias} (recipe {stamp.get('recipe')})"
     )
-    for item in result["top"]:
-        name = ODIR_LABEL_NAMES.get(item["label"], item["label"])
-        console.print(f"  {item['label']} {name:<34} {item['probability']:.3f}")
-    findings = ", ".join(result["findings"]) or "none above threshold"
-    console.print(f"findings: {findings}")
+    if result.get("out_of_distribution"):  # the model's screen: unlike its training images
+        console.print(
+            f"[bold]{result['message']}[/bold]: no findings "
+            f"(out-of-distribution score {result['ood_score']:.3f} > threshold {result['ood_threshold']:.3f})"
+        )
+    else:
+        for item in result["top"]:
+            name = ODIR_LABEL_NAMES.get(item["label"], item["label"])
+            console.print(f"  {item['label']} {name:<34} {item['probability']:.3f}")
+        findings = ", ".join(result["findings"]) or "none above threshold"
+        console.print(f"findings: {findings}")
     console.print(
         "[dim](a classifier trained for a minute on synthetic images: a demonstration, not a diagnosis)[/dim]"
     )

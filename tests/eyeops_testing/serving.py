@@ -1,7 +1,8 @@
 """Serving test helpers: one real classifier, trained a few steps and registered through the registry.
 
 The model is built by the classifier family (packaged ImageNet backbone), trained for a few steps
-on synthetic fundus images, evaluated with the evaluation room's metrics and registered with the
+on synthetic fundus images, calibrated on held-out ones (temperature + OOD screen, as training does
+after its last step), evaluated with the evaluation room's metrics and registered with the
 registry room's ``register`` into a session storage root; servers are real processes on 127.0.0.1.
 """
 
@@ -13,6 +14,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,10 @@ MODEL_NAME = "eyeops-serve-test"
 # Limits of the shared gateway server: small enough that tests can cross them cheaply.
 MAX_BODY = 3_000_000
 MAX_PIXELS = 4_000_000
+# Synthetic image seeds: 0 trains the served classifier, 1 is its evaluation set, VAL_SEED its
+# calibration (validation) set; tests drawing unseen in-distribution images use other seeds.
+VAL_SEED = 2
+REFERENCE_IMAGES = 200
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ def _train_save_register(root: Path) -> Registered:
     from eyeops.data.synthetic import generate
     from eyeops.evaluate.metrics import classification_metrics
     from eyeops.families import get_family
+    from eyeops.models.classifier.calibration import calibrate_classifier
     from eyeops.refs import CheckpointRef, EvalReport
     from eyeops.registry import register
 
@@ -111,6 +119,16 @@ def _train_save_register(root: Path) -> Registered:
         losses.append(float(loss.detach()))
     model_dir = root / "checkpoints" / "serve-test"
     family.save(model, recipe, model_dir)
+    # What training does after its last step: temperature and OOD screen fitted on held-out images.
+    # The screen's neighbours are a training split of realistic size (the 3 steps saw its first 16).
+    val = list(generate(40, seed=VAL_SEED, size=64))
+    calibrate_classifier(
+        model,
+        recipe.model,
+        train_images=(Image.fromarray(s.image) for s in generate(REFERENCE_IMAGES, seed=0, size=64)),
+        val_images=[Image.fromarray(s.image) for s in val],
+        val_labels=[s.labels for s in val],
+    ).save(model_dir)
 
     loaded = family.load(model_dir)
     held_out = list(generate(16, seed=1, size=64))
@@ -185,6 +203,18 @@ def free_port_server(args: list[str], env: dict[str, str], tmp_path_factory, nam
     port = free_port()
     log_path = tmp_path_factory.mktemp(f"{name}-server") / "server.log"
     return ServerProcess([*args, "--port", str(port)], env, port, log_path)
+
+
+@contextmanager
+def local_server(model_dir: Path, tmp_path_factory, name: str) -> Iterator[ServerProcess]:
+    """``eyeops serve --backend local --model <model_dir>`` as a real process, ready; stopped after."""
+    env = server_env(tmp_path_factory.mktemp(f"{name}-root"))
+    args = ["serve", "--backend", "local", "--model", str(model_dir)]
+    proc = free_port_server(args, env, tmp_path_factory, name)
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
 
 
 def start_server(

@@ -76,7 +76,8 @@ def test_pyfunc_model_resolve_and_load(use_sqlite, reg_recipe, reg_model_dir, ma
     assert _client().get_run(version.run_id).data.metrics["eval/topic/dry eye _DED_/accuracy"] == 0.5
 
     pyfunc = mlflow.pyfunc.load_model("models:/served@champion")
-    assert [c.name for c in pyfunc.metadata.get_output_schema().inputs] == list("NDGCAHMO")
+    outputs = [c.name for c in pyfunc.metadata.get_output_schema().inputs]
+    assert outputs == [*"NDGCAHMO", "out_of_distribution", "ood_score"]
     got = pyfunc.predict(example_input())
     want = (
         get_family("classifier").load(reg_model_dir).classify([decode_image(example_input()["image"][0], 0)])

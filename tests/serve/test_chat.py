@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from eyeops_testing.llm_tiny import save_tiny_llm, teach_answer, tiny_recipe
-from eyeops_testing.serving import CHAT_KEY, b64, free_port_server, server_env
+from eyeops_testing.serving import CHAT_KEY, b64, local_server
 
 pytestmark = pytest.mark.integration
 MESSAGES = [
@@ -39,14 +39,8 @@ def llm_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def chat_server(llm_dir, tmp_path_factory):
-    env = server_env(tmp_path_factory.mktemp("chat-root"))
-    proc = free_port_server(
-        ["serve", "--backend", "local", "--model", str(llm_dir)], env, tmp_path_factory, "chat"
-    )
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+    with local_server(llm_dir, tmp_path_factory, "chat") as server:
+        yield server
 
 
 def test_openai_client_plain_and_streaming_agree(chat_server):

@@ -49,6 +49,11 @@ def test_v1_predict_and_health_with_kserve_client(server, registered, retina_jpe
     assert len(result["predictions"]) == 2
     probs = result["predictions"][0]["probabilities"]
     assert list(probs) == ["N", "D", "G", "C", "A", "H", "M", "O"]
+    # The real photograph is unlike the synthetic training images: flagged, no findings (issue 17).
+    first = result["predictions"][0]
+    assert first["out_of_distribution"] is True and first["findings"] == []
+    assert first["message"] == "outside what this model was trained on"
+    assert first["ood_score"] > first["ood_threshold"]
     assert result["model"]["version"] == registered.version and result["model"]["alias"] == "champion"
 
 
@@ -77,8 +82,12 @@ def test_v2_infer_bytes_in_fp32_out(server, registered, retina_jpeg, binary):
 
     ready, response = _run(go())
     assert ready
-    (output,) = response.outputs
+    output, flags, scores = response.outputs
     assert output.name == "probabilities" and output.datatype == "FP32" and output.shape == [1, 8]
+    assert (flags.name, flags.datatype, flags.shape) == ("out_of_distribution", "BOOL", [1])
+    assert (scores.name, scores.datatype, scores.shape) == ("ood_score", "FP32", [1])
+    assert flags.as_numpy().tolist() == [True]
+    assert scores.as_numpy()[0] > float(scores.parameters["threshold"])
     probs = output.as_numpy()
     assert probs.dtype == np.float32 and ((probs >= 0) & (probs <= 1)).all()
     assert response.parameters["version"] == str(registered.version)

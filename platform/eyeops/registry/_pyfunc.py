@@ -6,8 +6,10 @@ artifact ``model_dir`` and the family name in ``model_config``; loading it goes 
 servers and the evaluator all run the same inference code. Two interfaces, chosen by the
 recipe's typed model spec (a label set means a classifier):
 
-- ``classify``: column ``image`` (base64) → one probability column per label;
-- ``chat``: column ``prompt`` (+ optional base64 ``image``) → column ``text``.
+- ``classify``: column ``image`` (base64) → one probability column per label, then
+  ``out_of_distribution`` and ``ood_score`` when the model has an OOD screen;
+- ``chat``: column ``prompt`` (+ optional base64 ``image``) → column ``text`` (+ the same two
+  columns when an image was screened).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from eyeops.inference import GenerationRequest
 IMAGE_COLUMN = "image"
 PROMPT_COLUMN = "prompt"
 TEXT_COLUMN = "text"
+OOD_COLUMN, OOD_SCORE_COLUMN = "out_of_distribution", "ood_score"
 
 
 # What the pyfunc imports at load time. Listed explicitly because MLflow's default inference
@@ -63,10 +66,17 @@ def pip_requirements() -> list[str]:
 
 
 def classify_signature(labels: list[str]) -> ModelSignature:
-    """Input: a DataFrame column of base64-encoded images; output: one probability column per label."""
+    """Input: a DataFrame column of base64-encoded images; output: one probability column per label,
+    then the out-of-distribution verdict (absent for a model saved without an OOD screen)."""
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
-        outputs=Schema([ColSpec("double", label) for label in labels]),
+        outputs=Schema(
+            [ColSpec("double", label) for label in labels]
+            + [
+                ColSpec("boolean", OOD_COLUMN, required=False),
+                ColSpec("double", OOD_SCORE_COLUMN, required=False),
+            ]
+        ),
     )
 
 
@@ -74,7 +84,13 @@ def chat_signature() -> ModelSignature:
     """Input: a ``prompt`` and an optional base64 ``image``; output: the generated ``text``."""
     return ModelSignature(
         inputs=Schema([ColSpec("string", PROMPT_COLUMN), ColSpec("string", IMAGE_COLUMN, required=False)]),
-        outputs=Schema([ColSpec("string", TEXT_COLUMN)]),
+        outputs=Schema(
+            [
+                ColSpec("string", TEXT_COLUMN),
+                ColSpec("boolean", OOD_COLUMN, required=False),
+                ColSpec("double", OOD_SCORE_COLUMN, required=False),
+            ]
+        ),
         params=ParamSchema([ParamSpec("max_new_tokens", "long", 128)]),
     )
 
@@ -134,10 +150,14 @@ class EyeopsPyfunc(mlflow.pyfunc.PythonModel):
             raise InvalidRequest(f"expected a DataFrame with a {IMAGE_COLUMN!r} column of base64 images")
         images = [decode_image(v, i) for i, v in enumerate(model_input[IMAGE_COLUMN].tolist())]
         results = self.model.classify(images)
-        return pd.DataFrame(
-            [{label: float(r.probabilities[label]) for label in self.model.labels} for r in results],
-            columns=list(self.model.labels),
-        )
+        columns = list(self.model.labels)
+        if any(r.out_of_distribution is not None for r in results):
+            columns += [OOD_COLUMN, OOD_SCORE_COLUMN]
+        rows = [
+            {**r.probabilities, OOD_COLUMN: r.out_of_distribution, OOD_SCORE_COLUMN: r.ood_score}
+            for r in results
+        ]
+        return pd.DataFrame(rows, columns=columns)
 
     def _chat(self, model_input: pd.DataFrame, params: dict) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or PROMPT_COLUMN not in model_input.columns:
@@ -161,4 +181,8 @@ class EyeopsPyfunc(mlflow.pyfunc.PythonModel):
                 )
             )
         results = self.model.generate(requests)
-        return pd.DataFrame({TEXT_COLUMN: [r.text for r in results]})
+        frame = pd.DataFrame({TEXT_COLUMN: [r.text for r in results]})
+        if any(r.out_of_distribution is not None for r in results):
+            frame[OOD_COLUMN] = [r.out_of_distribution for r in results]
+            frame[OOD_SCORE_COLUMN] = [r.ood_score for r in results]
+        return frame

@@ -51,6 +51,7 @@ from eyeops.serve.schemas import (
     LabelScore,
     ModelCard,
     ModelList,
+    OODVerdict,
     TextPart,
     Usage,
 )
@@ -282,6 +283,7 @@ def build_router() -> APIRouter:
             ClassifyItem(
                 probabilities=a.probabilities,
                 findings=a.findings,
+                **a.model_dump(include=set(OODVerdict.model_fields)),
                 top=[
                     LabelScore(label=k, probability=v)
                     for k, v in sorted(a.probabilities.items(), key=lambda kv: -kv[1])[:3]
@@ -352,9 +354,16 @@ def build_router() -> APIRouter:
             ),
             eyeops_model=predictor.stamp,
             eyeops_task=task,
+            eyeops_ood=_ood_of(result),
         )
 
     return router
+
+
+def _ood_of(result: GenerationResult) -> OODVerdict | None:
+    if result.out_of_distribution is None:
+        return None
+    return OODVerdict(**result.model_dump(include=set(OODVerdict.model_fields)))
 
 
 def _fingerprint(predictor: Predictor) -> str:

@@ -2,10 +2,12 @@
 
 - v1 ``POST /v1/models/{name}:predict`` with ``{"instances": [{"image_b64": "..."}]}`` or the
   TF-Serving binary convention ``{"instances": [{"image": {"b64": "..."}}]}`` →
-  ``{"predictions": [{"probabilities", "findings"}], "model": {...}}``;
+  ``{"predictions": [{"probabilities", "findings", "out_of_distribution", "ood_score",
+  "ood_threshold", "message"}], "model": {...}}``;
 - Open Inference Protocol v2 ``POST /v2/models/{name}/infer`` with a BYTES input ``image``
   (shape ``[N]``, one encoded image per element) → FP32 output ``probabilities`` ``[N, labels]``,
-  the label order in the output's ``parameters`` and the model stamp in the response's.
+  the label order in the output's ``parameters`` and the model stamp in the response's; a model
+  with an OOD screen adds BOOL ``out_of_distribution`` ``[N]`` and FP32 ``ood_score`` ``[N]``.
 
 KServe's app is a module-level FastAPI, so the gateway routes (classify, chat, /v1/models, health,
 metrics) are installed into the same server; ours are added first and therefore win for
@@ -37,6 +39,7 @@ from eyeops.serve.settings import ServeSettings
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+OOD_OUTPUT, OOD_SCORE_OUTPUT = "out_of_distribution", "ood_score"
 
 
 class EyeopsKServeModel(Model):
@@ -76,8 +79,12 @@ class EyeopsKServeModel(Model):
             raise InvalidRequest(f"instances: expected a non-empty list of {_V1_FORMS}")
         blobs = [_v1_image(item, f"instances[{i}]") for i, item in enumerate(instances)]
         answers = await self.backend.classify(self.name, self._decode(blobs, "instances"))
+        verdict = {"out_of_distribution", "ood_score", "ood_threshold", "message"}
         return {
-            "predictions": [{"probabilities": a.probabilities, "findings": a.findings} for a in answers],
+            "predictions": [
+                {"probabilities": a.probabilities, "findings": a.findings, **a.model_dump(include=verdict)}
+                for a in answers
+            ],
             "model": answers[0].model.model_dump(),
         }
 
@@ -109,16 +116,36 @@ class EyeopsKServeModel(Model):
             parameters={"labels": ",".join(labels)},
         )
         output.set_data_from_numpy(probs, binary_data=request.use_binary_outputs)
+        outputs = [output, *_ood_outputs(answers, request.use_binary_outputs)]
         stamp = answers[0].model
         return InferResponse(
             model_name=self.name,
-            infer_outputs=[output],
+            infer_outputs=outputs,
             response_id=request.id,
             model_version=str(stamp.version) if stamp.version is not None else None,
             # KServe's REST encoder drops model_version, so the stamp also travels in parameters.
             parameters={"alias": stamp.alias or "", "recipe": stamp.recipe, "version": str(stamp.version)},
             use_binary_outputs=request.use_binary_outputs,
         )
+
+
+def _ood_outputs(answers: list, binary: bool) -> list[InferOutput]:
+    """``out_of_distribution`` (BOOL ``[N]``) and ``ood_score`` (FP32 ``[N]``, threshold in its
+    parameters) when the model screens its inputs; nothing for a model without a screen."""
+    if any(a.out_of_distribution is None for a in answers):
+        return []
+    flags = np.asarray([a.out_of_distribution for a in answers], dtype=bool)
+    scores = np.asarray([a.ood_score for a in answers], dtype=np.float32)
+    flag_out = InferOutput(name=OOD_OUTPUT, shape=[len(answers)], datatype="BOOL")
+    flag_out.set_data_from_numpy(flags, binary_data=binary)
+    score_out = InferOutput(
+        name=OOD_SCORE_OUTPUT,
+        shape=[len(answers)],
+        datatype="FP32",
+        parameters={"threshold": str(answers[0].ood_threshold)},
+    )
+    score_out.set_data_from_numpy(scores, binary_data=binary)
+    return [flag_out, score_out]
 
 
 _V1_FORMS = "{'image_b64': '<base64>'} or {'image': {'b64': '<base64>'}} objects"

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from eyeops.inference import Capability
+from eyeops.inference import Capability, OODFields
 from eyeops.serve.predictor import ModelStamp
 
 
@@ -56,9 +56,20 @@ class LabelScore(_Strict):
     probability: float
 
 
-class ClassifyItem(_Strict):
-    probabilities: dict[str, float] = Field(description="Per-label probability in the model's label order.")
-    findings: list[str] = Field(description="Labels at or above the decision threshold, most likely first.")
+class OODVerdict(OODFields):
+    """Whether the input is unlike the model's training images: when ``out_of_distribution`` is true
+    no findings are given and ``message`` says "outside what this model was trained on"; all null
+    when the model has no out-of-distribution screen (docs/architecture.md, "Calibration")."""
+
+
+class ClassifyItem(OODVerdict):
+    probabilities: dict[str, float] = Field(
+        description="Per-label probability in the model's label order (temperature-calibrated)."
+    )
+    findings: list[str] = Field(
+        description="Labels at or above the decision threshold, most likely first; empty when "
+        "out_of_distribution is true."
+    )
     top: list[LabelScore] = Field(description="The three most likely labels.")
 
 
@@ -172,6 +183,11 @@ class ChatCompletion(_Strict):
     system_fingerprint: str = Field(description="name/version/recipe-fingerprint of the model that answered.")
     eyeops_model: ModelStamp
     eyeops_task: str | None = Field(None, description="The task that answered (multi-task models).")
+    eyeops_ood: OODVerdict | None = Field(
+        None,
+        description="The out-of-distribution verdict on the request's images (null: no image, or the "
+        "model has no screen); when flagged the answer is the message, not a generated text.",
+    )
 
 
 class Delta(_Strict):

@@ -25,20 +25,23 @@ from torch.utils.data import Dataset
 
 from eyeops.errors import NotFoundError
 from eyeops.families import ChatFamily, EvalContext, EvalOutput
+from eyeops.models.common.calibration import fit_calibration
 from eyeops.models.common.connectors import tokens_per_view
 from eyeops.models.common.processing import (
     VLMDataset,
     VLMProcessor,
     collate,
+    open_image,
 )
 from eyeops.models.common.stages import stages_of, train_only, trains, unwrap, write_model_dir
 from eyeops.models.common.towers import tower_geometry
-from eyeops.models.vlm.inference import VLMPredictor
+from eyeops.models.vlm.inference import VLMPredictor, pooled_features
 from eyeops.models.vlm.modeling import (
     DEFAULT_TASKS,
     META_FILE,
     RECIPE_FILE,
     WEIGHTS_FILE,
+    EyeVLM,
     _processor,
     _spec,
     _state_keys,
@@ -127,6 +130,39 @@ class VLMFamily(ChatFamily):
         if _spec(load_saved_recipe(Path(model_dir) / RECIPE_FILE)).backbone == "native":
             return NativeVLMPredictor.from_dir(Path(model_dir), device=device)
         return VLMPredictor.from_dir(Path(model_dir), device=device)
+
+    def calibrate(self, model: nn.Module, recipe: Recipe, data_dir: Path, out_dir: Path) -> None:
+        """The OOD screen on the tower's pooled features: neighbours from 'train' images, threshold
+        from 'val' images (backbone llava; a native backbone's answers carry no verdict yet)."""
+        spec = _spec(recipe)
+        if spec.backbone == "native" or not spec.ood.enabled:
+            return
+        from eyeops.data.store import load_samples
+
+        found: dict[str, dict[str, None]] = {"train": {}, "val": {}}  # ordered sets of image paths
+        for sample in load_samples(data_dir):
+            if str(sample.split) in found:
+                found[str(sample.split)].update(dict.fromkeys(sample.images))
+        paths = {split: list(rels) for split, rels in found.items()}
+        if len(paths["train"]) < 2:
+            return  # a text-only dataset: nothing to compare images with
+        rng = torch.Generator().manual_seed(recipe.train.seed)
+        train = [paths["train"][int(i)] for i in torch.randperm(len(paths["train"]), generator=rng)]
+        vlm, processor = unwrap(model, EyeVLM), self.processor(recipe, _tokenizer(spec))
+
+        def features(rels: list[str]) -> torch.Tensor | None:
+            if not rels:
+                return None
+            return pooled_features(vlm, processor, (open_image(Path(data_dir) / r, where=r) for r in rels))
+
+        calibrator = fit_calibration(
+            ood=spec.ood,
+            temperature_mode="none",  # a generated answer has no per-label logits to scale
+            train_features=features(train[: spec.ood.max_reference]),
+            val_features=features(paths["val"]),
+            seed=recipe.train.seed,
+        )
+        calibrator.save(Path(out_dir))
 
     def evaluate(self, ctx: EvalContext) -> EvalOutput:
         """The evaluation runner's hook: Eyecare-Bench style metrics and tables (see ``vlm_eval``)."""

@@ -10,6 +10,7 @@ from torch import nn
 
 from eyeops.errors import ConfigError, InvalidRequest
 from eyeops.models.common.anyres import AnyResMerger, ViewPlan
+from eyeops.models.common.calibration import stage_means
 from eyeops.models.common.connectors import Connector, build_connector
 from eyeops.models.common.language_model import add_lora, build_language_model
 from eyeops.models.common.processing import (
@@ -65,6 +66,10 @@ class EyeVLM(nn.Module):
             if isinstance(module, _BATCH_NORMS) and not any(p.requires_grad for p in module.parameters()):
                 module.eval()
         return self
+
+    def pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[V, features]``: every kept tower layer's channel means (what the OOD screen compares)."""
+        return stage_means(self.tower(pixel_values))
 
     def image_features(self, pixel_values: torch.Tensor, image_plans: torch.Tensor) -> torch.Tensor:
         """All images' feature sequences, concatenated in order: ``[total image tokens, D]``."""

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from eyeops.models.common.calibration_spec import OODSpec
 from eyeops.models.common.specs import (
     ConnectorSpec,
     LanguageModelSpec,
@@ -65,6 +66,10 @@ class VLMModel(LanguageModelSpec):
         "without a modality only a near-square bright disc); other modalities keep their shape.",
     )
     max_images: int = Field(8, ge=1, le=64, description="Most images per sample (series, slices).")
+    ood: OODSpec = Field(
+        default_factory=OODSpec,
+        description="Out-of-distribution screen on the vision tower's pooled features (backbone llava).",
+    )
     max_seq_len: int = Field(1024, ge=32, le=131_072, description="Truncation length incl. image tokens.")
     eval_max_new_tokens: int = Field(96, ge=1, le=4096, description="Generation length in evaluation.")
 
