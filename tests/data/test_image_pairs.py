@@ -58,31 +58,21 @@ def test_angiogram_lights_vessels_on_a_dark_field():
 def test_prepare_stores_targets_and_quarantines_a_missing_one(tmp_path):
     Image.new("RGB", (64, 64), (180, 80, 40)).save(tmp_path / "ct.png")
     Image.new("RGB", (64, 64), (40, 40, 40)).save(tmp_path / "mri.png")
+
+    def row(ask: str, **keys: str) -> dict:
+        turns = [{"from": "human", "value": f"<image>\n{ask}"}, {"from": "gpt", "value": "<image>"}]
+        return {"image": "ct.png", "conversations": turns, **keys}
+
     rows = [
-        {
-            "image": "ct.png",
-            "target_image": "mri.png",
-            "generation": "modality_conversion",
-            "target_modality": "mri",
-            "modality": "ct",
-            "conversations": [
-                {"from": "human", "value": "<image>\nConvert this CT to MRI."},
-                {"from": "gpt", "value": "<image>"},
-            ],
-        },
-        {
-            "image": "ct.png",
-            "target_image": "gone.png",
-            "conversations": [
-                {"from": "human", "value": "<image>\nReconstruct it."},
-                {"from": "gpt", "value": "x"},
-            ],
-        },
-        {
-            "image": "ct.png",
-            "task": "generate_image",
-            "conversations": [{"from": "human", "value": "<image>\nDraw."}, {"from": "gpt", "value": "x"}],
-        },
+        row(
+            "Convert this CT to MRI.",
+            target_image="mri.png",
+            generation="modality_conversion",
+            target_modality="mri",
+            modality="ct",
+        ),
+        row("Reconstruct it.", target_image="gone.png"),
+        row("Draw.", task="generate_image"),
     ]
     src = tmp_path / "vl-health.json"
     src.write_text(json.dumps(rows))
