@@ -34,9 +34,12 @@ def test_compile_is_deterministic_and_carries_cluster_settings(tmp_path):
             s["secretName"]: {k["envVar"] for k in s["keyToEnv"]} for s in k8s[executor]["secretAsEnv"]
         }
         # The S3 keys, and the Hugging Face token of gated repos where Secret eyeops-hf-token exists.
+        # The prepare task also gets the LLM data engine's endpoint key (data.engine.llm).
+        llm_key = {"eyeops-llm-api-key": {"EYEOPS_LLM_API_KEY"}} if executor == "exec-prepare-data" else {}
         assert secrets == {
             "eyeops-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
             "eyeops-hf-token": {"HF_TOKEN"},
+            **llm_key,
         }
         assert {s["secretName"]: s["optional"] for s in k8s[executor]["secretAsEnv"]}["eyeops-hf-token"]
         maps = {

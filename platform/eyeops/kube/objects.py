@@ -161,6 +161,10 @@ DEFAULT_CONFIG_ENV: tuple[ConfigEnv, ...] = tuple(
 # fixed Secret name, optional (no Secret, no token). The pods the pipeline creates take the Secret the
 # chart's huggingface.tokenSecret names instead, from its ConfigMap (:func:`settings_secret_env`).
 HF_TOKEN_SECRET = SecretEnv(env=_FIELDS["hf_token_env"].default, secret="eyeops-hf-token", key="token")
+# The key of the OpenAI-compatible endpoint the LLM data engine calls (data.engine.llm), for the
+# pipeline's prepare task only: Secret eyeops-llm-api-key, key token, optional, as the env var that
+# data.engine.llm.api_key_env names by default.
+LLM_API_KEY_SECRET = SecretEnv(env="EYEOPS_LLM_API_KEY", secret="eyeops-llm-api-key", key="token")
 
 
 def settings_secret_env(settings: PlatformSettings) -> tuple[SecretEnv, ...]:

@@ -15,6 +15,7 @@ from eyeops.kube.objects import (
     DEFAULT_CONFIG_ENV,
     DEFAULT_SECRET_ENV,
     HF_TOKEN_SECRET,
+    LLM_API_KEY_SECRET,
     SERVER_IMAGE,
     TRAINER_IMAGE,
     ConfigEnv,
@@ -35,6 +36,8 @@ class ClusterTarget(BaseModel):
     pool: GpuPool = Field(default_factory=GpuPool)
     # The S3 keys, and the Hugging Face token of gated repos where Secret eyeops-hf-token exists.
     secret_env: tuple[SecretEnv, ...] = (*DEFAULT_SECRET_ENV, HF_TOKEN_SECRET)
+    # The LLM data engine's endpoint key, where Secret eyeops-llm-api-key exists: the prepare task only.
+    prepare_secret_env: tuple[SecretEnv, ...] = (LLM_API_KEY_SECRET,)
     config_env: tuple[ConfigEnv, ...] = DEFAULT_CONFIG_ENV
     train_retries: int = Field(2, ge=0)
     evaluate_gpus: int = Field(
@@ -42,10 +45,12 @@ class ClusterTarget(BaseModel):
     )
 
 
-def _settings_as_env(task: dsl.PipelineTask, cluster: ClusterTarget) -> None:
+def _settings_as_env(
+    task: dsl.PipelineTask, cluster: ClusterTarget, extra: tuple[SecretEnv, ...] = ()
+) -> None:
     """Secrets (credentials) and the ConfigMap (storage root, MLflow URL) as the task's env."""
     secrets: dict[str, dict[str, str]] = {}
-    for item in cluster.secret_env:
+    for item in (*cluster.secret_env, *extra):
         secrets.setdefault(item.secret, {})[item.key] = item.env
     for name, keys in sorted(secrets.items()):
         kfp_k8s.use_secret_as_env(
@@ -132,7 +137,7 @@ def build_pipeline(cluster: ClusterTarget | None = None, *, train_retries: int =
             if cluster.evaluate_gpus:  # the recipe's evaluate.device asks for CUDA: it gets the GPU
                 _on_gpu_pool(score, cluster.pool, cluster.evaluate_gpus, "4", "32G")
             for task in (prep, fit, score, gate, serve):
-                _settings_as_env(task, cluster)
+                _settings_as_env(task, cluster, cluster.prepare_secret_env if task is prep else ())
                 task.set_env_variable("EYEOPS_MODE", "cluster")
 
     return finetune
