@@ -88,6 +88,8 @@ def test_autoscaled_batched_app_scales_up_and_down(ray_serve, in_registry, retin
     )
     assert r.status_code == 200, r.text
     assert r.json()["model"]["version"] == in_registry.version and len(r.json()["results"]) == 2
+    # The real photograph is unlike the synthetic training images: flagged, no findings (issue 17).
+    assert all(i["out_of_distribution"] and i["findings"] == [] for i in r.json()["results"])
     assert httpx.post(url + "/v1/classify", json={"image_b64": b64(retina_jpeg)}).status_code == 401
     assert (
         httpx.post(

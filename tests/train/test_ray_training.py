@@ -63,7 +63,14 @@ def test_cli_trains_two_stages_on_two_ddp_workers_then_a_rerun_resumes(ray_sessi
     assert ref.dataset_fingerprint == small_dataset.fingerprint
     assert Path(ref.uri).parent.parent == storage / "ddp"
     first = load_file(str(Path(ref.uri) / "model.safetensors"))
-    assert FAMILY.load(Path(ref.uri)).classify([_disc()])[0].probabilities.keys() == set("NDGCAHMO")
+    answer = FAMILY.load(Path(ref.uri)).classify([_disc()])[0]
+    assert answer.probabilities.keys() == set("NDGCAHMO")
+    # Rank 0 calibrated the saved model after the last step: temperature on 'val', OOD screen.
+    calibration = json.loads((Path(ref.uri) / "calibration.json").read_text())
+    assert calibration["held_out"] == "val" and calibration["counts"]["val"] > 0
+    assert answer.out_of_distribution is not None and answer.ood_threshold == pytest.approx(
+        calibration["ood_threshold"], abs=1e-5
+    )
 
     # Same run name, a longer second stage: training continues from step 4 instead of restarting.
     longer = load_recipe("fundus-classifier").with_overrides(

@@ -256,8 +256,9 @@ async function runClassify(card, turn, article, signal) {
   article.append(node('p', 'stamp', stampText(response.model)));
   // Kept as text so a chat model asked next can see what the classifier said.
   return response.results.map((item, i) => `Classifier ${response.model.name} on ${images[i].name}: `
-    + (item.findings.length ? `findings ${item.findings.join(', ')}` : 'no finding above threshold')
-    + ` (top: ${item.top.map((t) => `${t.label} ${t.probability.toFixed(2)}`).join(', ')})`).join('\n');
+    + (item.out_of_distribution ? `no findings, the image is ${item.message}`
+      : (item.findings.length ? `findings ${item.findings.join(', ')}` : 'no finding above threshold')
+      + ` (top: ${item.top.map((t) => `${t.label} ${t.probability.toFixed(2)}`).join(', ')})`)).join('\n');
 }
 
 function lastImages() {

@@ -24,7 +24,8 @@ function el(tag, attrs = {}, text) {
 }
 
 /**
- * A <figure> with one bar per label (in the model's label order) and the findings listed.
+ * A <figure> with one bar per label (in the model's label order) and the findings listed; for an
+ * image the model flags as out of distribution, its verdict instead of findings, bars dimmed.
  * Bars carry data-label / data-probability so a reader (or a test) can check them against the API.
  */
 export function probabilityChart(item, { title, name }) {
@@ -72,7 +73,14 @@ export function probabilityChart(item, { title, name }) {
   caption.append(heading);
   const list = document.createElement('p');
   list.className = 'findings';
-  if (item.findings.length) {
+  if (item.out_of_distribution) {
+    // The model's screen says the image is unlike its training images: its scores mean nothing here.
+    figure.classList.add('ood');
+    list.classList.add('ood');
+    list.textContent = `This image is ${item.message || 'outside what this model was trained on'}: `
+      + 'no findings are given, and the bars below are not meaningful for it '
+      + `(out-of-distribution score ${item.ood_score.toFixed(3)}, threshold ${item.ood_threshold.toFixed(3)}).`;
+  } else if (item.findings.length) {
     list.textContent = `Findings (● at or above the model's threshold): ${item.findings
       .map((l) => `${name(l)} ${percent(item.probabilities[l])}`).join('; ')}`;
   } else {
