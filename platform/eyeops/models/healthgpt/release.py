@@ -153,6 +153,11 @@ def import_healthgpt(
     """Build ``recipe``'s HealthGPT, load the released files, save a model directory as training would."""
     from eyeops.models.healthgpt.family import FAMILY
 
+    if com is None and gen is None:  # before building a multi-billion-parameter model
+        raise ConfigError("import healthgpt needs --com and/or --gen (the released H-LoRA weights)")
+    for path in (com, gen, fusion):
+        if path is not None and not Path(path).expanduser().is_file():
+            raise NotFoundError(f"released weights {str(path)!r}: file not found")
     model = FAMILY.build_model(recipe)
     report = load_release(model, com=com, gen=gen, fusion=fusion, strict=strict)
     out = Path(out_dir)
