@@ -210,9 +210,11 @@ def test_generation_tasks_with_target_images(recipe, model, tmp_path):
         *GENERATION_TASKS,
     }
     ask = Message(role="user", content="Generate a fundus photograph of a left eye with drusen.")
-    for task in GENERATION_TASKS:
-        images = [] if task == "text_to_image" else [_image()]
-        result = predictor.generate([GenerationRequest(messages=[ask], images=images, task=task)])[0]
+    requests = [  # one batch, every image task in it
+        GenerationRequest(messages=[ask], images=[] if task == "text_to_image" else [_image()], task=task)
+        for task in GENERATION_TASKS
+    ]
+    for task, result in zip(GENERATION_TASKS, predictor.generate(requests), strict=True):
         assert result.images_png[0][:4] == b"\x89PNG" and task in result.text
     with pytest.raises(InvalidRequest, match="text_to_image task draws from the prompt alone"):
         predictor.generate([GenerationRequest(messages=[ask], images=[_image()], task="text_to_image")])
