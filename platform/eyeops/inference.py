@@ -8,13 +8,16 @@ talks to this protocol, so it never needs to know which family it is serving.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Literal, Protocol, get_args, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, get_args, runtime_checkable
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from eyeops.data.schema import Message
 from eyeops.errors import ConfigError
+
+if TYPE_CHECKING:
+    from eyeops.models.common.calibration import Screening
 
 Capability = Literal["classify", "chat", "report", "generate_image"]
 
@@ -90,6 +93,16 @@ class InferenceModel(Protocol):
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         """Incremental text for one request (SSE streaming); closing it stops decoding."""
+        ...
+
+
+@runtime_checkable
+class ScreensImages(Protocol):
+    """An :class:`InferenceModel` with an out-of-distribution screen the gateway can ask before a
+    streamed answer starts (a stream of text pieces cannot carry the verdict itself)."""
+
+    def screen(self, images: Sequence[Image.Image]) -> Screening | None:
+        """One verdict on a request's images; None without a screen or without images."""
         ...
 
 

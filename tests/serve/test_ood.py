@@ -203,11 +203,10 @@ def test_vlm_answers_carry_the_verdict_and_unlike_images_get_the_message(vlm_ser
 
     streamed = _chat(vlm_server, unlike["noise"], stream=True)
     assert streamed.status_code == 200, streamed.text
-    pieces = [
-        json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-        for line in streamed.text.splitlines()
-        if line.startswith("data: {") and json.loads(line[6:])["choices"]
-    ]
-    assert "".join(pieces) == OOD_ANSWER
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    assert chunks[0]["eyeops_ood"]["out_of_distribution"] is True  # the verdict before any text
+    assert (
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == OOD_ANSWER
+    )
 
     assert _chat(vlm_server, None).json()["eyeops_ood"] is None  # nothing to screen in a text question

@@ -26,9 +26,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from eyeops import compute
 from eyeops.data.schema import IMAGE_TOKEN, Message
 from eyeops.errors import EyeopsError, InvalidRequest, ModelNotReady, PayloadTooLarge
-from eyeops.inference import GenerationRequest, GenerationResult
+from eyeops.inference import GenerationRequest, GenerationResult, ScreensImages
 from eyeops.serve import images as imaging
 from eyeops.serve.auth import ApiKeyAuth, Scope, presented_key
 from eyeops.serve.batching import InferenceBackend
@@ -331,6 +332,7 @@ def build_router() -> APIRouter:
                 fingerprint,
                 request_id_of(request.scope),
                 include_usage,
+                await _stream_verdict(predictor, images),
             )
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -360,6 +362,14 @@ def build_router() -> APIRouter:
     return router
 
 
+async def _stream_verdict(predictor: Predictor, images: list[Image.Image]) -> OODVerdict | None:
+    """The OOD verdict on a streamed request's images, judged before the stream starts."""
+    if not images or not isinstance(predictor.model, ScreensImages):
+        return None
+    verdict = await run_in_threadpool(compute.call, predictor.model.screen, images)
+    return None if verdict is None else OODVerdict(**verdict.answer_fields())
+
+
 def _ood_of(result: GenerationResult) -> OODVerdict | None:
     if result.out_of_distribution is None:
         return None
@@ -382,10 +392,13 @@ async def _sse(
     fingerprint: str,
     request_id: str,
     include_usage: bool,
+    verdict: OODVerdict | None = None,
 ) -> AsyncIterator[str]:
-    """OpenAI chunk events; an error after the stream began is sent as an error event, then [DONE]."""
+    """OpenAI chunk events; an error after the stream began is sent as an error event, then [DONE].
 
-    def event(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+    The first chunk carries ``eyeops_ood`` when the request's images were screened."""
+
+    def event(choices: list[ChunkChoice], usage: Usage | None = None, ood: OODVerdict | None = None) -> str:
         chunk = ChatCompletionChunk(
             id=completion_id,
             created=created,
@@ -393,10 +406,11 @@ async def _sse(
             choices=choices,
             system_fingerprint=fingerprint,
             usage=usage,
+            eyeops_ood=ood,
         )
         return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
-    yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
+    yield event([ChunkChoice(delta=Delta(role="assistant", content=""))], ood=verdict)
     pieces = 0
     try:
         async for piece in backend.stream(name, generation):

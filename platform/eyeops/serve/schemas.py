@@ -209,6 +209,9 @@ class ChatCompletionChunk(_Strict):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     system_fingerprint: str
+    eyeops_ood: OODVerdict | None = Field(
+        None, description="On the first chunk: the out-of-distribution verdict on the request's images."
+    )
 
 
 class ErrorDetail(_Strict):
