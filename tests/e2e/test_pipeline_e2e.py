@@ -117,6 +117,9 @@ def test_the_new_champion_is_served(stack):
     probabilities = answer["results"][0]["probabilities"]
     assert set(probabilities) == {"N", "D", "G", "C", "A", "H", "M", "O"}
     assert all(0.0 <= p <= 1.0 for p in probabilities.values())
+    # The pipeline's training step calibrated the model: the answer carries the OOD verdict (issue 17).
+    verdict = answer["results"][0]
+    assert isinstance(verdict["out_of_distribution"], bool) and verdict["ood_threshold"] > 0
     unauthorised = httpx.post(f"{endpoint.url}/v1/classify", json={"image_b64": "aGk="}, timeout=30)
     assert unauthorised.status_code == 401
 
