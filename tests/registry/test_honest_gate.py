@@ -156,6 +156,9 @@ def test_untrained_candidates_stay_challenger_and_the_baseline_is_cached(tmp_pat
 
     out = CliRunner().invoke(app, ["registry", "show", "eyeops-eye-llm"])
     assert out.exit_code == 0 and "base_model" in out.output and "challenger" in out.output
+    # a registered version evaluates by reference, like any model
+    out = CliRunner().invoke(app, ["evaluate", "eyeops-eye-llm@challenger", "--data", text.uri])
+    assert out.exit_code == 0 and "eyeops-eye-llm/1" in out.output, out.output
 
     # A second gate run on the same base model x benchmark reuses the cached baseline run: the
     # references register() computes, without logging another model version.
