@@ -104,17 +104,27 @@ def clean_text(pages: Sequence[str]) -> str:
 # --- passages, filters, dedup -----------------------------------------------------------------------
 def passages(text: str, words: int) -> list[str]:
     """Paragraph-aligned passages of about ``words`` words (a long paragraph is cut at sentences)."""
+    pieces = [
+        piece
+        for paragraph in text.split("\n\n")
+        for piece in (
+            re.split(r"(?<=[.!?])\s+", paragraph) if len(paragraph.split()) > words else [paragraph]
+        )
+    ]
+    return _greedy_join(pieces, words, " ")
+
+
+def _greedy_join(pieces: Sequence[str], words: int, sep: str) -> list[str]:
+    """Consecutive ``pieces`` joined by ``sep`` into chunks of at most about ``words`` words."""
     out: list[str] = []
     current: list[str] = []
-    for paragraph in text.split("\n\n"):
-        sentences = re.split(r"(?<=[.!?])\s+", paragraph) if len(paragraph.split()) > words else [paragraph]
-        for piece in sentences:
-            if current and len(" ".join(current).split()) + len(piece.split()) > words:
-                out.append(" ".join(current))
-                current = []
-            current.append(piece)
+    for piece in pieces:
+        if current and len(" ".join(current).split()) + len(piece.split()) > words:
+            out.append(sep.join(current))
+            current = []
+        current.append(piece)
     if current:
-        out.append(" ".join(current))
+        out.append(sep.join(current))
     return out
 
 
@@ -162,16 +172,7 @@ def dedup(texts: Sequence[str], threshold: float, *, num_perm: int = 128) -> lis
 
 def pack(texts: Sequence[str], words: int) -> list[str]:
     """Consecutive texts joined into documents of about ``words`` words (continued pretraining)."""
-    out: list[str] = []
-    current: list[str] = []
-    for text in texts:
-        if current and len(" ".join(current).split()) + len(text.split()) > words:
-            out.append("\n\n".join(current))
-            current = []
-        current.append(text)
-    if current:
-        out.append("\n\n".join(current))
-    return out
+    return _greedy_join(texts, words, "\n\n")
 
 
 # --- the source -----------------------------------------------------------------------------------------

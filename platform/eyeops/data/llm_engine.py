@@ -310,18 +310,9 @@ class Engine:
                 continue
             self._record(outcome, record.where, record.key)
             prefix = "\n".join([IMAGE_TOKEN] * len(record.images)) + "\n" if record.images else ""
-            for j, (item, verdict) in enumerate(outcome.kept):
-                out.append(
-                    replace(
-                        record,
-                        key=f"{record.key}-llm{j}",
-                        task=item.task,
-                        answer=item.answer,
-                        options=item.options,
-                        messages=(Message(role="user", content=prefix + item.question),),
-                        meta={**record.meta, "kind": f"llm-{item.task}", "engine": "llm", "verdict": verdict},
-                    )
-                )
+            out += _kept_records(
+                record, outcome, prefix, key=lambda item, j: f"llm{j}", kind=lambda item: f"llm-{item.task}"
+            )
         return results
 
     # --- corpus passages ------------------------------------------------------------------------------
@@ -340,18 +331,9 @@ class Engine:
                 self.rejected[outcome.failure.split(":")[0]] += 1
                 continue
             self._record(outcome, passage.where, passage.key)
-            for j, (item, verdict) in enumerate(outcome.kept):
-                out.append(
-                    replace(
-                        passage,
-                        key=f"{passage.key}-{'mcq' if item.task == Task.MCQ else 'essay'}{j}",
-                        task=item.task,
-                        answer=item.answer,
-                        options=item.options,
-                        messages=(Message(role="user", content=item.question),),
-                        meta={**passage.meta, "engine": "llm", "verdict": verdict},
-                    )
-                )
+            out += _kept_records(
+                passage, outcome, "", key=lambda item, j: f"{'mcq' if item.task == Task.MCQ else 'essay'}{j}"
+            )
         return out
 
     def report(self) -> dict[str, Any]:
@@ -387,3 +369,31 @@ class Engine:
             "rejected_by_reason": dict(self.rejected.most_common()),
             "verdicts": self.verdicts,
         }
+
+
+def _kept_records(
+    source: RawRecord,
+    outcome: _Outcome,
+    prefix: str,
+    *,
+    key: Callable[[Any, int], str],
+    kind: Callable[[Any], str] | None = None,
+) -> list[RawRecord]:
+    """One record per verified item of ``outcome``, derived from its ``source`` record."""
+    return [
+        replace(
+            source,
+            key=f"{source.key}-{key(item, j)}",
+            task=item.task,
+            answer=item.answer,
+            options=item.options,
+            messages=(Message(role="user", content=prefix + item.question),),
+            meta={
+                **source.meta,
+                **({"kind": kind(item)} if kind else {}),
+                "engine": "llm",
+                "verdict": verdict,
+            },
+        )
+        for j, (item, verdict) in enumerate(outcome.kept)
+    ]
