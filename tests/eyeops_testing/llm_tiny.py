@@ -84,11 +84,13 @@ def teach_answers(
     steps: int = 80,
     lr: float = 1e-2,
     exact_for: int | None = None,
+    min_prob: float = 0.0,
 ) -> int:
     """:func:`teach_answer` for several ``(messages, answer)`` pairs at once (one padded batch).
 
-    ``exact_for=N`` stops early once every answer token has been the model's top prediction for N
-    steps in a row (then greedy decoding reproduces every answer); returns the steps taken."""
+    ``exact_for=N`` stops early once every answer token has been the model's top prediction (with at
+    least ``min_prob`` probability) for N steps in a row, so greedy decoding reproduces every answer;
+    a margin keeps it so when another process decodes with other kernels; returns the steps taken."""
     import torch
 
     from eyeops.models.common.generation import render_chat
@@ -118,8 +120,11 @@ def teach_answers(
         out.loss.backward()
         optimizer.step()
         if exact_for is not None:
-            hit = out.logits[:, :-1].argmax(-1) == labels[:, 1:]
-            exact = exact + 1 if bool(hit[labels[:, 1:] != -100].all()) else 0
+            logits, target, answer = out.logits[:, :-1], labels[:, 1:], labels[:, 1:] != -100
+            hit = logits.argmax(-1) == target
+            prob = logits.softmax(-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            sure = bool(hit[answer].all()) and bool((prob[answer] >= min_prob).all())
+            exact = exact + 1 if sure else 0
             if exact >= exact_for:
                 break
     model.eval()

@@ -91,6 +91,9 @@ def test_eyecaregpt_3_8b(hub, dataset, ray_session, tmp_path):
         llm=hub["phi3"],
         vision__name=hub["siglip"],
         vision__image_size=TOWER_SIDE,
+        # the tiny random tower's OOD screen rightly flags the retina photograph after training on
+        # synthetic fundus images (tests/serve/test_ood.py); here the answer itself is under test
+        ood__enabled=False,
     )
     assert recipe.model.resolution.mode == "anyres" and recipe.model.connector.type == "ldc"
     run = run_through_platform(recipe, dataset, tmp_path)

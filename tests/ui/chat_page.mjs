@@ -62,6 +62,9 @@ try {
   out.classifyTasks = await page.$$eval('input[name="task"]', (r) => r.map((x) => [x.value, x.disabled, x.checked]));
 
   await page.setInputFiles('#files', cfg.notImage);
+  // files are read asynchronously: wait for the verdict (or the timeout, and the test says what showed)
+  await page.waitForFunction(() => document.getElementById('alert').textContent.trim() !== '', null, { timeout: 10000 })
+    .catch(() => {});
   out.notImageAlert = await page.textContent('#alert');
   await page.setInputFiles('#files', cfg.retina);
   await page.waitForFunction(() => document.querySelectorAll('#pending li').length === 1);
