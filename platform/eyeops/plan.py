@@ -237,8 +237,12 @@ def _build_on_meta(recipe: Recipe, configs: Mapping[str, Any] | None) -> tuple[n
     import torch
 
     from eyeops.families import get_family
+    from eyeops.models.common.hub import PACKAGED_PREFIX, resolve_base
 
     built, notes = offline_recipe(recipe, configs)
+    for ref in {getattr(built.model, "llm", None), getattr(built.model, "base", None)}:
+        if isinstance(ref, str) and ref.startswith(PACKAGED_PREFIX):
+            resolve_base(ref)  # a packaged LM is converted once, on the CPU: from_pretrained can't on meta
     with torch.device("meta"):
         if built.family == "llm":  # the family loads weights by reference; the same LM from its config
             from transformers import AutoConfig, AutoModelForCausalLM

@@ -198,3 +198,22 @@ def test_cli_plan_and_dry_run_exit_nonzero_when_it_cannot_fit(llm_dir):
     ok = runner.invoke(app, ["plan", "eye-llm", *sets, "--gpu-memory-gib", "200"])
     assert ok.exit_code == 0, ok.output
     assert "fits (peak" in ok.output
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "eyecaregpt-3-8b",
+        "eyecaregpt-7b",
+        "ophtimus-1b",
+        "ophtimus-3b",
+        "ophtimus-8b",
+        "healthgpt-m3",
+        "healthgpt-l14",
+    ],
+)
+def test_every_shipped_gpu_recipe_fits_its_own_accelerator(name):
+    # A production recipe its own pre-flight refuses would fail at the train step of every run
+    # (healthgpt-l14 did: gradient checkpointing off at batch 4 x 3072 needed 110 GiB on an H100).
+    result = plan(load_recipe(name))
+    assert result.gpu_memory_gib is not None and result.fits is True, (name, result.peak.total)

@@ -18,6 +18,7 @@ Merging is refused when ``k > 1``: the per-token router cannot be folded into a 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -183,10 +184,12 @@ def apply_hlora(
     for task in tasks:
         config = hlora_config(specs[task], task_type)
         try:
-            if peft_model is None:
-                peft_model = get_peft_model(model, config, adapter_name=task)
-            else:
-                peft_model.add_adapter(task, config)
+            with warnings.catch_warnings():  # peft 0.21 asks transformers 5 the deprecated question
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                if peft_model is None:
+                    peft_model = get_peft_model(model, config, adapter_name=task)
+                else:
+                    peft_model.add_adapter(task, config)
         except ValueError as exc:
             raise ConfigError(
                 f"model.hlora.{task}.target_modules {specs[task].target_modules}: {exc}"
