@@ -130,6 +130,31 @@ try {
     pending: document.querySelectorAll('#pending li').length,
   }));
 
+  // --- 3b. HealthGPT: pick "Generate image" and super-resolution, attach the photograph, send -----
+  await page.getByLabel('Model', { exact: true }).selectOption(cfg.healthgpt);
+  await page.check('input[name="task"][value="generate"]');
+  out.imageTasks = await page.$$eval('input[name="task"]', (r) => r.map((x) => [x.value, x.disabled, x.checked]));
+  out.imageTaskOptions = await page.$$eval('#image-task option', (o) => o.map((x) => [x.value, x.textContent]));
+  out.imageTaskPickerVisible = await page.isVisible('#image-task');
+  await page.getByLabel('Image task').selectOption('super_resolution');
+  await page.setInputFiles('#files', cfg.retina);
+  await page.waitForFunction(() => document.querySelectorAll('#pending li').length === 1);
+  await page.getByLabel('Question or instructions').fill('Make this photograph sharp.');
+  const imageRequest = page.waitForRequest((r) => r.url().endsWith('/v1/chat/completions'));
+  const imageResponse = page.waitForResponse((r) => r.url().endsWith('/v1/chat/completions'));
+  await page.getByRole('button', { name: 'Send' }).click();
+  out.imageRequest = (await imageRequest).postDataJSON();
+  const imageAnswer = await imageResponse;
+  out.imageStatus = imageAnswer.status();
+  out.imageApiTask = (await imageAnswer.json()).eyeops_task;
+  await page.waitForSelector('.turn.assistant img.generated');
+  await page.waitForFunction(() => document.querySelector('.turn.assistant img.generated').complete);
+  out.generated = await page.$eval('.turn.assistant img.generated', (img) => ({
+    prefix: img.src.slice(0, 22), width: img.naturalWidth, height: img.naturalHeight,
+  }));
+  out.imageStamp = await page.textContent('.turn.assistant:last-child .stamp');
+  await shot(page, 'image-task');
+
   // --- 4. a new tab has no key; a wrong key is refused in words ---------------------------------
   const tab = await context.newPage();
   tab.on('pageerror', (e) => out.pageErrors.push(String(e)));

@@ -1,4 +1,5 @@
-"""The /ui chat page in headless Chromium against a real gateway process (classifier + chat model).
+"""The /ui chat page in headless Chromium against a real gateway process (classifier, chat model and
+a tiny HealthGPT for the image tasks).
 
 A node script (``chat_page.mjs``, npm ``playwright-core`` driving Debian's ``/usr/bin/chromium``)
 plays the user; this test asserts on what it recorded. Screenshots of every state are left in the
@@ -27,6 +28,7 @@ from eyeops_testing.serving import (  # noqa: E402
     _train_save_register,
     server_env,
 )
+from eyeops_testing.vlm_tiny import tiny_healthgpt_recipe  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -112,7 +114,8 @@ def _taught_tiny_llm(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    """The registered classifier (@champion, via MLflow) and a tiny chat LLM behind one gateway."""
+    """The registered classifier (@champion, via MLflow), a tiny chat LLM and a tiny HealthGPT behind one
+    gateway."""
     _browser_or_skip()
 
     from eyeops.config import get_settings
@@ -136,7 +139,12 @@ def gateway(tmp_path_factory):
     llm_dir = tmp_path_factory.mktemp("ui-tiny-llm")
     family.save(model, recipe, llm_dir)
 
-    refs = [f"{registered.model_name}@champion", str(llm_dir)]
+    healthgpt_recipe = parse_recipe(tiny_healthgpt_recipe(base))
+    healthgpt = get_family("healthgpt")
+    healthgpt_dir = tmp_path_factory.mktemp("ui-tiny-healthgpt")
+    healthgpt.save(healthgpt.build_model(healthgpt_recipe), healthgpt_recipe, healthgpt_dir)
+
+    refs = [f"{registered.model_name}@champion", str(llm_dir), str(healthgpt_dir)]
     log_path = tmp_path_factory.mktemp("ui-gateway") / "server.log"
     proc = _Gateway(refs, server_env(root), free_port(), log_path)
     try:
@@ -175,6 +183,7 @@ def page_run(gateway, images, tmp_path_factory) -> tuple[dict, Path]:
         "wrongKey": "not-a-valid-key-0000000000",
         "classifier": registered.model_name,
         "chat": "tiny-llm",
+        "healthgpt": "tiny-healthgpt",
         "question": QUESTION,
         "retina": str(images["retina"]),
         "tiff": str(images["tiff"]),
@@ -277,3 +286,26 @@ def test_wrong_key_and_missing_scope_are_shown_in_words(page_run):
     assert "Your API key is not allowed to do this (403 forbidden)" in result["forbiddenText"]
     assert "lacks scope 'classify'" in result["forbiddenText"]
     assert (out_dir / "wrong-key.png").is_file() and (out_dir / "forbidden.png").is_file()
+
+
+def test_image_task_picker_runs_the_chosen_task_and_shows_the_image(page_run):
+    """HealthGPT's generation tasks (issue 18): the picker lists each, the request names the one picked,
+    and the answer's PNG is drawn in the conversation."""
+    result, out_dir = page_run
+    assert ["generate", False, True] in result["imageTasks"] and ["ask", False, False] in result["imageTasks"]
+    assert result["imageTaskOptions"] == [
+        ["generation", "as instructed"],
+        ["reconstruction", "reconstruct the image"],
+        ["super_resolution", "super-resolve a low-resolution image"],
+        ["modality_conversion", "convert fundus photo → angiogram"],
+        ["text_to_image", "draw from the description"],
+    ]
+    assert result["imageTaskPickerVisible"]
+    request = result["imageRequest"]
+    assert request["model"] == "tiny-healthgpt" and request["eyeops_task"] == "super_resolution"
+    assert [p["type"] for p in request["messages"][-1]["content"]] == ["image_url", "text"]
+    assert result["imageStatus"] == 200
+    assert result["imageApiTask"] == "super_resolution"
+    assert result["generated"] == {"prefix": "data:image/png;base64,", "width": 32, "height": 32}
+    assert "tiny-healthgpt · unregistered (local directory) · recipe tiny-healthgpt" in result["imageStamp"]
+    assert (out_dir / "image-task.png").is_file()
