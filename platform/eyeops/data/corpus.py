@@ -241,6 +241,21 @@ def _summary(session, text_passages: Sequence[str]) -> str:
     )
 
 
+def _record(doc: str, suffix: str, where: str, text: str, meta: dict) -> RawRecord:
+    """One pretraining-text record of ``doc``; its group is the document, so one split holds it all."""
+    doc_key = hashlib.sha256(doc.encode()).hexdigest()[:10]
+    return RawRecord(
+        key=f"{doc_key}-{suffix}",
+        where=f"{doc} {where}",
+        task=Task.PRETRAIN_TEXT,
+        source="corpus",
+        group=doc_key,
+        messages=(),
+        answer=text,
+        meta=meta,
+    )
+
+
 def load(
     path: str | None,
     *,
@@ -257,42 +272,19 @@ def load(
 
     passage_records: list[RawRecord] = []
     for doc, texts in by_doc.items():
-        doc_key = hashlib.sha256(doc.encode()).hexdigest()[:10]
-        common = {"task": Task.PRETRAIN_TEXT, "source": "corpus", "group": doc_key, "messages": ()}
         if Task.PRETRAIN_TEXT in tasks:
-            for j, packed in enumerate(pack(texts, spec.pack_words)):
-                result.records.append(
-                    RawRecord(
-                        key=f"{doc_key}-doc{j}",
-                        where=f"{doc} packed {j}",
-                        answer=packed,
-                        meta={"kind": "packed"},
-                        **common,
-                    )
-                )
+            result.records += [
+                _record(doc, f"doc{j}", f"packed {j}", packed, {"kind": "packed"})
+                for j, packed in enumerate(pack(texts, spec.pack_words))
+            ]
         if spec.summarize and engine is not None:
             try:
                 summary = _summary(engine.session, texts)
-                result.records.append(
-                    RawRecord(
-                        key=f"{doc_key}-summary",
-                        where=f"{doc} summary",
-                        answer=summary,
-                        meta={"kind": "summary"},
-                        **common,
-                    )
-                )
+                result.records.append(_record(doc, "summary", "summary", summary, {"kind": "summary"}))
             except (BudgetExhausted, CallFailed) as exc:
                 result.reject(f"{doc} summary", f"summary not written ({exc})")
         passage_records += [
-            RawRecord(
-                key=f"{doc_key}-p{k}",
-                where=f"{doc} passage {k}",
-                answer=text,
-                meta={"document": doc},
-                **common,
-            )
-            for k, text in enumerate(texts)
+            _record(doc, f"p{k}", f"passage {k}", text, {"document": doc}) for k, text in enumerate(texts)
         ]
     qa_tasks = [t for t in tasks if t in (Task.MCQ, Task.TEXT_QA)]
     if qa_tasks and engine is not None:
