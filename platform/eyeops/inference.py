@@ -8,7 +8,7 @@ talks to this protocol, so it never needs to know which family it is serving.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal, Protocol, get_args, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +38,10 @@ class OODFields(BaseModel):
     message: str | None = Field(
         None, description="'outside what this model was trained on' when out_of_distribution."
     )
+
+    def ood_fields(self) -> dict[str, Any]:
+        """Only the verdict's fields, for an answer that carries them beside its own."""
+        return self.model_dump(include=set(OODFields.model_fields))
 
 
 class ClassifyResult(OODFields):

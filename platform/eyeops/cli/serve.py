@@ -185,8 +185,7 @@ def _in_process(model: str, data: bytes, question: str | None, max_tokens: int, 
             max_new_tokens=max_tokens,
         )
         answer = predictor.generate([request])[0]
-        verdict = answer.model_dump(include={"out_of_distribution", "ood_score", "ood_threshold", "message"})
-        return {"answer": answer.text, **verdict, "model": predictor.stamp.model_dump()}
+        return {"answer": answer.text, **answer.ood_fields(), "model": predictor.stamp.model_dump()}
     result = predictor.classify([pixels])[0]
     return result.model_dump()
 

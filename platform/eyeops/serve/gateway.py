@@ -284,7 +284,7 @@ def build_router() -> APIRouter:
             ClassifyItem(
                 probabilities=a.probabilities,
                 findings=a.findings,
-                **a.model_dump(include=set(OODVerdict.model_fields)),
+                **a.ood_fields(),
                 top=[
                     LabelScore(label=k, probability=v)
                     for k, v in sorted(a.probabilities.items(), key=lambda kv: -kv[1])[:3]
@@ -373,7 +373,7 @@ async def _stream_verdict(predictor: Predictor, images: list[Image.Image]) -> OO
 def _ood_of(result: GenerationResult) -> OODVerdict | None:
     if result.out_of_distribution is None:
         return None
-    return OODVerdict(**result.model_dump(include=set(OODVerdict.model_fields)))
+    return OODVerdict(**result.ood_fields())
 
 
 def _fingerprint(predictor: Predictor) -> str:

@@ -79,11 +79,9 @@ class EyeopsKServeModel(Model):
             raise InvalidRequest(f"instances: expected a non-empty list of {_V1_FORMS}")
         blobs = [_v1_image(item, f"instances[{i}]") for i, item in enumerate(instances)]
         answers = await self.backend.classify(self.name, self._decode(blobs, "instances"))
-        verdict = {"out_of_distribution", "ood_score", "ood_threshold", "message"}
         return {
             "predictions": [
-                {"probabilities": a.probabilities, "findings": a.findings, **a.model_dump(include=verdict)}
-                for a in answers
+                {"probabilities": a.probabilities, "findings": a.findings, **a.ood_fields()} for a in answers
             ],
             "model": answers[0].model.model_dump(),
         }
