@@ -386,10 +386,11 @@ class EssayMetrics:
             raise DataError(f"{len(items)} item scores for {len(references)} references", field="items")
         if groups is not None and len(groups) != len(items):
             raise DataError(f"{len(groups)} group labels for {len(items)} items", field="groups")
+        names = self.names().values()
 
         def summary(idx: Sequence[int]) -> dict[str, float]:
             out = {"n": float(len(idx))}
-            for name in self.names().values():
+            for name in names:
                 if name == "bleu":  # BLEU is a corpus statistic, not a mean of sentence scores
                     out[name] = bleu([references[i] for i in idx], [predictions[i] for i in idx])
                 else:
@@ -404,13 +405,6 @@ class EssayMetrics:
             for g, idx in sorted(by.items()):
                 result.update({f"{g}/{k}": v for k, v in summary(idx).items()})
         return result
-
-
-def essay_item_scores(
-    references: Sequence[str], predictions: Sequence[str], metrics: Sequence[str] = ESSAY_METRICS
-) -> list[dict[str, float]]:
-    """Per-pair scores with the default encoders (see :class:`EssayMetrics`)."""
-    return EssayMetrics(metrics=tuple(metrics)).item_scores(references, predictions)
 
 
 def essay_scores(
