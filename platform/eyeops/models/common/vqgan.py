@@ -94,11 +94,16 @@ class Upsample(nn.Module):
 
 
 class Level(nn.Module):
-    """One resolution of the encoder or decoder: ``block``s, their ``attn``s, the resampler."""
+    """One resolution of the encoder or decoder: ``blocks`` ResNet blocks ``cin -> cout``, each
+    followed by self-attention when ``attn``; the caller adds the resampler."""
 
-    def __init__(self) -> None:
+    def __init__(self, cin: int, cout: int, blocks: int, *, attn: bool, groups: int, dropout: float) -> None:
         super().__init__()
         self.block, self.attn = nn.ModuleList(), nn.ModuleList()
+        for j in range(blocks):  # block, attn, block, ...: taming's order of construction
+            self.block.append(ResnetBlock(cin if j == 0 else cout, cout, groups=groups, dropout=dropout))
+            if attn:
+                self.attn.append(AttnBlock(cout, groups=groups))
 
     def run(self, h: torch.Tensor) -> torch.Tensor:
         for i, block in enumerate(self.block):
@@ -127,12 +132,9 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList()
         width, res = ch, spec.image_size
         for i, mult in enumerate(spec.ch_mult):
-            level = Level()
-            for _ in range(spec.num_res_blocks):
-                level.block.append(ResnetBlock(width, ch * mult, groups=g, dropout=drop))
-                width = ch * mult
-                if res in spec.attn_resolutions:
-                    level.attn.append(AttnBlock(width, groups=g))
+            attn = res in spec.attn_resolutions
+            level = Level(width, ch * mult, spec.num_res_blocks, attn=attn, groups=g, dropout=drop)
+            width = ch * mult
             if i != len(spec.ch_mult) - 1:
                 level.downsample = Downsample(width)
                 res //= 2
@@ -159,12 +161,11 @@ class Decoder(nn.Module):
         self.mid = Middle(width, groups=g, dropout=drop)
         levels: list[Level] = []
         for i in reversed(range(n)):
-            level = Level()
-            for _ in range(spec.num_res_blocks + 1):
-                level.block.append(ResnetBlock(width, ch * spec.ch_mult[i], groups=g, dropout=drop))
-                width = ch * spec.ch_mult[i]
-                if res in spec.attn_resolutions:
-                    level.attn.append(AttnBlock(width, groups=g))
+            attn = res in spec.attn_resolutions
+            level = Level(
+                width, ch * spec.ch_mult[i], spec.num_res_blocks + 1, attn=attn, groups=g, dropout=drop
+            )
+            width = ch * spec.ch_mult[i]
             if i != 0:
                 level.upsample = Upsample(width)
                 res *= 2
