@@ -18,13 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from eyeops.errors import DataError
 from eyeops.evaluate import plots
 from eyeops.evaluate.calibration import calibration_report
-from eyeops.evaluate.metrics import (
-    NORMAL_LABEL,
-    ClassificationMetrics,
-    breakdown,
-    classification_metrics,
-    patient_level,
-)
+from eyeops.evaluate.metrics import ClassificationMetrics, breakdown, classification_metrics, patient_level
 from eyeops.families import EvalContext, EvalOutput
 
 SAMPLES_FILE, MANIFEST_FILE = "samples.parquet", "manifest.json"
@@ -141,8 +135,7 @@ def _per_patient(
     """ODIR's patient-level scoring: both eyes merged (OR of diseases, AND of normal) → ``patient/…``."""
     ids = rows["patient_id"].tolist() if "patient_id" in rows.columns else [None] * len(rows)
     ids = [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in ids]
-    normal = NORMAL_LABEL if NORMAL_LABEL in labels else None
-    t, p, _ = patient_level(truth, probs, ids, labels, normal_label=normal)
+    t, p, _ = patient_level(truth, probs, ids, labels)
     patient = classification_metrics(t, p, labels, threshold)
     return patient, *_figures("patient", patient, _PATIENT_FIGURES)
 
