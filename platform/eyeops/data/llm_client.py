@@ -22,10 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from eyeops import storage
 from eyeops.data.specs import EngineSpec
 from eyeops.errors import ConfigError
 
-__all__ = ["BudgetExhausted", "CallFailed", "LLMSession", "default_cache_dir"]
+__all__ = ["BudgetExhausted", "CallFailed", "LLMSession"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,15 +38,6 @@ class BudgetExhausted(Exception):
 
 class CallFailed(Exception):
     """One call failed after the client's retries (internal: that item falls back or is rejected)."""
-
-
-def default_cache_dir() -> Path:
-    from eyeops.config import get_settings
-
-    settings = get_settings()
-    if settings.is_local_storage:
-        return Path(settings.path("cache", "llm"))
-    return Path.home() / ".cache" / "eyeops" / "llm"
 
 
 class _Cache:
@@ -65,11 +57,7 @@ class _Cache:
             return None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(path)
+        storage.write_text(self._path(key), json.dumps(value, ensure_ascii=False))
 
 
 class LLMSession:
@@ -88,7 +76,7 @@ class LLMSession:
             timeout=self.endpoint.timeout_s,
             max_retries=self.endpoint.max_retries,
         )
-        root = Path(cache_dir or engine.cache_dir or default_cache_dir()).expanduser()
+        root = Path(cache_dir or engine.cache_dir or storage.cache_dir("llm")).expanduser()
         self._cache = _Cache(root)
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
