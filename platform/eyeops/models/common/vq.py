@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from eyeops.errors import ConfigError, NotFoundError
-from eyeops.models.common.vqgan import VQModel
+from eyeops.models.common.vqgan import VectorQuantizer, VQModel
 
 if TYPE_CHECKING:
     from eyeops.models.common.specs import VQSpec
@@ -153,19 +153,17 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_vq_checkpoint(model: VQModel, path: str | Path) -> dict[str, list[str]]:
-    """Load a taming-layout state dict into ``model`` key for key; returns the keys it ignored.
+def load_vq_checkpoint(model: VQModel, path: str | Path) -> None:
+    """Load a taming-layout state dict into ``model`` key for key.
 
     ``loss.*`` (taming's GAN discriminator and perceptual loss) is ignored; our EMA statistics are
-    not in taming's checkpoints and keep their initial values. Any architecture key that is missing,
-    unexpected or of another shape is a :class:`ConfigError` naming the keys.
+    not in taming's checkpoints (the running average starts at the loaded codes). Any architecture
+    key that is missing, unexpected or of another shape is a :class:`ConfigError` naming the keys.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise NotFoundError(f"model.vq.checkpoint {str(path)!r}: file not found")
-    state = _read_state(path)
-    ignored = sorted(k for k in state if k.startswith("loss."))
-    state = {k: v for k, v in state.items() if not k.startswith("loss.")}
+    state = {k: v for k, v in _read_state(path).items() if not k.startswith("loss.")}
     own = model.state_dict()
     optional = {"quantize.cluster_size", "quantize.embed_avg", "quantize.initialised"}
     missing = sorted(set(own) - set(state) - optional)
@@ -183,10 +181,9 @@ def load_vq_checkpoint(model: VQModel, path: str | Path) -> dict[str, list[str]]
             "attn_resolutions, z_channels, embed_dim, codebook_size, quantizer) to the checkpoint's config"
         )
     model.load_state_dict({**own, **state})
-    if hasattr(model.quantize, "initialised"):
+    if isinstance(model.quantize, VectorQuantizer):
         model.quantize.embed_avg.copy_(model.quantize.embedding.weight)
         model.quantize.initialised.fill_(True)
-    return {"ignored": ignored}
 
 
 # --- the tokenizer a recipe uses ---------------------------------------------------------------------
