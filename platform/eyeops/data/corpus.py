@@ -192,11 +192,10 @@ def _files(path: str | Path | None) -> list[tuple[str, Path]]:
 
 
 def clean_passages(
-    path: str | Path | None, spec: CorpusSpec, result: ImportResult, advance: Callable[[int], None]
+    files: Sequence[tuple[str, Path]], spec: CorpusSpec, result: ImportResult, advance: Callable[[int], None]
 ) -> dict[str, list[str]]:
-    """Each document's passages after cleaning, filters and dedup; unreadable files quarantined and
-    filtered passages counted (by reason) in ``result``."""
-    files = _files(path)
+    """Each document's passages (``files``: :func:`_files`) after cleaning, filters and dedup;
+    unreadable files quarantined and filtered passages counted (by reason) in ``result``."""
     kept: list[tuple[str, str]] = []  # (document, passage)
     for name, file in files:
         try:
@@ -227,7 +226,7 @@ def clean_passages(
 
 def documents(path: str | Path, spec: CorpusSpec | None = None) -> list[str]:
     """One cleaned, filtered, deduplicated text per corpus file (``model.corpus`` entries)."""
-    by_doc = clean_passages(path, spec or CorpusSpec(), ImportResult(), lambda n=1: None)
+    by_doc = clean_passages(_files(path), spec or CorpusSpec(), ImportResult(), lambda n=1: None)
     return ["\n\n".join(texts) for texts in by_doc.values()]
 
 
@@ -268,7 +267,8 @@ def load(
     from eyeops.data.llm_client import BudgetExhausted, CallFailed
 
     result = ImportResult()
-    by_doc = clean_passages(path, spec, result, progress("reading corpus files", len(_files(path))))
+    files = _files(path)
+    by_doc = clean_passages(files, spec, result, progress("reading corpus files", len(files)))
 
     passage_records: list[RawRecord] = []
     for doc, texts in by_doc.items():

@@ -33,6 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 from eyeops.data.deid_text import mask
+from eyeops.data.importers._common import source_path
 from eyeops.data.records import ImportResult, RawRecord
 from eyeops.data.schema import Message, Task
 from eyeops.errors import DataError
@@ -89,16 +90,12 @@ def _messages(description: str, turns: list[tuple[str, str]]) -> list[Message] |
 
 
 def _files(path: str | None, kind: str) -> list[Path]:
-    if not path:
-        raise DataError(f"source {kind!r} needs a path", field="data.path")
-    root = Path(path).expanduser()
+    root = source_path(path, kind=kind)
     if root.is_dir():
         files = sorted(root.rglob("*.txt"))
         if not files:
             raise DataError("no .txt files under the directory", file=str(root))
         return files
-    if not root.is_file():
-        raise DataError("file not found", file=str(root))
     return [root]
 
 
