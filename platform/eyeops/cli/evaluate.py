@@ -105,8 +105,7 @@ def report_command(
     log: bool = typer.Option(True, "--log/--no-log", help="Log the exports as an MLflow run."),
 ) -> None:
     """The papers' table: rows = models (base first), columns = benchmark metrics; md + csv + chart."""
-    from eyeops.config import get_settings
-    from eyeops.evaluate.report import collect, export
+    from eyeops.evaluate.report import collect, default_out_dir, export
 
     table = collect(recipe=recipe, benchmarks=benchmark or None, metrics=metric or None)
     # One terminal table per benchmark (rows = models, columns = its metrics) stays readable; the
@@ -125,10 +124,7 @@ def report_command(
             name = f"{row.model} [dim](zero-shot)[/dim]" if row.kind == "base" else row.model
             view.add_row(name, *(_cell(row.values.get(c)) for c in columns))
         console.print(view)
-    settings = get_settings()
-    if out is None and not settings.is_local_storage:
-        out = str(Path.cwd() / "eyeops-report")
-    files = export(table, out or settings.path("reports", recipe or "all"), log=log)
+    files = export(table, out or default_out_dir(recipe), log=log)
     console.print(f"wrote {files.markdown}, {files.csv}, {files.chart}")
     if files.run_id:
         console.print(f"MLflow run {files.run_id} (experiment eyeops-benchmarks)")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from eyeops.config import get_settings
 from eyeops.errors import NotFoundError
 from eyeops.evaluate.benchmark import EXPERIMENT, find_runs
 
@@ -137,11 +138,9 @@ def write_csv(table: ReportTable, path: Path) -> None:
 
 def bar_chart(table: ReportTable, path: Path):
     """Grouped bars: one group per benchmark metric, one bar per model. Returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from eyeops.evaluate.plots import plt
 
     n_cols, n_rows = len(table.columns), len(table.rows)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * n_cols * max(1, n_rows) / 2 + 2), 4.5))
@@ -159,6 +158,15 @@ def bar_chart(table: ReportTable, path: Path):
     return fig
 
 
+def default_out_dir(recipe: str | None = None) -> str:
+    """Where the report goes without ``--out``: ``<storage>/reports/<recipe or all>`` on local
+    storage, else ``./eyeops-report``."""
+    settings = get_settings()
+    if settings.is_local_storage:
+        return settings.path("reports", recipe or "all")
+    return str(Path.cwd() / "eyeops-report")
+
+
 class ReportFiles(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     markdown: str
@@ -170,7 +178,7 @@ class ReportFiles(BaseModel):
 
 def export(table: ReportTable, out_dir: str | Path, *, log: bool = True) -> ReportFiles:
     """Write the table as Markdown, CSV, JSON and a bar chart; ``log``: also as an MLflow run."""
-    import matplotlib.pyplot as plt
+    from eyeops.evaluate.plots import plt
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
