@@ -29,7 +29,6 @@ record without a doctor reply is quarantined with file, record id and reason.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from pathlib import Path
 
 from eyeops.data.deid_text import mask
@@ -101,8 +100,13 @@ def _files(path: str | None, kind: str) -> list[Path]:
 
 def load(path: str | None, *, kind: str = "raw_dialogue") -> ImportResult:
     result = ImportResult()
-    masked: Counter[str] = Counter()
     urls = 0
+
+    def clean(text: str) -> str:
+        text, counts = mask(text)
+        result.masked.update(counts)
+        return text
+
     files = _files(path, kind)
     seen: set[str] = set()
     for file in files:
@@ -127,19 +131,13 @@ def load(path: str | None, *, kind: str = "raw_dialogue") -> ImportResult:
                 result.reject(where, "no 'Dialogue' section")
                 continue
             urls += bool(sections.get("url"))
-            description, counts = mask(sections.get("description", ""))
-            masked += counts
-            clean_turns = []
-            for role, text in turns:
-                text, counts = mask(text)
-                masked += counts
-                clean_turns.append((role, text))
-            messages = _messages(description, clean_turns)
+            messages = _messages(
+                clean(sections.get("description", "")), [(role, clean(text)) for role, text in turns]
+            )
             if isinstance(messages, str):
                 result.reject(where, messages)
                 continue
-            faculty, counts = mask(sections.get("faculty", ""))
-            masked += counts
+            faculty = clean(sections.get("faculty", ""))
             result.records.append(
                 RawRecord(
                     key=key,
@@ -153,9 +151,9 @@ def load(path: str | None, *, kind: str = "raw_dialogue") -> ImportResult:
                     meta={"faculty": faculty} if faculty else {},
                 )
             )
-    result.masked.update(masked)
+    kinds = ", ".join(sorted(result.masked)) or "nothing found"
     result.notes["deid"] = (
-        f"free text masked by rules (eyeops.data.deid_text: {', '.join(sorted(masked)) or 'nothing found'}); "
+        f"free text masked by rules (eyeops.data.deid_text: {kinds}); "
         f"{urls} page URL(s) dropped; rules miss bare names without a title: review a sample"
     )
     return result
