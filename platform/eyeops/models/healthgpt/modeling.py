@@ -52,6 +52,17 @@ def index_token(i: int) -> str:
     return f"<idx_{i}>"
 
 
+def _image_vocab(spec: HealthGPTModel) -> list[str]:
+    """``<start_index>``, ``<idx_0..K-1>``, ``<end_index>``: the tokens an image answer is made of."""
+    return [START, *(index_token(i) for i in range(spec.vq.codebook_size)), END]
+
+
+def _added_tokens(spec: HealthGPTModel) -> list[str]:
+    """What the LLM's vocabulary grows by, in the seed's order (its released embedding rows line
+    up with ours)."""
+    return [*_image_vocab(spec), PIXEL_NEWLINE]
+
+
 def adapter_of(task: str) -> str:
     """The H-LoRA adapter (and vision layer) a served task runs through."""
     if task not in SERVED_TASKS:
@@ -66,15 +77,11 @@ def _spec(recipe: Recipe) -> HealthGPTModel:
 
 
 def _tokenizer(spec: HealthGPTModel) -> Any:
-    """The LLM's tokenizer plus ``<start_index>``, ``<idx_0..K-1>``, ``<end_index>``, ``<pixel_newline>``
-    (the seed's order: its released embedding rows line up with ours)."""
+    """The LLM's tokenizer plus the image tokens and ``<pixel_newline>`` (:func:`_added_tokens`)."""
     from eyeops.models.common.hub import load_tokenizer
 
     tokenizer = load_tokenizer(spec.llm)
-    tokenizer.add_tokens(
-        [START, *(index_token(i) for i in range(spec.vq.codebook_size)), END, PIXEL_NEWLINE],
-        special_tokens=True,
-    )
+    tokenizer.add_tokens(_added_tokens(spec), special_tokens=True)
     return tokenizer
 
 
@@ -160,7 +167,7 @@ def build_healthgpt(recipe: Recipe, tokenizer: Any, vq: VQModel | None = None) -
     """Tower, one connector per task, the LLM grown by the image tokens with H-LoRA per task, VQ."""
     spec = _spec(recipe)
     tower = build_tower(spec.vision)
-    base_vocab = len(tokenizer) - spec.vq.codebook_size - 3
+    base_vocab = len(tokenizer) - len(_added_tokens(spec))
     lm = build_language_model(spec, base_vocab)
     _add_token_rows(lm, len(tokenizer))
     lm.config.use_cache = False
@@ -175,9 +182,7 @@ def build_healthgpt(recipe: Recipe, tokenizer: Any, vq: VQModel | None = None) -
     tower.truncate(max(layer for c in connectors.values() for layer in c.layers) + 1)
     if vq is None:
         vq = current_vq(spec.vq, seed=recipe.train.seed)
-    ids = tokenizer.convert_tokens_to_ids(
-        [START, *(index_token(i) for i in range(spec.vq.codebook_size)), END]
-    )
+    ids = tokenizer.convert_tokens_to_ids(_image_vocab(spec))
     return HealthGPT(tower, connectors, lm, vq, image_token_ids=ids)
 
 
