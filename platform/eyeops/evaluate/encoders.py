@@ -85,6 +85,10 @@ def resolve_encoder(model: str, cache_dir: str | None = None) -> Encoder:
     return Encoder(str(packaged), PACKAGED, model, substituted=True)
 
 
+def _config(encoder: Encoder) -> dict[str, Any]:
+    return json.loads((Path(encoder.path) / "config.json").read_text(encoding="utf-8"))
+
+
 def metric_name(metric: str, encoder: Encoder) -> str:
     """``semscore`` / ``bertscore`` for the paper's encoder, else ``<metric>_<encoder name>``.
 
@@ -94,9 +98,7 @@ def metric_name(metric: str, encoder: Encoder) -> str:
     paper, arch = _PAPER_ENCODERS[metric]
     if encoder.name != paper:
         return f"{metric}_{re.sub(r'[^A-Za-z0-9_.-]', '_', encoder.name)}"
-    model_type = json.loads((Path(encoder.path) / "config.json").read_text(encoding="utf-8")).get(
-        "model_type"
-    )
+    model_type = _config(encoder).get("model_type")
     if model_type != arch:
         raise ConfigError(
             f"encoder {encoder.requested!r} is named {paper} but its config.json says model_type "
@@ -128,9 +130,7 @@ def bertscore_layer(encoder: Encoder, num_layers: int | None = None) -> int:
     it knows (by hub id), otherwise the encoder's last layer."""
     from bert_score.utils import model2layers
 
-    depth = json.loads((Path(encoder.path) / "config.json").read_text(encoding="utf-8")).get(
-        "num_hidden_layers"
-    )
+    depth = _config(encoder).get("num_hidden_layers")
     known = (
         None if encoder.substituted else model2layers.get(encoder.requested, model2layers.get(encoder.name))
     )
