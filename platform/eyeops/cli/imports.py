@@ -52,13 +52,9 @@ def healthgpt(
     if report.not_imported:
         console.print(f"not imported (initial adapters): {', '.join(report.not_imported)}")
     if register:
-        ref = None
-        if dataset:
-            from eyeops.data.store import read_manifest
-            from eyeops.refs import DatasetRef
+        from eyeops.evaluate.runner import dataset_ref
 
-            manifest = read_manifest(dataset)
-            ref = DatasetRef(uri=dataset, fingerprint=manifest.fingerprint, name=manifest.name)
+        ref = dataset_ref(dataset) if dataset else None
         _, version = register_import(chosen, model_dir, report, ref)
         console.print(f"registered {version.model_uri} (@{version.alias}: {version.gate_reason})")
 
