@@ -82,7 +82,7 @@ def prepare(
     remote = is_s3(out)
     staging = Path(tempfile.mkdtemp(prefix="eyeops-prepare-")) if remote else _local_target(out)
     try:
-        inputs = [im for r in records for im in (*r.images, *((r.target,) if r.target else ()))]
+        inputs = [im for r in records for im in (*r.images, r.target) if im is not None]
         distinct = len({im.key for im in inputs})
         advance = progress("decoding and storing images", distinct) if distinct else (lambda n=1: None)
         results = ingest_images(
@@ -98,13 +98,13 @@ def prepare(
                 quarantine.append(QuarantineEntry(path=res.ref, reason=res.reason or "unreadable"))
 
         salt, deid = resolve_salt()
-        kept: list[tuple[RawRecord, list[str], str]] = []  # record, image paths (+ target), split group
+        kept: list[tuple[RawRecord, list[str], str | None, str]] = []  # record, images, target, split group
         seen: dict[tuple, str] = {}
         duplicates = 0
         for record in records:
             images = [results[im.key] for im in record.images]
             target = results[record.target.key] if record.target else None
-            bad = next((im for im in (*images, *((target,) if target else ())) if not im.ok), None)
+            bad = next((im for im in (*images, target) if im is not None and not im.ok), None)
             if bad is not None:
                 quarantine.append(QuarantineEntry(path=record.where, reason=f"image {bad.ref}: {bad.reason}"))
                 continue
@@ -127,14 +127,14 @@ def prepare(
                 continue
             seen[ident] = sid
             group = record.patient or (images[0].pixel_hash if images else None) or record.group or sid
-            paths = [im.rel_path or "" for im in images] + ([target.rel_path or ""] if target else [])
-            kept.append((record, paths, group))
+            target_path = (target.rel_path or "") if target else None
+            kept.append((record, [im.rel_path or "" for im in images], target_path, group))
         if not kept:
             raise DataError(_nothing_left(spec, quarantine))
 
         freq: Counter = Counter()
         labels_by_group: dict[str, set[int]] = {}
-        for record, _, group in kept:
+        for record, _, _, group in kept:
             positives = {i for i, v in enumerate(record.labels) if v}
             freq.update(positives)
             labels_by_group.setdefault(group, set()).update(positives)
@@ -149,15 +149,15 @@ def prepare(
             )
 
         samples = []
-        for record, paths, group in kept:
+        for record, paths, target_path, group in kept:
             samples.append(
                 Sample(
                     id=f"{record.source}-{record.key}",
                     patient_id=deidentify(record.patient, salt) if record.patient else None,
                     eye=record.eye,
                     modality=record.modality,
-                    images=paths[: len(record.images)],
-                    target_image=paths[-1] if record.target else None,
+                    images=paths,
+                    target_image=target_path,
                     task=record.task,
                     messages=list(record.messages),
                     answer=record.answer,
@@ -172,7 +172,7 @@ def prepare(
         ok, offenders = check_patient_split([(s.patient_id, s.split) for s in samples])
         if not ok:  # cannot happen with group-level assignment; refuse to write a leaking dataset
             raise DataError(f"patient-level split violated for {len(offenders)} patient(s)")
-        used = {p for s in samples for p in (*s.images, *((s.target_image,) if s.target_image else ()))}
+        used = {p for s in samples for p in (*s.images, s.target_image) if p is not None}
         for orphan in (staging / "images").glob("*"):  # images only quarantined/duplicate records used
             if f"images/{orphan.name}" not in used:
                 orphan.unlink()
