@@ -74,15 +74,12 @@ def _load_image(ctx: EvalContext, images, row: int, sid: str) -> Image.Image:
         ) from None
 
 
-def predict_probabilities(
-    ctx: EvalContext, rows: pd.DataFrame, ood_flags: list[bool | None] | None = None
-) -> np.ndarray:
-    """(samples × model labels) probabilities, inferred in batches of ``ctx.batch_size``.
-
-    ``ood_flags``, when given, receives each sample's out-of-distribution verdict in order.
-    """
+def predict_probabilities(ctx: EvalContext, rows: pd.DataFrame) -> tuple[np.ndarray, list[bool | None]]:
+    """(samples × model labels) probabilities, inferred in batches of ``ctx.batch_size``, and each
+    sample's out-of-distribution verdict (``None`` for a model without an OOD screen)."""
     labels = list(ctx.model.labels)
     out = np.zeros((len(rows), len(labels)))
+    ood_flags: list[bool | None] = []
     for start in range(0, len(rows), ctx.batch_size):
         chunk = rows.iloc[start : start + ctx.batch_size]
         images = [
@@ -91,9 +88,8 @@ def predict_probabilities(
         ]
         for k, result in enumerate(ctx.model.classify(images)):
             out[start + k] = [result.probabilities[lab] for lab in labels]
-            if ood_flags is not None:
-                ood_flags.append(result.out_of_distribution)
-    return out
+            ood_flags.append(result.out_of_distribution)
+    return out, ood_flags
 
 
 def _figures(
@@ -155,8 +151,7 @@ def evaluate_classifier(ctx: EvalContext) -> EvalOutput:
         )
     labels, threshold = list(ctx.model.labels), ctx.recipe.evaluate.threshold
     truth = _ground_truth(ctx, rows, _label_columns(ctx))
-    ood_flags: list[bool | None] = []
-    probs = predict_probabilities(ctx, rows, ood_flags)
+    probs, ood_flags = predict_probabilities(ctx, rows)
 
     overall = classification_metrics(truth, probs, labels, threshold)
     by_modality = breakdown(truth, probs, _group_keys(rows, "modality"), labels, threshold)
