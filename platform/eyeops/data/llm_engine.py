@@ -263,7 +263,13 @@ class Engine:
             return "not verified (call failed)"
         return parse_verdict(reply) or "no verdict in reply"
 
-    def _record(self, outcome: _Outcome, where: str, key: str) -> None:
+    def _tally(self, outcome: _Outcome, where: str, key: str) -> bool:
+        """Count one source's outcome and quarantine its rejects; False when its generation call failed."""
+        self.counts["sources"] += 1
+        if outcome.failure is not None:
+            self.counts["failed_sources"] += 1
+            self.rejected[outcome.failure.split(":")[0]] += 1
+            return False
         self.counts["generated"] += len(outcome.kept) + sum(
             1 for label, _ in outcome.rejected if label != "reply"
         )
@@ -276,6 +282,7 @@ class Engine:
             self.rejected[kind] += 1
             self.verdicts.append({"source": key, "item": label, "verdict": "REJECTED", "reason": reason})
             self.quarantine.append(QuarantineEntry(path=f"{where} {label}", reason=f"llm {reason}"))
+        return True
 
     # --- image records ------------------------------------------------------------------------------
     def image_records(
@@ -298,17 +305,13 @@ class Engine:
 
         results: list[list[RawRecord]] = []
         for record, outcome in zip(records, self.session.map(one, records, advance), strict=True):
-            self.counts["sources"] += 1
             out: list[RawRecord] = []
             results.append(out)
-            if outcome.failure is not None:
-                self.counts["failed_sources"] += 1
-                self.rejected[outcome.failure.split(":")[0]] += 1
+            if not self._tally(outcome, record.where, record.key):
                 if self.session.engine.fallback:
                     self.counts["fallback_sources"] += 1
                     out.extend(template_records(record, tasks, rng=rng, label_names=label_names))
                 continue
-            self._record(outcome, record.where, record.key)
             prefix = "\n".join([IMAGE_TOKEN] * len(record.images)) + "\n" if record.images else ""
             out += _kept_records(
                 record, outcome, prefix, key=lambda item, j: f"llm{j}", kind=lambda item: f"llm-{item.task}"
@@ -325,12 +328,8 @@ class Engine:
         )
         out: list[RawRecord] = []
         for passage, outcome in zip(passages, outcomes, strict=True):
-            self.counts["sources"] += 1
-            if outcome.failure is not None:
-                self.counts["failed_sources"] += 1
-                self.rejected[outcome.failure.split(":")[0]] += 1
+            if not self._tally(outcome, passage.where, passage.key):
                 continue
-            self._record(outcome, passage.where, passage.key)
             out += _kept_records(
                 passage, outcome, "", key=lambda item, j: f"{'mcq' if item.task == Task.MCQ else 'essay'}{j}"
             )
