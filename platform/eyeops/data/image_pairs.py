@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from eyeops.data.records import ImageInput, RawRecord
-from eyeops.data.schema import IMAGE_TOKEN, Message, Modality, Task
+from eyeops.data.schema import IMAGE_TOKEN, ODIR_LABEL_NAMES, Message, Modality, Task
 
 __all__ = [
     "GENERATION_PROMPTS",
@@ -94,8 +94,6 @@ def _pixels(image: ImageInput) -> np.ndarray:
 
 
 def _label_words(labels: Sequence[int], label_names: Sequence[str]) -> list[str]:
-    from eyeops.data.schema import ODIR_LABEL_NAMES
-
     codes = [name for name, on in zip(label_names, labels, strict=False) if on and name != "N"]
     return [ODIR_LABEL_NAMES.get(code, code) for code in codes]
 
@@ -112,6 +110,8 @@ def generation_records(
         return []
     source = record.images[0]
     pixels = _pixels(source) if {"super_resolution", "modality_conversion"} & set(tasks) else None
+    findings = [f.description for f in record.findings] or _label_words(record.labels, label_names)
+    eye = record.eye.value if record.eye else None
     out = []
     for task in tasks:
         images: tuple[ImageInput, ...] = (source,)
@@ -126,8 +126,7 @@ def generation_records(
             meta["target_modality"] = Modality.FFA.value
         elif task == "text_to_image":
             images = ()
-        findings = [f.description for f in record.findings] or _label_words(record.labels, label_names)
-        prompt = generation_prompt(task, eye=record.eye.value if record.eye else None, findings=findings)
+        prompt = generation_prompt(task, eye=eye, findings=findings)
         out.append(
             replace(
                 record,
