@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from eyeops.data.image_pairs import GENERATION_PROMPTS
+from eyeops.data.image_pairs import GENERATION_PROMPTS, GENERATION_TASKS
 from eyeops.data.schema import Message
 from eyeops.devices import place, resolve_device
 from eyeops.errors import ConfigError, InvalidRequest
@@ -32,6 +32,9 @@ from eyeops.models.healthgpt.modeling import (
     build_healthgpt,
 )
 from eyeops.recipes import Recipe
+
+# Image tasks that read exactly one input image, prompted as their training samples were.
+_FROM_AN_IMAGE = frozenset(GENERATION_TASKS) - {"text_to_image"}
 
 
 def load_model_dir(model_dir: Path) -> tuple[Recipe, HealthGPT, Any]:
@@ -98,7 +101,7 @@ class HealthGPTPredictor(BatchedChat):
         task, n = self.task_of(request), len(request.images)
         if task == "text_to_image" and n:
             raise InvalidRequest(f"the text_to_image task draws from the prompt alone, got {n} image(s)")
-        if task in GENERATION_PROMPTS and task != "text_to_image" and n != 1:
+        if task in _FROM_AN_IMAGE and n != 1:
             raise InvalidRequest(f"the {task} task takes exactly one input image, got {n}")
         if task == "generation" and n > 1:
             raise InvalidRequest(f"the generation task takes at most one input image, got {n}")
@@ -106,7 +109,7 @@ class HealthGPTPredictor(BatchedChat):
     def messages_of(self, request: GenerationRequest) -> list[Message]:
         """The turns the model reads: an image task's training prompt, else the request's own."""
         task = self.task_of(request)
-        if task in GENERATION_PROMPTS and task != "text_to_image":
+        if task in _FROM_AN_IMAGE:
             return [Message(role="user", content=GENERATION_PROMPTS[task])]
         return list(request.messages)
 
