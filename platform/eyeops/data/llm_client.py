@@ -63,7 +63,7 @@ class _Cache:
 class LLMSession:
     """One prepare's connection to the endpoint, with its cache, budget and counters."""
 
-    def __init__(self, engine: EngineSpec, cache_dir: str | Path | None = None) -> None:
+    def __init__(self, engine: EngineSpec) -> None:
         from openai import OpenAI
 
         if engine.llm is None:
@@ -76,7 +76,7 @@ class LLMSession:
             timeout=self.endpoint.timeout_s,
             max_retries=self.endpoint.max_retries,
         )
-        root = Path(cache_dir or engine.cache_dir or storage.cache_dir("llm")).expanduser()
+        root = Path(engine.cache_dir or storage.cache_dir("llm")).expanduser()
         self._cache = _Cache(root)
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
