@@ -6,8 +6,6 @@ JSON file), or ``base`` / ``base:<hub id | dir>`` — the recipe's model zero-sh
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -42,8 +40,9 @@ def evaluate_command(
     """Evaluate MODEL on each DATA and print the metrics; one MLflow run per model x benchmark set."""
     from eyeops.evaluate.benchmark import evaluate_benchmarks
     from eyeops.evaluate.runner import dataset_ref
+    from eyeops.evaluate.targets import resolve_target
 
-    target = _target(model, recipe, label)
+    target = resolve_target(model, recipe, label=label)
     limit = "recipe" if max_per_task is None else (max_per_task or None)
     run = evaluate_benchmarks(
         target, [dataset_ref(d) for d in data], max_per_task=limit, device=device, out_dir=out, log=log
@@ -52,22 +51,6 @@ def evaluate_command(
         _print_report(result.report, f"{target.label} · {result.name}")
     if run.run_id:
         console.print(f"MLflow run {run.run_id} (experiment eyeops-benchmarks, model {target.label!r})")
-
-
-def _target(model: str, recipe: str | None, label: str | None):
-    from eyeops.evaluate.targets import resolve_target
-    from eyeops.recipes import load_recipe
-    from eyeops.refs import CheckpointRef
-
-    if model.endswith(".json") and Path(model).is_file():
-        from eyeops.storage import local_copy
-
-        ref = CheckpointRef.model_validate_json(Path(model).read_text(encoding="utf-8"))
-        target = resolve_target(
-            str(local_copy(ref.uri)), load_recipe(recipe) if recipe else None, label=label
-        )
-        return target.model_copy(update={"checkpoint": ref})
-    return resolve_target(model, recipe, label=label)
 
 
 def _print_report(report, title: str) -> None:

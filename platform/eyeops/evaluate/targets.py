@@ -4,7 +4,8 @@
 row label the report uses):
 
 - ``NAME``, ``NAME@alias``, ``NAME/3``, ``models:/…`` — a registered version (``eyeops.registry``);
-- a directory a family saved (training output, an exported model) — a checkpoint;
+- a directory a family saved (training output, an exported model) — a checkpoint; or a
+  ``CheckpointRef`` JSON file naming one (local or remote);
 - ``base`` or ``base:<hub id | local dir | packaged:name>`` — the recipe's model with its base
   language model and *no fine-tuning*: :func:`base_model_dir` builds it with the family's own
   ``build_model`` (pretrained weights as the recipe loads them, adapters and connectors freshly
@@ -134,6 +135,10 @@ def resolve_target(spec: str, recipe: str | Recipe | None = None, *, label: str 
             )
         target = base_target(chosen, spec.partition(":")[2] or None)
         return target.model_copy(update={"label": label}) if label else target
+    if spec.endswith(".json") and Path(spec).is_file():
+        ref = CheckpointRef.model_validate_json(Path(spec).read_text(encoding="utf-8"))
+        target = resolve_target(str(storage.local_copy(ref.uri)), chosen, label=label)
+        return target.model_copy(update={"checkpoint": ref})
     path = Path(spec.removeprefix("file://"))
     if path.is_dir():
         model_dir, kind, uri, default_label = path, "checkpoint", None, path.name
