@@ -33,7 +33,7 @@ _PLACE = (
 )
 _HAN = r"[\u4e00-\u9fff]"
 _NOT_NAME_CHARS = r"[^\s，。、；：！？,.;:!?()（）\[\]去到在的了和与及或是我你他她您想要看做查]"
-# (kind, pattern, group whose span is masked); order matters: URLs before phones (digits in links).
+# (kind, pattern); order matters: URLs before phones (digits in links).
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("email", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")),
     (
