@@ -42,3 +42,23 @@ def test_gate_rules(gate, metrics, champion, passed, reason):
     )
     assert decision.passed is passed
     assert reason in decision.reason
+
+
+@pytest.mark.parametrize(("n", "detail"), [(3, "short"), (40, "x" * 400), (400, "x" * 400)])
+def test_checks_tag_stays_valid_json_within_the_tag_limit(n, detail):
+    import json
+
+    from eyeops.registry.gate import GateCheck, GateDecision
+    from eyeops.registry.mlflow_registry import _TAG_MAX, _checks_tag
+
+    checks = [GateCheck(name="floor", passed=i % 2 == 0, detail=detail, reference=0.5) for i in range(n)]
+    tag = _checks_tag(GateDecision(passed=False, reason="r", metric="m", value=0.4, checks=checks))
+    parsed = json.loads(tag)
+    assert len(tag) <= _TAG_MAX
+    if n == 3:  # fits: every check whole
+        assert parsed == [c.model_dump(exclude_none=True) for c in checks]
+    else:  # the details go first, then the last checks give way to a count of them
+        kept = [c for c in parsed if "omitted" not in c]
+        assert all("detail" not in c and c["reference"] == 0.5 for c in kept)
+        assert len(kept) + parsed[-1].get("omitted", 0) == n
+        assert (n == 40) == ("omitted" not in parsed[-1])

@@ -296,6 +296,22 @@ def _set_champion(c: MlflowClient, name: str, version: int) -> None:
         c.delete_registered_model_alias(name, CHALLENGER)
 
 
+def _checks_tag(decision: GateDecision) -> str:
+    """Every check as JSON within MLflow's tag limit, always valid JSON: when too long the checks
+    lose their ``detail`` (the reason tag has the words), then the last ones give way to a count."""
+    checks = [check.model_dump(exclude_none=True) for check in decision.checks]
+    text = json.dumps(checks)
+    if len(text) <= _TAG_MAX:
+        return text
+    checks = [{k: v for k, v in check.items() if k != "detail"} for check in checks]
+    for kept in range(len(checks), -1, -1):
+        omitted = [{"omitted": len(checks) - kept}] if kept < len(checks) else []
+        text = json.dumps(checks[:kept] + omitted)
+        if len(text) <= _TAG_MAX:
+            break
+    return text
+
+
 def _apply_decision(c: MlflowClient, name: str, version: int, decision: GateDecision) -> None:
     v = str(version)
     c.set_model_version_tag(name, v, "eyeops.gate", "passed" if decision.passed else "failed")
@@ -305,8 +321,7 @@ def _apply_decision(c: MlflowClient, name: str, version: int, decision: GateDeci
         c.set_model_version_tag(name, v, "eyeops.gate_value", repr(decision.value))
     if decision.failed:
         c.set_model_version_tag(name, v, "eyeops.gate_failed", ",".join(decision.failed))
-    checks = json.dumps([check.model_dump(exclude_none=True) for check in decision.checks])
-    c.set_model_version_tag(name, v, "eyeops.gate_checks", checks[:_TAG_MAX])
+    c.set_model_version_tag(name, v, "eyeops.gate_checks", _checks_tag(decision))
     if decision.champion_value is not None:
         c.set_model_version_tag(name, v, "eyeops.champion_value", repr(decision.champion_value))
         c.set_model_version_tag(name, v, "eyeops.champion_version", str(decision.champion_version))
