@@ -35,7 +35,7 @@ from eyeops.models.classifier.modeling import (
     build_classifier,
 )
 from eyeops.models.classifier.spec import ClassifierModel
-from eyeops.models.common.calibration import Calibrator
+from eyeops.models.common.calibration import Calibrator, reference_rows
 from eyeops.models.common.processing import open_image
 from eyeops.models.common.stages import read_model_dir, unwrap
 from eyeops.recipes import Recipe, StageSpec
@@ -185,10 +185,8 @@ class ClassifierFamily:
         """Fit the temperature on the 'val' split and the OOD screen on 'train' + 'val'; save both."""
         spec = _spec(recipe)
         by_split = classify_items(Path(data_dir), list(spec.labels))
-        train = by_split["train"]
-        if len(train) > spec.ood.max_reference:  # neighbours: a seeded random subset, not the first N
-            keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(recipe.train.seed))
-            train = [train[int(i)] for i in keep[: spec.ood.max_reference]]
+        rows = reference_rows(len(by_split["train"]), spec.ood.max_reference, recipe.train.seed)
+        train = [by_split["train"][int(i)] for i in rows]  # only the screen's neighbours are embedded
         val = by_split.get("val", [])
         calibrator = calibrate_classifier(
             unwrap(model, FundusClassifier),

@@ -99,6 +99,14 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 # --- fitting -------------------------------------------------------------------------------------
+def reference_rows(n: int, max_reference: int, seed: int) -> torch.Tensor:
+    """Indices of the OOD screen's neighbours among ``n`` training items: all of them, or a seeded
+    random ``max_reference`` (never the first ones: a dataset's order is not random)."""
+    if n <= max_reference:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_reference]
+
+
 def _bce(logits: torch.Tensor, targets: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits / temperature, targets)
 
@@ -188,8 +196,7 @@ def fit_calibration(
     if ood.enabled:
         reference = train_features.float()
         if reference.shape[0] > ood.max_reference:
-            keep = torch.randperm(reference.shape[0], generator=torch.Generator().manual_seed(seed))
-            reference = reference[keep[: ood.max_reference]]
+            reference = reference[reference_rows(reference.shape[0], ood.max_reference, seed)]
             notes.append(f"OOD reference: {ood.max_reference} of {counts['train']} training images")
         if n_val >= _MIN_VAL:
             scores, held_out = knn_distance(val_features, reference, ood.neighbours), "val"

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from eyeops.errors import NotFoundError
 from eyeops.families import ChatFamily, EvalContext, EvalOutput
-from eyeops.models.common.calibration import fit_calibration
+from eyeops.models.common.calibration import fit_calibration, reference_rows
 from eyeops.models.common.connectors import tokens_per_view
 from eyeops.models.common.processing import (
     VLMDataset,
@@ -146,8 +146,8 @@ class VLMFamily(ChatFamily):
         paths = {split: list(rels) for split, rels in found.items()}
         if len(paths["train"]) < 2:
             return  # a text-only dataset: nothing to compare images with
-        rng = torch.Generator().manual_seed(recipe.train.seed)
-        train = [paths["train"][int(i)] for i in torch.randperm(len(paths["train"]), generator=rng)]
+        rows = reference_rows(len(paths["train"]), spec.ood.max_reference, recipe.train.seed)
+        train = [paths["train"][int(i)] for i in rows]  # only the screen's neighbours are embedded
         vlm, processor = unwrap(model, EyeVLM), self.processor(recipe, _tokenizer(spec))
 
         def features(rels: list[str]) -> torch.Tensor | None:
@@ -158,7 +158,7 @@ class VLMFamily(ChatFamily):
         calibrator = fit_calibration(
             ood=spec.ood,
             temperature_mode="none",  # a generated answer has no per-label logits to scale
-            train_features=features(train[: spec.ood.max_reference]),
+            train_features=features(train),
             val_features=features(paths["val"]),
             seed=recipe.train.seed,
         )
