@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from eyeops.data import prepare
-from eyeops.errors import ConfigError, DataError, InvalidRequest
+from eyeops.errors import ConfigError, DataError, InvalidRequest, NotFoundError
 from eyeops.inference import GenerationRequest, InferenceModel
 from eyeops.models.classifier.family import FAMILY
 from eyeops.models.classifier.modeling import (
@@ -66,6 +66,24 @@ def test_local_weights_file(tmp_path):
     model = build_classifier(spec.model_copy(update={"weights": str(path)}))
     assert torch.equal(model.net.stem[0].weight, donor.net.stem[0].weight)
     assert model.net.get_classifier().weight.shape[0] == 2
+
+
+def test_a_weights_file_that_is_not_weights_is_named(tmp_path):
+    """Every weights setting reads files through one reader: bad files are errors naming the setting."""
+    spec = ClassifierModel(backbone="convnext_atto", weights="none", labels=["N", "D"])
+    corrupt, listed, lightning = tmp_path / "corrupt.pth", tmp_path / "list.pt", tmp_path / "l.ckpt"
+    corrupt.write_bytes(b"not a zip or a pickle")
+    torch.save([torch.zeros(1)], listed)
+    donor = build_classifier(spec)
+    torch.save({"state_dict": donor.net.state_dict(), "epoch": 3}, lightning)  # a Lightning checkpoint
+    with pytest.raises(ConfigError, match=r"model.weights '.*corrupt.pth': not a torch state dict"):
+        build_classifier(spec.model_copy(update={"weights": str(corrupt)}))
+    with pytest.raises(ConfigError, match=r"model.weights '.*list.pt': expected a dict of tensors, not list"):
+        build_classifier(spec.model_copy(update={"weights": str(listed)}))
+    with pytest.raises(NotFoundError, match=r"model.weights '.*missing.pt': file not found"):
+        build_classifier(spec.model_copy(update={"weights": str(tmp_path / "missing.pt")}))
+    model = build_classifier(spec.model_copy(update={"weights": str(lightning)}))
+    assert torch.equal(model.net.stem[0].weight, donor.net.stem[0].weight)
 
 
 def test_crop_removes_the_black_border():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,9 +10,10 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2 as T
 
-from eyeops.errors import ConfigError, NotFoundError
+from eyeops.errors import ConfigError
 from eyeops.models.classifier.spec import ClassifierModel
 from eyeops.models.common.calibration import stage_means
+from eyeops.models.common.stages import read_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -168,16 +168,7 @@ def load_packaged_weights(model: FundusClassifier, source: dict[str, torch.Tenso
 
 
 def _load_weights_file(model: FundusClassifier, path: str) -> None:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise NotFoundError(f"model.weights {path!r}: file not found")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(file))
-    else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = read_weights(path, "model.weights")
     target = model.net.state_dict()
     # A backbone checkpoint carries its own (e.g. 1000-class) head: keep ours where shapes differ.
     usable = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}

@@ -1,4 +1,5 @@
-"""Stage plumbing the families share: the recipe's stages, unwrap a DDP/DeepSpeed model, freeze by group."""
+"""Stage plumbing the families share: the recipe's stages, unwrap a DDP/DeepSpeed model, freeze by group,
+the saved model directory and weight files."""
 
 from __future__ import annotations
 
@@ -77,3 +78,30 @@ def read_model_dir(model_dir: Path | str, family: str, files: Sequence[str]) -> 
             article = "an" if family[0] in "aeiou" else "a"
             raise NotFoundError(f"{model_dir}: not {article} {family} model directory ({name} missing)")
     return model_dir, load_saved_recipe(model_dir / files[-1])
+
+
+def read_weights(path: str | Path, what: str) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file or a torch pickle (``.bin``/``.pt``/``.ckpt``; a
+    Lightning checkpoint's ``state_dict`` unwrapped), loaded on the CPU without running pickled code.
+
+    ``what`` names the setting in errors: a missing file is a :class:`NotFoundError`, anything that is
+    not a dict of tensors a :class:`ConfigError`.
+    """
+    import torch
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise NotFoundError(f"{what} {str(path)!r}: file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle / zip / safetensors header errors of many kinds: not weights
+        raise ConfigError(f"{what} {str(path)!r}: not a torch state dict: {exc}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a Lightning checkpoint (taming-transformers saves these)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ConfigError(f"{what} {str(path)!r}: expected a dict of tensors, not {type(state).__name__}")
+    return state

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from eyeops.errors import ConfigError, NotFoundError
+from eyeops.models.common.stages import read_weights
 from eyeops.models.common.vqgan import VectorQuantizer, VQModel
 
 if TYPE_CHECKING:
@@ -137,22 +138,6 @@ def evaluate_vq(model: VQModel, pixels: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of many kinds: all mean "not a state dict"
-        raise ConfigError(f"model.vq.checkpoint {str(path)!r}: not a torch state dict: {exc}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # a Lightning checkpoint (taming-transformers saves these)
-    if not isinstance(state, dict):
-        raise ConfigError(f"model.vq.checkpoint {str(path)!r}: not a state dict ({type(state).__name__})")
-    return state
-
-
 def load_vq_checkpoint(model: VQModel, path: str | Path) -> None:
     """Load a taming-layout state dict into ``model`` key for key.
 
@@ -161,9 +146,7 @@ def load_vq_checkpoint(model: VQModel, path: str | Path) -> None:
     key that is missing, unexpected or of another shape is a :class:`ConfigError` naming the keys.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise NotFoundError(f"model.vq.checkpoint {str(path)!r}: file not found")
-    state = {k: v for k, v in _read_state(path).items() if not k.startswith("loss.")}
+    state = {k: v for k, v in read_weights(path, "model.vq.checkpoint").items() if not k.startswith("loss.")}
     own = model.state_dict()
     optional = {"quantize.cluster_size", "quantize.embed_avg", "quantize.initialised"}
     missing = sorted(set(own) - set(state) - optional)

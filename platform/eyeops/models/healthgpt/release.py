@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from eyeops.errors import ConfigError, NotFoundError
+from eyeops.models.common.stages import read_weights
 from eyeops.models.healthgpt.modeling import TASKS, HealthGPT
 
 _PREFIX = re.compile(r"^(?:base_model\.model\.)?")
@@ -50,24 +51,6 @@ class ImportReport(BaseModel):
     unexpected: list[str] = Field(default_factory=list, description="Released keys that map onto nothing.")
     wrong_shape: list[str] = Field(default_factory=list)
     not_imported: list[str] = Field(default_factory=list, description="Tasks left at their initial adapters.")
-
-
-def read_release(path: str | Path) -> dict[str, torch.Tensor]:
-    """A released ``.bin`` (torch pickle of tensors) or ``.safetensors`` file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise NotFoundError(f"released weights {str(path)!r}: file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of many kinds: all mean "not a state dict"
-        raise ConfigError(f"released weights {str(path)!r}: not a torch state dict: {exc}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"released weights {str(path)!r}: expected a dict of tensors")
-    return state
 
 
 def map_key(key: str, role: str) -> list[str]:
@@ -110,7 +93,7 @@ def load_release(
             continue
         report.files[role] = str(path)
         count = 0
-        for key, tensor in read_release(path).items():
+        for key, tensor in read_weights(path, "released weights").items():
             targets = map_key(key, role)
             if not targets or any(t not in own for t in targets):
                 report.unexpected.append(f"{role}: {key}")
