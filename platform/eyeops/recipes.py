@@ -445,6 +445,20 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     return parse_recipe(_read_yaml(path), origin=str(path))
 
 
+def load_data_spec(path: str | Path, what: str = "data spec") -> DataSpec:
+    """The :class:`DataSpec` in a YAML file: a recipe's ``data:`` section or a bare data mapping."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{what} {path}: cannot read YAML: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), dict):
+        data = data["data"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: expected a mapping (a data spec or a recipe)")
+    return DataSpec.model_validate(data)
+
+
 def _read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -98,3 +98,6 @@ def test_prepare_a_mix_from_a_spec_file_and_log_its_report_to_mlflow(tmp_path):
     spec.write_text("data:\n  source: mix\n", encoding="utf-8")
     bad = runner.invoke(app, ["data", "prepare", "--spec", str(spec), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "data.mix lists the sources" in bad.output
+    given = ["--source", "odir", "--n", "9"]  # options the spec replaces: refused, not ignored
+    clash = runner.invoke(app, ["data", "prepare", "--spec", str(spec), *given, "--out", str(tmp_path / "y")])
+    assert clash.exit_code == 2 and "--spec replaces --source, --n: set them in" in clash.output

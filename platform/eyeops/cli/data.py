@@ -101,7 +101,7 @@ def prepare_cmd(
         None,
         "--spec",
         help="A YAML data spec (or a recipe: its data: section): mixes, data.engine (llm), data.corpus. "
-        "Replaces the source/data options above.",
+        "Replaces the source/data options above (giving them as well is an error).",
     ),
     out: str = typer.Option(..., "--out", "-o", help="Output directory or s3://bucket/prefix."),
     name: str | None = typer.Option(None, help="Dataset name (default: the output folder's name)."),
@@ -127,12 +127,27 @@ def prepare_cmd(
 ) -> None:
     """Import, check, de-identify, split and store a dataset; print what was kept and rejected."""
     from eyeops.data import prepare, read_manifest
-    from eyeops.recipes import DataSpec
+    from eyeops.recipes import DataSpec, load_data_spec
 
     try:
+        if spec_file:  # the spec has these settings itself: silently dropping a given one would mislead
+            given = {
+                "PATH": path is not None,
+                "--source": source != "synthetic",
+                "--tasks": tasks != "classify",
+                "--n": n != 600,
+                "--seed": seed != 0,
+                "--image-size": image_size != 256,
+                "--benchmark": benchmark,
+                "--filter": filter_ is not None,
+                "--val-fraction": val_fraction is not None,
+                "--test-fraction": test_fraction is not None,
+            }
+            if clash := [option for option, on in given.items() if on]:
+                raise ConfigError(f"--spec replaces {', '.join(clash)}: set them in {spec_file} instead")
         try:
             spec = (
-                _spec_file(spec_file)
+                load_data_spec(spec_file, "--spec")
                 if spec_file
                 else DataSpec(
                     source=source,
@@ -185,23 +200,6 @@ def prepare_cmd(
             _log(ref.uri)
     except EyeopsError as exc:
         _fail(exc)
-
-
-def _spec_file(path: Path):
-    """The DataSpec in a YAML file: a recipe's ``data:`` section or a bare data mapping."""
-    import yaml
-
-    from eyeops.recipes import DataSpec
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"--spec {path}: cannot read YAML: {exc}") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), dict):
-        data = data["data"]
-    if not isinstance(data, dict):
-        raise ConfigError(f"--spec {path}: expected a mapping (a data spec or a recipe)")
-    return DataSpec.model_validate(data)
 
 
 def _log(uri: str) -> None:
