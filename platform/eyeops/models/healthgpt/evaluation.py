@@ -15,6 +15,7 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import torch
@@ -65,10 +66,6 @@ def _scores(reference: torch.Tensor, output: torch.Tensor) -> tuple[list[float],
     return psnr, ssim, mse
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
 def generation_metrics(ctx: EvalContext) -> tuple[dict[str, float], dict[str, list[dict]], dict[str, str]]:
     """Per-task and overall PSNR / SSIM / MSE, a per-task table, and the image-grid artifact."""
     from eyeops.data.schema import Message
@@ -106,19 +103,19 @@ def generation_metrics(ctx: EvalContext) -> tuple[dict[str, float], dict[str, li
     for task in dict.fromkeys(r["task"] for r in rows):
         idx = [i for i, r in enumerate(rows) if r["task"] == task]
         scores = {
-            "psnr_db": _mean([psnr[i] for i in idx]),
-            "ssim": _mean([ssim[i] for i in idx]),
-            "mse": _mean([mse[i] for i in idx]),
-            "vq_psnr_db": _mean([vq_psnr[i] for i in idx]),
+            "psnr_db": fmean([psnr[i] for i in idx]),
+            "ssim": fmean([ssim[i] for i in idx]),
+            "mse": fmean([mse[i] for i in idx]),
+            "vq_psnr_db": fmean([vq_psnr[i] for i in idx]),
             "n": float(len(idx)),
         }
         metrics |= {f"generation/{task}/{k}": v for k, v in scores.items()}
         table.append({"task": task, **scores})
     metrics |= {
-        "generation/psnr_db": _mean(psnr),
-        "generation/ssim": _mean(ssim),
-        "generation/mse": _mean(mse),
-        "generation/vq_psnr_db": _mean(vq_psnr),
+        "generation/psnr_db": fmean(psnr),
+        "generation/ssim": fmean(ssim),
+        "generation/mse": fmean(mse),
+        "generation/vq_psnr_db": fmean(vq_psnr),
         "generation/n": float(len(rows)),
     }
     grid = _grid(rows, inputs, targets, outputs, size, Path(ctx.out_dir) / "generation_grid.png")
