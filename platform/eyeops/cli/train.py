@@ -38,24 +38,17 @@ def train_command(
     from rich.console import Console
     from rich.table import Table
 
-    from eyeops.data import read_manifest
+    from eyeops.evaluate.runner import dataset_ref
     from eyeops.recipes import load_recipe
-    from eyeops.refs import DatasetRef
     from eyeops.train import train
 
     console = Console(stderr=True)
     chosen = load_recipe(recipe).with_overrides(parse_sets(sets)) if sets else load_recipe(recipe)
-    manifest = read_manifest(data)
-    dataset = DatasetRef(
-        uri=data,
-        fingerprint=manifest.fingerprint,
-        name=manifest.name,
-        num_samples=sum(manifest.counts.values()),
-    )
+    dataset = dataset_ref(data)
     cfg = chosen.train
     console.print(
         f"[bold]training[/bold] {chosen.name} ({chosen.family}, {cfg.strategy}) on "
-        f"{cfg.num_workers} worker(s), dataset {manifest.name} ({dataset.num_samples} samples)"
+        f"{cfg.num_workers} worker(s), dataset {dataset.name} ({dataset.num_samples} samples)"
     )
     ref = train(chosen, dataset, run_name=run_name, storage_path=storage)
 
